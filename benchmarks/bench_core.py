@@ -1,0 +1,80 @@
+"""Forward+backward of the Lipschitz layer at the sequential-MNIST shape, against baselines.
+
+Rows (all in the same run, interleaved, median of repeats):
+  layer      -- LipschitzRNN as users call it (the fused path when it is available)
+  layer-plain -- LipschitzRNN with the fused path off (the generic per-step scan)
+  naive-loop -- a plain per-step loop of the same unit written here from the formulas
+  nn.RNN     -- torch.nn.RNN(tanh) of the same size
+
+Usage: python benchmarks/bench_core.py [--T 784 --batch 128 --hidden 128 --repeats 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from lipschitz_rnn import LipschitzRNN
+
+
+def naive_loop(rnn: LipschitzRNN):
+    cell = rnn.cells[0]
+
+    def run(x):
+        A, W = cell.A, cell.W
+        h = x.new_zeros(x.shape[1], cell.hidden_size)
+        outs = []
+        for t in range(x.shape[0]):
+            u = x[t] @ cell.weight_ih.T + cell.bias_ih
+            f = h @ A.T + torch.tanh(h @ W.T + u)
+            h = h + cell.eps * f
+            outs.append(h)
+        return torch.stack(outs)
+
+    return run
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--T", type=int, default=784)
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--hidden", type=int, default=128)
+    ap.add_argument("--input", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=7)
+    a = ap.parse_args()
+    torch.manual_seed(0)
+    x = torch.randn(a.T, a.batch, a.input)
+    layer = LipschitzRNN(a.input, a.hidden)
+    plain = LipschitzRNN(a.input, a.hidden)
+    plain.load_state_dict(layer.state_dict())
+    plain.use_fused = False
+    ref = torch.nn.RNN(a.input, a.hidden)
+    loop = naive_loop(layer)
+    cases = {
+        "layer": lambda: layer(x)[0],
+        "layer-plain": lambda: plain(x)[0],
+        "naive-loop": lambda: loop(x),
+        "nn.RNN(tanh)": lambda: ref(x)[0],
+    }
+    times: dict[str, list[float]] = {k: [] for k in cases}
+    for fn in cases.values():  # warm-up
+        fn().sum().backward()
+    for _ in range(a.repeats):
+        for name, fn in cases.items():
+            t0 = time.perf_counter()
+            fn().sum().backward()
+            times[name].append(time.perf_counter() - t0)
+    base = statistics.median(times["naive-loop"])
+    print(f"T={a.T} batch={a.batch} hidden={a.hidden} input={a.input} "
+          f"threads={torch.get_num_threads()} repeats={a.repeats}")
+    print(f"{'row':<14}{'s/iter':>10}{'vs naive-loop':>16}")
+    for name, ts in times.items():
+        m = statistics.median(ts)
+        print(f"{name:<14}{m:>10.4f}{m / base:>16.2f}")
+
+
+if __name__ == "__main__":
+    main()

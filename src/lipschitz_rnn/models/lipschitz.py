@@ -1,0 +1,219 @@
+"""The Lipschitz recurrent unit (Erichson, Azencot, Queiruga, Hodgkinson, Mahoney; ICLR 2021).
+
+Continuous-time unit::
+
+    dh/dt = f(h, x) = A h + tanh(W h + U x + b)
+
+with ``A = S(M_A; beta, gamma_A)`` and ``W = S(M_W; beta, gamma_W)`` from the symmetric-skew
+parametrisation (see :mod:`lipschitz_rnn.models.parametrize`), discretised with step ``eps``:
+
+* ``"euler"``: ``h' = h + eps f(h, x)``
+* ``"rk2"`` (explicit midpoint): ``h' = h + eps f(h + (eps/2) f(h, x), x)``
+* ``"heun"`` (explicit trapezoid): ``h' = h + (eps/2) (f(h, x) + f(h + eps f(h, x), x))``
+
+The input is held constant over a step.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+from torch import Tensor, nn
+
+from ._base import RecurrentCell, RecurrentLayer, check_positive_float
+from .parametrize import check_beta_gamma, symmetric_skew
+
+__all__ = ["LipschitzRNNCell", "LipschitzRNN", "SOLVERS", "lipschitz_step"]
+
+SOLVERS = ("euler", "rk2", "heun")
+
+
+def lipschitz_step(h: Tensor, u: Tensor, A: Tensor, W: Tensor, eps: float, solver: str) -> Tensor:
+    """One discrete step of the Lipschitz unit on row-major batches.
+
+    ``h`` is (B, H), ``u = x U^T + b`` is (B, H). Written as plainly as the formulas; layers use
+    the equivalent fused form in :meth:`LipschitzRNNCell.step`.
+    """
+
+    def f(z: Tensor) -> Tensor:
+        return z @ A.T + torch.tanh(z @ W.T + u)
+
+    if solver == "euler":
+        return h + eps * f(h)
+    if solver == "rk2":
+        return h + eps * f(h + 0.5 * eps * f(h))
+    if solver == "heun":
+        k1 = f(h)
+        return h + 0.5 * eps * (k1 + f(h + eps * k1))
+    raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
+
+
+class LipschitzRNNCell(RecurrentCell):
+    r"""One step of the Lipschitz RNN.
+
+    .. math::
+        h_{t} = \mathrm{Solver}_\epsilon\big(h \mapsto A h + \tanh(W h + U x_t + b)\big)(h_{t-1})
+
+    Args:
+        input_size: features of ``x``.
+        hidden_size: features of ``h``.
+        solver: ``"euler"``, ``"rk2"`` (explicit midpoint) or ``"heun"``.
+        eps: the step size (> 0).
+        beta: the skew weight of the parametrisation, in [0, 1].
+        gamma_A, gamma_W: the diagonal shifts of ``A`` and ``W`` (>= 0).
+        init_std: ``M_A`` and ``M_W`` start i.i.d. normal with standard deviation
+            ``init_std / hidden_size``, the scale of the paper authors' code
+            (``gaussian_init_``); the input map ``U`` (``weight_ih``) and ``b`` (``bias_ih``)
+            start as in torch.nn.Linear.
+        bias: whether to learn ``b``.
+
+    Parameters: ``M_A``, ``M_W`` (hidden, hidden), ``weight_ih`` (hidden, input), ``bias_ih``
+    (hidden) or ``None``. Properties ``A`` and ``W`` build the recurrent matrices.
+
+    Equivalent to (batch-first rows, ``h @ A.T`` is ``A h``)::
+
+        f = lambda h: h @ cell.A.T + torch.tanh(h @ cell.W.T + x @ cell.weight_ih.T + cell.bias_ih)
+        h_next = h + eps * f(h)                              # euler
+        h_next = h + eps * f(h + 0.5 * eps * f(h))           # rk2
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        *,
+        solver: str = "euler",
+        eps: float = 0.03,
+        beta: float = 0.75,
+        gamma_A: float = 0.001,
+        gamma_W: float = 0.001,
+        init_std: float = 0.1,
+        bias: bool = True,
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__(input_size, hidden_size)
+        if solver not in SOLVERS:
+            raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
+        self.solver = solver
+        self.eps = check_positive_float(eps, "eps")
+        check_beta_gamma(beta, gamma_A, gamma_name="gamma_A")
+        check_beta_gamma(beta, gamma_W, gamma_name="gamma_W")
+        self.beta = float(beta)
+        self.gamma_A = float(gamma_A)
+        self.gamma_W = float(gamma_W)
+        if isinstance(init_std, bool) or not isinstance(init_std, (int, float)) or init_std < 0:
+            raise ValueError(f"init_std must be a float >= 0, got {init_std!r}")
+        self.init_std = float(init_std)
+        fk = {"device": device, "dtype": dtype}
+        self.M_A = nn.Parameter(torch.empty(hidden_size, hidden_size, **fk))
+        self.M_W = nn.Parameter(torch.empty(hidden_size, hidden_size, **fk))
+        self.weight_ih = nn.Parameter(torch.empty(hidden_size, input_size, **fk))
+        if bias:
+            self.bias_ih = nn.Parameter(torch.empty(hidden_size, **fk))
+        else:
+            self.register_parameter("bias_ih", None)
+        self.reset_parameters()
+        self._warn_if_unstable_step()
+
+    def reset_parameters(self) -> None:
+        with torch.no_grad():
+            std = self.init_std / self.hidden_size
+            self.M_A.normal_(0.0, std)
+            self.M_W.normal_(0.0, std)
+            # torch.nn.Linear's initialisation
+            nn.init.kaiming_uniform_(self.weight_ih, a=math.sqrt(5))
+            if self.bias_ih is not None:
+                bound = 1.0 / math.sqrt(self.input_size)
+                nn.init.uniform_(self.bias_ih, -bound, bound)
+
+    def _warn_if_unstable_step(self) -> None:
+        from ..stability import certify_cell  # local import: stability depends on models
+
+        cert = certify_cell(self)
+        if not cert.eps_stable:
+            warnings.warn(
+                f"LipschitzRNNCell: eps={self.eps} lies outside the {self.solver} stability region "
+                "of the linear part A at construction (see lipschitz_rnn.stability.certify)",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+
+    @property
+    def A(self) -> Tensor:
+        return symmetric_skew(self.M_A, self.beta, self.gamma_A)
+
+    @property
+    def W(self) -> Tensor:
+        return symmetric_skew(self.M_W, self.beta, self.gamma_W)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.input_size}, {self.hidden_size}, solver={self.solver!r}, eps={self.eps}, "
+            f"beta={self.beta}, gamma_A={self.gamma_A}, gamma_W={self.gamma_W}"
+            + (", bias=False" if self.bias_ih is None else "")
+        )
+
+    # --- the three pieces -----------------------------------------------------------------------
+    def input_projection(self, x: Tensor) -> Tensor:
+        return torch.nn.functional.linear(x, self.weight_ih, self.bias_ih)
+
+    def recurrence(self) -> tuple[Tensor, Tensor, Tensor]:
+        """``(A, W, [A; W]^T)``: the stacked transpose lets a step do one matmul for both."""
+        A, W = self.A, self.W
+        return A, W, torch.cat([A, W], 0).T
+
+    def step(self, h: Tensor, u: Tensor, ctx: tuple[Tensor, ...]) -> Tensor:
+        AWt = ctx[2]
+        H = self.hidden_size
+        eps = self.eps
+
+        def f(z: Tensor) -> Tensor:
+            zz = z @ AWt
+            return zz[:, :H] + torch.tanh(zz[:, H:] + u)
+
+        if self.solver == "euler":
+            return h + eps * f(h)
+        if self.solver == "rk2":
+            return h + eps * f(h + (0.5 * eps) * f(h))
+        k1 = f(h)
+        return h + (0.5 * eps) * (k1 + f(h + eps * k1))
+
+
+class LipschitzRNN(RecurrentLayer):
+    r"""A (multi-layer, optionally bidirectional) Lipschitz RNN with torch.nn.RNN's interface.
+
+    Args: ``input_size, hidden_size, num_layers=1, *, batch_first=False, dropout=0.0,
+    bidirectional=False`` as in torch.nn.RNN, plus the keywords of :class:`LipschitzRNNCell`
+    (``solver, eps, beta, gamma_A, gamma_W, init_std, bias``), shared by every cell.
+
+    ``forward(input, hx=None) -> (output, h_n)`` exactly as torch.nn.RNN: see
+    :class:`~lipschitz_rnn.models._base.RecurrentLayer`. ``cells[l * D + d]`` is layer ``l``,
+    direction ``d`` (0 forward, 1 reverse). Per forward, ``A`` and ``W`` are built once per cell
+    and the input projection of all time steps is one matmul.
+
+    Example::
+
+        >>> rnn = LipschitzRNN(1, 128, solver="rk2")
+        >>> out, h_n = rnn(torch.randn(784, 32, 1))   # out (784, 32, 128), h_n (1, 32, 128)
+    """
+
+    cell_class = LipschitzRNNCell
+    use_fused: bool = True
+
+    def _run_direction(self, cell, x, h0, batch_sizes, reverse):
+        u = cell.input_projection(x)
+        if batch_sizes is None and self.use_fused:
+            from ._fused import fused_available, lipschitz_scan
+
+            if fused_available(cell.solver, u):
+                if reverse:
+                    u = u.flip(0)
+                hs = lipschitz_scan(u, h0, cell.A, cell.W, cell.eps, cell.solver)
+                last = hs[-1]
+                if reverse:
+                    hs = hs.flip(0)
+                return hs, last
+        return cell.scan(u, h0, cell.recurrence(), batch_sizes, reverse)

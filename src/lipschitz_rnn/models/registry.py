@@ -1,0 +1,63 @@
+"""Build any recurrent layer of the package by name, all with torch.nn.RNN's interface."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from .baselines import ODERNN, AntisymmetricRNN, CoRNN, ExpRNN
+from .lipschitz import LipschitzRNN
+
+__all__ = ["MODELS", "build"]
+
+
+def _torch_rnn(input_size, hidden_size, **kw):
+    return nn.RNN(input_size, hidden_size, nonlinearity="tanh", **kw)
+
+
+def _irnn(input_size, hidden_size, *, init_scale: float = 1.0, **kw):
+    """Le, Jaitly, Hinton (2015): ReLU units, recurrent weights = identity, biases zero."""
+    rnn = nn.RNN(input_size, hidden_size, nonlinearity="relu", **kw)
+    with torch.no_grad():
+        for name, p in rnn.named_parameters():
+            if name.startswith("weight_hh"):
+                p.copy_(init_scale * torch.eye(hidden_size, dtype=p.dtype, device=p.device))
+            elif name.startswith("bias"):
+                p.zero_()
+            elif name.startswith("weight_ih"):
+                p.normal_(0.0, 0.001)
+    return rnn
+
+
+MODELS: dict[str, tuple[Any, str]] = {
+    "lipschitz": (
+        LipschitzRNN,
+        "Lipschitz RNN (Erichson et al. 2021): dh/dt = A h + tanh(W h + U x + b)",
+    ),
+    "rnn": (_torch_rnn, "tanh Elman RNN (torch.nn.RNN)"),
+    "irnn": (_irnn, "ReLU RNN with identity recurrent initialisation (Le et al. 2015)"),
+    "lstm": (nn.LSTM, "LSTM (torch.nn.LSTM)"),
+    "gru": (nn.GRU, "GRU (torch.nn.GRU)"),
+    "odernn": (ODERNN, "residual neural-ODE RNN: h' = h + eps tanh(W h + U x + b)"),
+    "antisymmetric": (AntisymmetricRNN, "AntisymmetricRNN (Chang et al. 2019)"),
+    "cornn": (CoRNN, "coupled oscillatory RNN (Rusch & Mishra 2021)"),
+    "exprnn": (ExpRNN, "orthogonal RNN via the matrix exponential, modReLU (Lezcano-Casado 2019)"),
+}
+
+
+def build(name: str, input_size: int, hidden_size: int, **kw: Any) -> nn.Module:
+    """Build the layer called ``name`` (one of :data:`MODELS`).
+
+    Every layer takes ``(input, hx=None)`` and returns ``(output, h_n)`` like torch.nn.RNN;
+    keywords (``num_layers``, ``batch_first``, ``dropout``, ``bidirectional`` and the unit's own,
+    e.g. ``eps`` or ``solver``) pass through.
+    """
+    if not isinstance(name, str) or name not in MODELS:
+        raise ValueError(f"name must be one of {sorted(MODELS)}, got {name!r}")
+    factory = MODELS[name][0]
+    try:
+        return factory(input_size, hidden_size, **kw)
+    except TypeError as e:
+        raise TypeError(f"build({name!r}): {e}") from e

@@ -1,0 +1,187 @@
+"""Stability certificates of Lipschitz RNN cells, computed on the live weights.
+
+For the continuous-time unit ``dh/dt = A h + tanh(W h + U x + b)`` the paper (Erichson et al.
+2021, Theorem 1) gives sufficient conditions for global exponential stability: with
+``A_sym = (A + A^T) / 2`` negative definite and ``W`` non-singular, and either
+
+* (a) ``sigma_min(A_sym) > L sigma_max(W)`` (``L = 1``, the Lipschitz constant of tanh), or
+* (b) ``W + W^T`` negative definite and ``A^T W + W^T A`` positive definite.
+
+For the discrete unit, the step ``eps`` must also keep the solver stable on the linear part:
+``|R(eps lambda)| < 1`` for every eigenvalue ``lambda`` of ``A``, where ``R`` is the solver's
+stability polynomial (Euler ``1 + z``; RK2 and Heun ``1 + z + z^2/2``). ``max_stable_eps`` is the
+largest ``eps`` such that every step in ``(0, eps)`` is stable: the smallest positive root in
+``e`` of ``|R(e lambda)|^2 = 1`` over all eigenvalues (0 when some ``Re lambda >= 0``).
+
+All quantities are computed in float64.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = [
+    "StabilityCertificate",
+    "certify",
+    "certify_cell",
+    "max_stable_step",
+    "STABILITY_POLYNOMIALS",
+]
+
+#: Coefficients (lowest degree first) of each solver's stability polynomial R(z).
+STABILITY_POLYNOMIALS: dict[str, tuple[float, ...]] = {
+    "euler": (1.0, 1.0),
+    "rk2": (1.0, 1.0, 0.5),
+    "heun": (1.0, 1.0, 0.5),
+}
+
+
+@dataclass(frozen=True)
+class StabilityCertificate:
+    """What :func:`certify` reports for one cell. Eigenvalues are of the symmetric parts
+    ``A_sym = (A + A^T)/2`` and ``W_sym = (W + W^T)/2``."""
+
+    hidden_size: int
+    solver: str
+    eps: float
+    A_sym_eig_min: float
+    A_sym_eig_max: float
+    W_sym_eig_min: float
+    W_sym_eig_max: float
+    A_spectral_abscissa: float
+    W_sigma_min: float
+    W_sigma_max: float
+    A_sym_negative_definite: bool
+    W_nonsingular: bool
+    condition_a: bool
+    condition_b: bool
+    globally_stable: bool
+    max_stable_eps: float
+    eps_stable: bool
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        def yn(b: bool) -> str:
+            return "yes" if b else "no"
+
+        lines = [
+            f"Lipschitz cell, hidden {self.hidden_size}, solver {self.solver}, eps {self.eps:g}",
+            f"  eig(A_sym) in [{self.A_sym_eig_min:.4g}, {self.A_sym_eig_max:.4g}]"
+            f"   spectral abscissa of A {self.A_spectral_abscissa:.4g}",
+            f"  eig(W_sym) in [{self.W_sym_eig_min:.4g}, {self.W_sym_eig_max:.4g}]"
+            f"   sigma(W) in [{self.W_sigma_min:.4g}, {self.W_sigma_max:.4g}]",
+            f"  Theorem 1: A_sym negative definite {yn(self.A_sym_negative_definite)},"
+            f" W non-singular {yn(self.W_nonsingular)}, (a) {yn(self.condition_a)},"
+            f" (b) {yn(self.condition_b)} -> globally exponentially stable: "
+            f"{yn(self.globally_stable)}",
+            f"  step: largest stable eps {self.max_stable_eps:.4g};"
+            f" eps {self.eps:g} inside: {yn(self.eps_stable)}",
+        ]
+        return "\n".join(lines)
+
+
+def _smallest_positive_root(coeffs_high_first: np.ndarray) -> float:
+    roots = np.roots(coeffs_high_first)
+    pos = [r.real for r in roots if abs(r.imag) <= 1e-9 * max(1.0, abs(r)) and r.real > 1e-15]
+    return min(pos) if pos else math.inf
+
+
+def max_stable_step(eigenvalues, solver: str) -> float:
+    """Largest ``eps`` with ``|R(e lambda)| < 1`` for all ``e`` in ``(0, eps)`` and all eigenvalues.
+
+    ``eigenvalues`` is a sequence of complex numbers. Returns 0.0 if an eigenvalue has
+    ``Re lambda >= 0`` (no positive step is stable) and ``inf`` for an empty sequence.
+    """
+    if solver not in STABILITY_POLYNOMIALS:
+        raise ValueError(f"solver must be one of {tuple(STABILITY_POLYNOMIALS)}, got {solver!r}")
+    c = np.asarray(STABILITY_POLYNOMIALS[solver], dtype=np.float64)
+    best = math.inf
+    for lam in np.asarray(eigenvalues, dtype=np.complex128).ravel():
+        if lam.real >= 0.0:
+            return 0.0
+        # p_k = c_k lam^k: R(e lam) = sum_k p_k e^k;  |R|^2 - 1 = sum_{j,k} p_j conj(p_k) e^{j+k} - 1
+        p = c * lam ** np.arange(len(c))
+        sq = np.convolve(p, np.conj(p)).real  # coefficients of |R(e lam)|^2, lowest first
+        sq[0] -= 1.0  # constant term is 1: it cancels, leaving e * (...)
+        poly = sq[1:]  # divide by e
+        best = min(best, _smallest_positive_root(poly[::-1]))
+    return best
+
+
+def certify_cell(cell: nn.Module) -> StabilityCertificate:
+    """Certificate of one :class:`~lipschitz_rnn.LipschitzRNNCell` on its current weights."""
+    for attr in ("A", "W", "eps", "solver"):
+        if not hasattr(cell, attr):
+            raise TypeError(
+                f"cell_or_layer must be a LipschitzRNNCell or a layer of them; "
+                f"{type(cell).__name__} has no {attr!r}"
+            )
+    with torch.no_grad():
+        A = cell.A.detach().to("cpu", torch.float64)
+        W = cell.W.detach().to("cpu", torch.float64)
+    A_sym = 0.5 * (A + A.T)
+    W_sym = 0.5 * (W + W.T)
+    ea = torch.linalg.eigvalsh(A_sym)
+    ew = torch.linalg.eigvalsh(W_sym)
+    eig_A = torch.linalg.eigvals(A).numpy()
+    sw = torch.linalg.svdvals(W)
+    s_max, s_min = float(sw[0]), float(sw[-1])
+    n = A.shape[0]
+    A_negdef = bool(ea.max() < 0)
+    W_nonsing = s_min > n * np.finfo(np.float64).eps * max(s_max, 1e-300)
+    # sigma_min of the negative definite A_sym is its smallest |eigenvalue| = -max eigenvalue
+    sigma_min_Asym = float(-ea.max()) if A_negdef else float(ea.abs().min())
+    cond_a = A_negdef and W_nonsing and sigma_min_Asym > 1.0 * s_max
+    cross = A.T @ W + W.T @ A
+    cond_b = (
+        A_negdef
+        and W_nonsing
+        and bool(torch.linalg.eigvalsh(W + W.T).max() < 0)
+        and bool(torch.linalg.eigvalsh(0.5 * (cross + cross.T)).min() > 0)
+    )
+    eps_max = max_stable_step(eig_A, cell.solver)
+    return StabilityCertificate(
+        hidden_size=n,
+        solver=cell.solver,
+        eps=float(cell.eps),
+        A_sym_eig_min=float(ea.min()),
+        A_sym_eig_max=float(ea.max()),
+        W_sym_eig_min=float(ew.min()),
+        W_sym_eig_max=float(ew.max()),
+        A_spectral_abscissa=float(eig_A.real.max()),
+        W_sigma_min=s_min,
+        W_sigma_max=s_max,
+        A_sym_negative_definite=A_negdef,
+        W_nonsingular=bool(W_nonsing),
+        condition_a=bool(cond_a),
+        condition_b=bool(cond_b),
+        globally_stable=bool(cond_a or cond_b),
+        max_stable_eps=float(eps_max),
+        eps_stable=bool(cell.eps < eps_max),
+    )
+
+
+def certify(cell_or_layer: nn.Module) -> list[StabilityCertificate]:
+    """Certificates for every Lipschitz cell in ``cell_or_layer``.
+
+    Accepts a :class:`~lipschitz_rnn.LipschitzRNNCell`, a :class:`~lipschitz_rnn.LipschitzRNN`
+    (one certificate per cell, in ``layer.cells`` order) or any module containing them (e.g. a
+    ``SequenceModel``). Always returns a list. Raises TypeError when there is no Lipschitz cell.
+    """
+    from .models.lipschitz import LipschitzRNNCell
+
+    if not isinstance(cell_or_layer, nn.Module):
+        raise TypeError(f"cell_or_layer must be an nn.Module, got {type(cell_or_layer).__name__}")
+    cells = [m for m in cell_or_layer.modules() if isinstance(m, LipschitzRNNCell)]
+    if not cells:
+        raise TypeError(
+            f"cell_or_layer must contain a LipschitzRNNCell; {type(cell_or_layer).__name__} has none"
+        )
+    return [certify_cell(c) for c in cells]
