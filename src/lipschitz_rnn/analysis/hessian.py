@@ -1,0 +1,473 @@
+r"""Spectrum of the loss Hessian (paper, Sec. 7 and Table 3): top eigenvalues, smallest eigenvalue,
+trace, condition number and spectral density, matrix-free.
+
+The Hessian is never formed. Hessian-vector products come from curvlinops'
+:class:`~curvlinops.HessianLinearOperator` (forward-over-reverse autodiff through
+:func:`torch.func.functional_call`); extreme eigenvalues from ARPACK's Lanczos
+(:func:`scipy.sparse.linalg.eigsh`) on its SciPy export; the density from curvlinops' stochastic
+Lanczos quadrature (:func:`~curvlinops.lanczos_approximate_spectrum`, Papyan 2020). What curvlinops
+lacks and is written here: the loss-averaging convention over batches of unequal sizes, a seeded
+Hutchinson trace estimator that also returns its standard error, and the bookkeeping that leaves
+the model exactly as it was found.
+
+Loss and averaging convention
+-----------------------------
+With batches :math:`(X_b, y_b)_{b=1..B}` the analysed loss is
+
+.. math::  \mathcal L(\theta) = \sum_b w_b\, \texttt{loss\_fn}(\texttt{model}(X_b), y_b),
+           \qquad w_b = 1/B \text{ by default,}
+
+i.e. the **plain average of the per-batch losses**, whatever the batch sizes. This is *not*
+curvlinops' own convention: for a ``reduction="mean"`` loss it weights batch :math:`b` by
+:math:`N_b/N` with :math:`N_b` = ``X_b.shape[0]`` -- for time-first RNN input ``(T, B, F)`` that is
+the sequence length, not the batch size -- and it requires ``loss_fn`` to carry a ``reduction``
+attribute. Here ``loss_fn`` may be any callable returning a scalar; each batch gets its own
+curvlinops operator whose loss is ``w_b * loss_fn(...)`` declared ``reduction="sum"`` (so curvlinops
+applies no factor of its own), and the operators are summed. Pass ``batch_weights`` (normalised to
+sum 1) for another weighting, e.g. the batch sizes to get the per-example mean of a mean-reduced
+loss over the whole data set (the two conventions agree when all batches have equal size).
+
+Condition number
+----------------
+``condition_number`` is :math:`\kappa = \lambda_{\max} / |\lambda_{\min}|`, the largest algebraic
+eigenvalue over the magnitude of the smallest algebraic eigenvalue (both computed here by Lanczos).
+It is the spectral-width ratio used to compare Hessians in Table 3; at a minimum (Hessian positive
+semi-definite) it is the usual :math:`\lambda_{\max}/\lambda_{\min}`; away from one,
+:math:`\lambda_{\min} < 0` and :math:`\kappa` compares the sharpest positive curvature with the
+strongest negative one. It is ``inf`` when :math:`\lambda_{\min} = 0` exactly. (It is not
+:math:`\max|\lambda| / \min|\lambda|`, which would need the eigenvalue of smallest magnitude,
+an interior eigenvalue that Lanczos cannot find without shift-invert solves.)
+
+Model state
+-----------
+The computation runs in eval mode (dropout would make the operator random), with cuDNN and oneDNN
+(mkldnn) disabled (cuDNN RNNs have no double backward; the float32 CPU LSTM/GRU kernel of oneDNN has
+no forward-mode AD) and with ``use_fused = False`` on every module that has that
+switch (the fused Lipschitz scan may lack double backward). Afterwards every module's train/eval
+flag, every ``use_fused`` switch and every parameter's ``.grad`` are as before; parameters are never
+written. Only parameters with ``requires_grad=True`` are differentiated.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ._model_state import (
+    atomic_savefig,
+    fast_rnn_kernels_disabled,
+    finite_or_none,
+    fused_disabled,
+    materialise_batches,
+    model_device,
+    new_figure,
+    preserved_state,
+    to_device,
+)
+
+__all__ = ["HessianSpectrum", "SpectralDensity", "hessian_spectrum", "plot_density"]
+
+
+@dataclass(frozen=True)
+class SpectralDensity:
+    """Smoothed spectral density :math:`p(\\lambda) = \\frac1P\\sum_i \\delta(\\lambda-\\lambda_i)`
+    on ``grid`` (Gaussian-broadened stochastic Lanczos quadrature; integrates to ~1)."""
+
+    grid: np.ndarray
+    values: np.ndarray
+
+    def to_dict(self) -> dict[str, list[float]]:
+        return {"grid": [float(g) for g in self.grid], "values": [float(v) for v in self.values]}
+
+
+@dataclass(frozen=True)
+class HessianSpectrum:
+    """Result of :func:`hessian_spectrum`.
+
+    Attributes:
+        eigenvalues: the ``top_k`` largest algebraic eigenvalues, in decreasing order.
+        min_eigenvalue: the smallest algebraic eigenvalue.
+        condition_number: :math:`\\lambda_{\\max}/|\\lambda_{\\min}|` (``inf`` if
+            :math:`\\lambda_{\\min}=0`); see the module docstring.
+        trace, trace_stderr: Hutchinson estimate of :math:`\\mathrm{tr}\\,H` and the standard error
+            of that mean (``std(ddof=1)/sqrt(trace_samples)``); exact with stderr 0 when
+            ``trace_samples >= num_parameters``; ``None`` when ``trace=False``.
+        trace_samples: probes used (``num_parameters`` when exact, 0 when not computed).
+        density: :class:`SpectralDensity` or ``None``.
+        num_parameters: size of the Hessian (trainable parameters).
+        loss: the analysed (weighted-average) loss at the current parameters.
+        num_batches, seed: bookkeeping.
+    """
+
+    eigenvalues: np.ndarray
+    min_eigenvalue: float
+    condition_number: float
+    trace: float | None
+    trace_stderr: float | None
+    trace_samples: int
+    density: SpectralDensity | None
+    num_parameters: int
+    loss: float
+    num_batches: int
+    seed: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def lambda_max(self) -> float:
+        """The largest eigenvalue, ``eigenvalues[0]``."""
+        return float(self.eigenvalues[0])
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable dict; non-finite numbers (e.g. an infinite condition number) become
+        ``None`` so that the output is strict JSON."""
+        return {
+            "lambda_max": finite_or_none(self.lambda_max),
+            "eigenvalues": [finite_or_none(v) for v in self.eigenvalues],
+            "min_eigenvalue": finite_or_none(self.min_eigenvalue),
+            "condition_number": finite_or_none(self.condition_number),
+            "condition_number_definition": "lambda_max / |lambda_min|",
+            "trace": finite_or_none(self.trace),
+            "trace_stderr": finite_or_none(self.trace_stderr),
+            "trace_samples": int(self.trace_samples),
+            "density": None if self.density is None else self.density.to_dict(),
+            "num_parameters": int(self.num_parameters),
+            "loss": finite_or_none(self.loss),
+            "num_batches": int(self.num_batches),
+            "seed": int(self.seed),
+            **{k: v for k, v in self.extra.items()},
+        }
+
+
+# --------------------------------------------------------------------------------------------
+# argument checks
+# --------------------------------------------------------------------------------------------
+def _check_int(value: Any, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def _check_weights(batch_weights: Sequence[float] | None, n: int) -> list[float]:
+    if batch_weights is None:
+        return [1.0 / n] * n
+    w = np.asarray(list(batch_weights), dtype=np.float64)
+    if w.shape != (n,):
+        raise ValueError(f"batch_weights must have one weight per batch ({n}), got {w.shape[0]}")
+    if not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
+        raise ValueError("batch_weights must be finite, >= 0 and not all zero")
+    return [float(x) for x in w / w.sum()]
+
+
+# --------------------------------------------------------------------------------------------
+# the operator
+# --------------------------------------------------------------------------------------------
+class _WeightedLoss(nn.Module):
+    """``weight * loss_fn(pred, y)``, declared ``reduction="sum"`` so curvlinops adds no factor."""
+
+    reduction = "sum"
+
+    def __init__(self, loss_fn: Callable[[Tensor, Tensor], Tensor], weight: float) -> None:
+        super().__init__()
+        self._fn = loss_fn  # plain attribute: a loss module's own parameters stay out of the way
+        self.weight = weight
+
+    def forward(self, prediction: Tensor, target: Tensor) -> Tensor:
+        return self.weight * self._fn(prediction, target)
+
+
+def _balanced_sum(ops: list[Any]) -> Any:
+    """Sum curvlinops operators pairwise (depth log2(B), not B: no deep recursion)."""
+    while len(ops) > 1:
+        nxt = [ops[i] + ops[i + 1] for i in range(0, len(ops) - 1, 2)]
+        if len(ops) % 2:
+            nxt.append(ops[-1])
+        ops = nxt
+    return ops[0]
+
+
+def _build_operator(model, loss_fn, params, data, weights):
+    from curvlinops import HessianLinearOperator
+
+    ops = [
+        HessianLinearOperator(
+            model,
+            _WeightedLoss(loss_fn, w),
+            params,
+            [(x, y)],
+            check_deterministic=False,  # eval mode, no cuDNN: the operator is deterministic
+            num_data=1,  # irrelevant for reduction="sum"; skips curvlinops' X.shape[0] count
+        )
+        for (x, y), w in zip(data, weights, strict=True)
+        if w > 0
+    ]
+    return _balanced_sum(ops)
+
+
+def _average_loss(model, loss_fn, data, weights) -> float:
+    total = 0.0
+    with torch.no_grad():
+        for i, ((x, y), w) in enumerate(zip(data, weights, strict=True)):
+            value = loss_fn(model(x), y)
+            if not isinstance(value, Tensor) or value.numel() != 1:
+                raise ValueError(
+                    f"loss_fn must return a scalar tensor, got {type(value).__name__}"
+                    + (f" of shape {tuple(value.shape)}" if isinstance(value, Tensor) else "")
+                    + f" on batch {i}"
+                )
+            total += w * float(value)
+    return total
+
+
+# --------------------------------------------------------------------------------------------
+# eigenvalues, trace, density
+# --------------------------------------------------------------------------------------------
+def _eigsh(op_scipy, k: int, which: str, tol: float, max_iter: int, v0: np.ndarray) -> np.ndarray:
+    from scipy.sparse.linalg import ArpackNoConvergence, eigsh
+
+    try:
+        vals = eigsh(
+            op_scipy, k=k, which=which, tol=tol, maxiter=max_iter, v0=v0,
+            return_eigenvectors=False,
+        )
+    except ArpackNoConvergence as e:
+        vals = np.asarray(e.eigenvalues)
+        if vals.size < k:
+            raise RuntimeError(
+                f"Lanczos (eigsh, which={which!r}) converged on {vals.size} of {k} eigenvalues "
+                f"within max_iter={max_iter}; increase max_iter or tol"
+            ) from e
+        warnings.warn(
+            f"eigsh(which={which!r}) did not fully converge within max_iter={max_iter}; "
+            "using the converged Ritz values",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return np.sort(np.asarray(vals, dtype=np.float64))
+
+
+def _dense_eigenvalues(op, num_params: int, device, dtype) -> np.ndarray:
+    eye = torch.eye(num_params, device=device, dtype=dtype)
+    h = op @ eye
+    h = 0.5 * (h + h.T)
+    return np.sort(torch.linalg.eigvalsh(h).double().cpu().numpy())
+
+
+def _hutchinson(op, num_params: int, samples: int, gen: torch.Generator, device, dtype,
+                chunk: int = 32) -> tuple[float, float, int]:
+    """Trace of ``op`` with its standard error; exact (stderr 0) when ``samples >= num_params``."""
+    if samples >= num_params:
+        total = 0.0
+        for start in range(0, num_params, chunk):
+            stop = min(start + chunk, num_params)
+            cols = torch.zeros(num_params, stop - start, device=device, dtype=dtype)
+            idx = torch.arange(start, stop, device=device)
+            cols[idx, idx - start] = 1.0
+            total += float((op @ cols)[idx, idx - start].double().sum())
+        return total, 0.0, num_params
+    quad: list[Tensor] = []
+    remaining = samples
+    while remaining > 0:
+        m = min(chunk, remaining)
+        z = torch.randint(0, 2, (num_params, m), generator=gen, dtype=torch.int64)
+        z = (2 * z - 1).to(device=device, dtype=dtype)  # Rademacher probes
+        quad.append(((op @ z) * z).sum(0).double().cpu())
+        remaining -= m
+    q = torch.cat(quad)
+    return float(q.mean()), float(q.std(unbiased=True) / math.sqrt(samples)), samples
+
+
+def _density(op, lam_min: float, lam_max: float, ncv: int, points: int, repeats: int,
+             seed: int, device) -> SpectralDensity:
+    from curvlinops import lanczos_approximate_spectrum
+
+    lo, hi = lam_min, lam_max
+    if not hi - lo > 1e-12 * max(1.0, abs(hi), abs(lo)):  # degenerate spectrum: widen the window
+        pad = 1e-3 * max(1.0, abs(hi))
+        lo, hi = lo - pad, hi + pad
+    devices = list(range(torch.cuda.device_count())) if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):  # curvlinops draws its start vector globally
+        torch.manual_seed(seed)
+        grid, values = lanczos_approximate_spectrum(
+            op, ncv, num_points=points, num_repeats=repeats, boundaries=(lo, hi)
+        )
+    return SpectralDensity(
+        grid=grid.detach().double().cpu().numpy(),
+        values=np.clip(values.detach().double().cpu().numpy(), 0.0, None),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# public entry point
+# --------------------------------------------------------------------------------------------
+def hessian_spectrum(
+    model: nn.Module,
+    loss_fn: Callable[[Tensor, Tensor], Tensor],
+    batches: Iterable[tuple[Any, Tensor]],
+    *,
+    top_k: int = 1,
+    trace: bool = True,
+    density: bool = False,
+    tol: float = 1e-4,
+    max_iter: int = 200,
+    seed: int = 0,
+    trace_samples: int = 100,
+    density_ncv: int = 64,
+    density_points: int = 512,
+    density_repeats: int = 1,
+    batch_weights: Sequence[float] | None = None,
+) -> HessianSpectrum:
+    r"""Top eigenvalues, smallest eigenvalue, trace, condition number and (optionally) density of
+    the Hessian of the batch-averaged loss w.r.t. the model's trainable parameters.
+
+    Args:
+        model: maps ``inputs`` to predictions, e.g. a :class:`~lipschitz_rnn.models.SequenceModel`
+            (any unit of the registry, LSTM and GRU included).
+        loss_fn: ``loss_fn(model(inputs), targets) -> scalar tensor`` (e.g.
+            ``torch.nn.functional.cross_entropy``); any callable, no ``reduction`` attribute
+            needed.
+        batches: iterable of ``(inputs, targets)``; it is materialised into a list (the operator
+            sweeps it many times) and moved to the parameters' device.
+        top_k: number of largest (algebraic) eigenvalues returned, in decreasing order.
+        trace: estimate the trace (Hutchinson, Rademacher probes).
+        density: also compute the spectral density by stochastic Lanczos quadrature.
+        tol: relative accuracy of the ARPACK Ritz values (``eigsh(tol=...)``).
+        max_iter: ARPACK's maximum number of restarts (``eigsh(maxiter=...)``).
+        seed: seeds the ARPACK start vectors (NumPy generator), the Hutchinson probes (torch
+            generator) and the Lanczos start vectors of the density; the global RNG states are
+            left untouched. Same seed, same result.
+        trace_samples: Hutchinson probes (>= 2); if it is >= the number of parameters the trace is
+            computed exactly with that many unit-vector products instead, stderr 0.
+        density_ncv: Lanczos steps per density run (capped at the number of parameters).
+        density_points: grid size of the density.
+        density_repeats: independent Lanczos runs averaged for the density.
+        batch_weights: optional non-negative weights per batch (normalised to sum 1); default
+            uniform ``1/B``: see the module docstring for the averaging convention.
+
+    Returns:
+        :class:`HessianSpectrum`. ``condition_number`` is :math:`\lambda_{\max}/|\lambda_{\min}|`.
+
+    Raises:
+        ValueError: empty ``batches``; ``top_k < 1`` or larger than the number of parameters;
+            ``tol <= 0``; ``max_iter < 1``; ``trace_samples < 2``; bad ``batch_weights``; a model
+            without trainable parameters; ``loss_fn`` not returning a scalar.
+        RuntimeError: Lanczos did not converge on enough eigenvalues within ``max_iter``.
+    """
+    top_k = _check_int(top_k, "top_k", 1)
+    max_iter = _check_int(max_iter, "max_iter", 1)
+    trace_samples = _check_int(trace_samples, "trace_samples", 2)
+    density_ncv = _check_int(density_ncv, "density_ncv", 2)
+    density_points = _check_int(density_points, "density_points", 2)
+    density_repeats = _check_int(density_repeats, "density_repeats", 1)
+    seed = _check_int(seed, "seed", 0)
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)):
+        raise TypeError(f"tol must be a float, got {type(tol).__name__}")
+    if not (0.0 < float(tol) < math.inf):
+        raise ValueError(f"tol must be a finite float > 0, got {tol}")
+    tol = float(tol)
+    data = materialise_batches(batches, "batches")
+    weights = _check_weights(batch_weights, len(data))
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("model has no trainable parameters (requires_grad=True)")
+    num_params = sum(p.numel() for p in params)
+    if top_k > num_params:
+        raise ValueError(f"top_k must be <= the number of parameters ({num_params}), got {top_k}")
+    device = model_device(model)
+    dtype = params[0].dtype
+    data = [(to_device(x, device), to_device(y, device)) for x, y in data]
+
+    ss = np.random.SeedSequence(seed)
+    s_arpack, s_trace, s_density = ss.spawn(3)
+    rng = np.random.default_rng(s_arpack)
+    gen = torch.Generator().manual_seed(int(s_trace.generate_state(1, np.uint64)[0]) >> 1)
+    density_seed = int(s_density.generate_state(1, np.uint64)[0]) >> 1
+
+    with (
+        preserved_state(model, eval_mode=True),
+        fused_disabled(model),
+        fast_rnn_kernels_disabled(),
+    ):
+        loss = _average_loss(model, loss_fn, data, weights)
+        op = _build_operator(model, loss_fn, params, data, weights)
+
+        if top_k >= num_params:  # ARPACK needs k < n: tiny problem, go dense
+            all_vals = _dense_eigenvalues(op, num_params, device, dtype)
+            top = all_vals[::-1][:top_k].copy()
+            lam_min = float(all_vals[0])
+        else:
+            op_scipy = op.to_scipy(dtype=np.float64)
+            top = _eigsh(op_scipy, top_k, "LA", tol, max_iter, rng.standard_normal(num_params))
+            top = top[::-1].copy()
+            lam_min = float(
+                _eigsh(op_scipy, 1, "SA", tol, max_iter, rng.standard_normal(num_params))[0]
+            )
+        lam_max = float(top[0])
+        lam_min = min(lam_min, float(top[-1]))
+
+        tr = stderr = None
+        used = 0
+        if trace:
+            tr, stderr, used = _hutchinson(op, num_params, trace_samples, gen, device, dtype)
+
+        dens = None
+        if density:
+            ncv = min(density_ncv, num_params)
+            dens = _density(op, lam_min, lam_max, max(ncv, 2), density_points, density_repeats,
+                            density_seed, device)
+
+    if lam_min == 0.0:
+        kappa = math.inf if lam_max > 0 else (math.nan if lam_max == 0 else -math.inf)
+    else:
+        kappa = lam_max / abs(lam_min)
+    return HessianSpectrum(
+        eigenvalues=np.asarray(top, dtype=np.float64),
+        min_eigenvalue=lam_min,
+        condition_number=kappa,
+        trace=tr,
+        trace_stderr=stderr,
+        trace_samples=used,
+        density=dens,
+        num_parameters=num_params,
+        loss=loss,
+        num_batches=len(data),
+        seed=seed,
+    )
+
+
+def plot_density(
+    spectrum: HessianSpectrum, path: str | os.PathLike[str], *, title: str | None = None
+) -> str:
+    """Plot ``spectrum.density`` (log scale) with :math:`\\lambda_{\\min}`, :math:`\\lambda_{\\max}`
+    marked, to a PNG at ``path`` (written atomically). Returns the path.
+
+    Raises:
+        ValueError: the spectrum was computed without ``density=True``.
+    """
+    if spectrum.density is None:
+        raise ValueError("spectrum has no density: compute it with hessian_spectrum(density=True)")
+    grid, values = spectrum.density.grid, spectrum.density.values
+    fig, axes = new_figure()
+    ax = axes[0, 0]
+    positive = values[values > 0]
+    floor = max(float(positive.max()) * 1e-12, 1e-300) if positive.size else 1e-300
+    ax.semilogy(grid, np.maximum(values, floor), color="C0", lw=1.2, label="density")
+    ax.axvline(spectrum.lambda_max, color="C3", ls="--", lw=0.8,
+               label=f"λmax = {spectrum.lambda_max:.3g}")
+    ax.axvline(spectrum.min_eigenvalue, color="C2", ls="--", lw=0.8,
+               label=f"λmin = {spectrum.min_eigenvalue:.3g}")
+    ax.set_xlabel("eigenvalue λ")
+    ax.set_ylabel("density p(λ)")
+    ax.set_title(title or f"Hessian spectral density (P = {spectrum.num_parameters})")
+    ax.legend(loc="best", fontsize="small")
+    return atomic_savefig(fig, path)
