@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import signal
 import sys
 
 from rich.console import Console
@@ -12,6 +14,8 @@ from rich.table import Table
 console = Console()
 
 
+# --------------------------------------------------------------------------------------------
+# listings
 def _cmd_models(args: argparse.Namespace) -> int:
     from .models import MODELS
 
@@ -24,12 +28,178 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_presets(args: argparse.Namespace) -> int:
+    from .train.config import list_presets
+
+    table = Table(title="presets (lipschitz-rnn train --preset NAME)")
+    table.add_column("name", no_wrap=True)
+    table.add_column("description")
+    for name, desc in list_presets().items():
+        table.add_row(name, desc)
+    console.print(table)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# training
+class _StopOnSigint:
+    """First Ctrl-C asks the loop to stop at the next step (it then saves a checkpoint)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def __enter__(self):
+        self._old = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:  # second Ctrl-C: give up at once
+            raise KeyboardInterrupt
+        self.requested = True
+        console.print("[yellow]stopping after this step (Ctrl-C again to abort)...[/]")
+
+    def __exit__(self, *exc):
+        signal.signal(signal.SIGINT, self._old)
+        return False
+
+    def __call__(self) -> bool:
+        return self.requested
+
+
+def run_training(config, out, *, data_dir=None, resume=False, force=False) -> dict:
+    """Train with a tqdm progress bar and Ctrl-C handling; print a summary."""
+    from tqdm import tqdm
+
+    from .train.loop import train
+
+    bar = {"bar": None, "epoch": None}
+
+    def progress(p) -> None:
+        if bar["epoch"] != p.epoch:
+            if bar["bar"] is not None:
+                bar["bar"].close()
+            bar["bar"] = tqdm(
+                total=p.steps_per_epoch,
+                desc=f"epoch {p.epoch}",
+                unit="batch",
+                initial=p.step - 1,
+                leave=False,
+                dynamic_ncols=True,
+                disable=None,
+            )  # no bar when stderr is not a terminal
+            bar["epoch"] = p.epoch
+        b = bar["bar"]
+        b.update(1)
+        b.set_postfix(
+            loss=f"{p.loss:.4f}", **{p.metric_name: f"{p.metric:.4f}"}, seq_s=f"{p.seq_per_s:.0f}"
+        )
+
+    def epoch_end(rec: dict) -> None:
+        if bar["bar"] is not None:
+            bar["bar"].close()
+            bar["bar"] = None
+            bar["epoch"] = None
+        parts = [f"epoch {rec['epoch']:3d}"]
+        for k, v in rec.items():
+            if k in ("epoch", "lyapunov"):
+                continue
+            parts.append(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}")
+        if "lyapunov" in rec:
+            parts.append(f"lambda_max {rec['lyapunov']['max']:.4f}")
+        console.print("  ".join(parts))
+
+    with _StopOnSigint() as stop:
+        results = train(
+            config,
+            out,
+            data_dir=data_dir,
+            resume=resume,
+            force=force,
+            progress=progress,
+            should_stop=stop,
+            epoch_end=epoch_end,
+        )
+    if bar["bar"] is not None:
+        bar["bar"].close()
+    console.print(
+        f"[bold]test[/] {json.dumps(results['test'])}  "
+        f"(best valid epoch {results['best_valid']['epoch']}, "
+        f"{results['num_parameters']} parameters, {results['wall_time_s']:.1f} s)"
+    )
+    console.print(f"run directory: {out}")
+    return results
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .train.config import parse_set, resolve_config
+
+    if args.resume:
+        run_training(None, args.resume, data_dir=args.data_dir, resume=True)
+        return 0
+    if args.out is None:
+        raise ValueError("--out RUN_DIR is required (or --resume RUN_DIR)")
+    if args.preset is None and (args.task is None or args.model is None):
+        raise ValueError("give --task and --model, or --preset")
+    overrides = parse_set(args.set or [])
+    if args.lyapunov_every is not None:
+        overrides["lyapunov_every"] = args.lyapunov_every
+    config = resolve_config(
+        task=args.task, model=args.model, preset=args.preset, overrides=overrides
+    )
+    _check_names(config)
+    run_training(config, args.out, data_dir=args.data_dir, force=args.force)
+    return 0
+
+
+def _check_names(config) -> None:
+    from .data import TASKS
+    from .models import MODELS
+
+    if config.task not in TASKS:
+        raise ValueError(f"--task must be one of {sorted(TASKS)}, got {config.task!r}")
+    if config.model not in MODELS:
+        raise ValueError(f"--model must be one of {sorted(MODELS)}, got {config.model!r}")
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .train.loop import evaluate_run
+
+    res = evaluate_run(args.run_dir, data_dir=args.data_dir, split=args.split)
+    console.print(json.dumps(res))
+    return 0
+
+
+def _cmd_certify(args: argparse.Namespace) -> int:
+    from .stability import certify
+    from .train.loop import load_run
+
+    _, _, model = load_run(args.run_dir, data_dir=args.data_dir, which=args.checkpoint)
+    for cert in certify(model):
+        console.print(str(cert))
+    return 0
+
+
 def _cmd_quickstart(args: argparse.Namespace) -> int:
-    from .quickstart import run_quickstart
+    from .stability import certify
+    from .train.config import resolve_config
+    from .train.loop import load_run
 
-    return run_quickstart(args, console)
+    overrides = {"seed": args.seed}
+    if args.epochs is not None:
+        overrides["epochs"] = args.epochs
+    config = resolve_config(preset="digits-lipschitz", overrides=overrides)
+    console.print(f"[bold]quick start[/]: {config.description}")
+    results = run_training(config, args.out, force=True)
+    acc = results["test"]["accuracy"]
+    console.print(f"[bold green]test accuracy {100 * acc:.2f}%[/]")
+    _, _, model = load_run(args.out)
+    console.print("[bold]stability certificate of the trained layer[/]")
+    for cert in certify(model):
+        console.print(str(cert))
+    return 0
 
 
+# --------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="lipschitz-rnn",
@@ -38,14 +208,57 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = p.add_subparsers(dest="command", required=True)
 
+    def data_dir_arg(s):
+        s.add_argument(
+            "--data-dir",
+            default=None,
+            help="data directory (default: $LIPSCHITZ_RNN_DATA, else ~/.cache/lipschitz_rnn)",
+        )
+
     s = sub.add_parser("models", help="list the models of the registry")
     s.set_defaults(func=_cmd_models)
+    s = sub.add_parser("presets", help="list the training presets")
+    s.set_defaults(func=_cmd_presets)
 
-    s = sub.add_parser("quickstart", help="train a Lipschitz RNN on a small bundled data set")
+    s = sub.add_parser("train", help="train a model on a task")
+    s.add_argument("--task")
+    s.add_argument("--model")
+    s.add_argument("--preset")
+    s.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a setting (model.eps=0.1, task.length=200, lr=0.001, ...)",
+    )
+    s.add_argument("--out", help="run directory")
+    s.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+    s.add_argument("--force", action="store_true", help="overwrite an existing run directory")
+    s.add_argument(
+        "--lyapunov-every",
+        type=int,
+        default=None,
+        metavar="E",
+        help="log a Lyapunov spectrum summary every E epochs",
+    )
+    data_dir_arg(s)
+    s.set_defaults(func=_cmd_train)
+
+    s = sub.add_parser("evaluate", help="re-compute a run's test metrics from its best checkpoint")
+    s.add_argument("run_dir")
+    s.add_argument("--split", default="test", choices=["train", "valid", "test"])
+    data_dir_arg(s)
+    s.set_defaults(func=_cmd_evaluate)
+
+    s = sub.add_parser("certify", help="stability certificate of a run's Lipschitz cells")
+    s.add_argument("run_dir")
+    s.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    data_dir_arg(s)
+    s.set_defaults(func=_cmd_certify)
+
+    s = sub.add_parser("quickstart", help="train a Lipschitz RNN on bundled digits (no download)")
     s.add_argument("--out", default="runs/quickstart", help="run directory")
     s.add_argument("--epochs", type=int, default=None, help="override the number of epochs")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--force", action="store_true", help="overwrite an existing run directory")
     s.set_defaults(func=_cmd_quickstart)
     return p
 
@@ -56,8 +269,16 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    from .train.loop import DivergenceError, RunInterrupted
+
     try:
         return int(args.func(args) or 0)
+    except RunInterrupted as e:
+        console.print(f"[yellow]interrupted:[/] {e}")
+        return 130
+    except DivergenceError as e:
+        console.print(f"[bold red]diverged:[/] {e}")
+        return 3
     except (ValueError, TypeError, FileNotFoundError) as e:
         console.print(f"[bold red]error:[/] {e}")
         return 2

@@ -1,0 +1,236 @@
+"""How each kind of task is batched, scored and evaluated by the training loop.
+
+Kinds (from :class:`lipschitz_rnn.data.Task`):
+
+* ``classification`` with readout ``last`` (MNIST variants, CIFAR, digits): cross-entropy,
+  accuracy in [0, 1];
+* ``classification`` with readout ``all`` (copy): cross-entropy over the scored steps (targets
+  ``-100`` are ignored), accuracy over the scored steps;
+* ``regression`` (adding: readout ``last``; speech: readout ``all`` with a mask over padded
+  frames): mean squared error;
+* ``language_model`` (ptb-char): truncated BPTT over ``bptt``-step segments of ``batch_size``
+  parallel streams, the hidden state carried (detached) across segments; bits per character.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import TrainConfig
+
+LN2 = math.log(2.0)
+#: parallel streams when evaluating a language model (state carried over the whole split)
+LM_EVAL_STREAMS = 10
+
+
+def _to_time_major(x: Tensor) -> Tensor:
+    return x.transpose(0, 1).contiguous()
+
+
+def _detach_state(h):
+    if h is None:
+        return None
+    if isinstance(h, tuple):
+        return tuple(t.detach() for t in h)
+    return h.detach()
+
+
+class TaskRunner:
+    def __init__(self, config: TrainConfig, *, data_dir=None, device: torch.device):
+        from ..data import get_task
+
+        self.config = config
+        self.device = device
+        self.task = get_task(config.task, data_dir=data_dir, seed=config.seed, **config.task_kwargs)
+        t = self.task
+        self.kind = t.kind
+        self.metric_name = t.metric
+        self.readout = t.readout
+        self.output_size = t.output_size
+        self.higher_is_better = t.metric == "accuracy"
+        self.is_lm = t.kind == "language_model"
+        self.vocab_size = t.output_size if self.is_lm else None
+        self.model_input_size = t.input_size
+        self._carry = None  # LM hidden state carried across segments
+
+    # --- bookkeeping for the run directory -----------------------------------------------------
+    def meta_to_save(self) -> dict[str, Any]:
+        return dict(self.task.meta) if self.task.meta else {}
+
+    def state(self) -> dict[str, Any]:
+        """What a mid-epoch checkpoint must hold: the data RNG (fresh noise) and the LM carry."""
+        out: dict[str, Any] = {"data_rng": self.task.rng_state()}
+        if self._carry is not None:
+            parts = self._carry if isinstance(self._carry, tuple) else (self._carry,)
+            out["carry"] = [p.detach().cpu() for p in parts]
+        return out
+
+    def load_state(self, s: dict[str, Any]) -> None:
+        if s and s.get("data_rng") is not None:
+            self.task.set_rng_state(s["data_rng"])
+        if s and s.get("carry"):
+            parts = [p.to(self.device) for p in s["carry"]]
+            self._carry = tuple(parts) if len(parts) > 1 else parts[0]
+        else:
+            self._carry = None
+
+    def reset_epoch_state(self) -> None:
+        self._carry = None
+
+    # --- batches --------------------------------------------------------------------------------
+    def _limit(self, batches: list) -> list:
+        m = self.config.max_batches
+        return batches[:m] if m else batches
+
+    def train_batches(self, epoch: int) -> list:
+        """The batches of ``epoch`` (1-based), in an order seeded by (seed, epoch)."""
+        if self.is_lm:
+            return self._limit(list(range(self._lm_num_segments("train", self.config.batch_size))))
+        n = len(self.task.train)
+        g = torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch)
+        perm = torch.randperm(n, generator=g)
+        bs = self.config.batch_size
+        return self._limit([perm[i : i + bs] for i in range(0, n, bs)])
+
+    def _collate(self, dataset, idx: Tensor):
+        items = [dataset[int(i)] for i in idx]
+        if self.task.collate_fn is not None:
+            return self.task.collate_fn(items)
+        xs, ys = zip(*items, strict=True)
+        return torch.stack(xs), torch.stack([torch.as_tensor(y) for y in ys])
+
+    # --- language model streams -----------------------------------------------------------------
+    def _lm_stream(self, split: str, batch_size: int) -> Tensor:
+        key = (split, batch_size)
+        cache = self.__dict__.setdefault("_lm_cache", {})
+        if key not in cache:
+            cache[key] = self.task.batchify(split, batch_size)  # (N, B) long
+        return cache[key]
+
+    def _lm_num_segments(self, split: str, batch_size: int) -> int:
+        data = self._lm_stream(split, batch_size)
+        return max(0, math.ceil((data.shape[0] - 1) / self.config.bptt))
+
+    def _lm_segment(self, split: str, batch_size: int, i: int) -> tuple[Tensor, Tensor]:
+        data = self._lm_stream(split, batch_size)
+        start = i * self.config.bptt
+        end = min(start + self.config.bptt, data.shape[0] - 1)
+        return data[start:end], data[start + 1 : end + 1]
+
+    # --- one step -----------------------------------------------------------------------------
+    def _forward_loss(self, model: nn.Module, batch, hx=None):
+        """(loss, metric_sum, count, sequences, new_state) of one batch."""
+        dev = self.device
+        if self.is_lm:
+            x, y = batch
+            x, y = x.to(dev), y.to(dev)
+            logits, h = model(x, hx, return_state=True)
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+            return loss, 0.0, y.numel(), x.shape[1], h
+        if self.task.collate_fn is not None and isinstance(batch, dict):
+            x, y, mask = batch["x"].to(dev), batch["y"].to(dev), batch["mask"].to(dev)
+            out = model(x)  # time-major padded (T, B, F); causal, so padding never leaks back
+            m = mask.unsqueeze(-1).to(out.dtype)
+            count = float(m.sum()) * out.shape[-1]
+            sq = ((out - y) ** 2 * m).sum()
+            loss = sq / count
+            return loss, float(sq.detach()), count, x.shape[1], None
+        x, y = batch
+        x, y = _to_time_major(x.to(dev)), y.to(dev)
+        out = model(x)
+        if self.kind == "classification":
+            if self.readout == "all":
+                y = y.T if y.shape[0] == x.shape[1] else y  # (T, B)
+                logits = out.reshape(-1, out.shape[-1])
+                yy = y.reshape(-1)
+                loss = F.cross_entropy(logits, yy, ignore_index=-100)
+                scored = yy != -100
+                correct = (logits.argmax(-1)[scored] == yy[scored]).sum()
+                return loss, float(correct), float(scored.sum()), x.shape[1], None
+            loss = F.cross_entropy(out, y)
+            correct = (out.argmax(-1) == y).sum()
+            return loss, float(correct), y.shape[0], x.shape[1], None
+        y = y.reshape(out.shape).to(out.dtype)
+        loss = F.mse_loss(out, y)
+        return loss, float(loss.detach()) * y.numel(), y.numel(), x.shape[1], None
+
+    def train_step(self, model: nn.Module, batch):
+        if self.is_lm:
+            seg = self._lm_segment("train", self.config.batch_size, int(batch))
+            loss, ms, count, seqs, h = self._forward_loss(model, seg, self._carry)
+            self._carry = _detach_state(h)
+            return loss, ms, count, seqs
+        data = self._collate(self.task.train, batch)
+        loss, ms, count, seqs, _ = self._forward_loss(model, data)
+        return loss, ms, count, seqs
+
+    def finish_metric(self, metric_sum: float, count: float, loss_sum: float) -> float:
+        if count <= 0:
+            return float("nan")
+        if self.metric_name == "bpc":
+            return loss_sum / count / LN2
+        return metric_sum / count
+
+    # --- evaluation -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, split: str) -> dict[str, float]:
+        was_training = model.training
+        model.eval()
+        try:
+            loss_sum = metric_sum = count = 0.0
+            if self.is_lm:
+                bs = LM_EVAL_STREAMS
+                h = None
+                for i in range(self._lm_num_segments(split, bs)):
+                    loss, ms, c, _, h = self._forward_loss(model, self._lm_segment(split, bs, i), h)
+                    loss_sum += float(loss) * c
+                    count += c
+            else:
+                ds = getattr(self.task, split)
+                n = len(ds)
+                bs = self.config.eval_batch_size
+                for i in range(0, n, bs):
+                    batch = self._collate(ds, torch.arange(i, min(i + bs, n)))
+                    loss, ms, c, _, _ = self._forward_loss(model, batch)
+                    loss_sum += float(loss) * c
+                    metric_sum += ms
+                    count += c
+            return {
+                "loss": loss_sum / max(count, 1.0),
+                self.metric_name: self.finish_metric(metric_sum, count, loss_sum),
+            }
+        finally:
+            model.train(was_training)
+
+    def sample_inputs(self, split: str, n: int) -> Tensor:
+        """Time-major inputs (T, n, features) of the first ``n`` items of ``split`` (for analysis)."""
+        if self.is_lm:
+            x, _ = self._lm_segment(split, n, 0)
+            return x
+        ds = getattr(self.task, split)
+        batch = self._collate(ds, torch.arange(min(n, len(ds))))
+        if isinstance(batch, dict):
+            return batch["x"]
+        return _to_time_major(batch[0])
+
+    def lyapunov_summary(self, model: nn.Module) -> dict[str, Any]:
+        from ..analysis import lyapunov_spectrum
+
+        inputs = self.sample_inputs("valid", self.config.lyapunov_batch).to(self.device)
+        k = self.config.lyapunov_k or None
+        spec = lyapunov_spectrum(model, inputs, k=k)
+        mean = spec.mean
+        return {
+            "max": float(mean.max()),
+            "mean": float(mean.mean()),
+            "median": float(mean.median()),
+            "kaplan_yorke_dimension": float(spec.to_dict()["kaplan_yorke_dimension_of_mean"])
+            if "kaplan_yorke_dimension_of_mean" in spec.to_dict()
+            else float(torch.as_tensor(spec.kaplan_yorke_dimension).float().mean()),
+            "spectrum": [float(v) for v in mean],
+        }

@@ -1,0 +1,253 @@
+"""The training command end to end on tiny real runs: digits and adding."""
+
+import json
+
+import pytest
+import torch
+
+from lipschitz_rnn._io import load_checkpoint
+from lipschitz_rnn.cli import main
+from lipschitz_rnn.train.config import TrainConfig, list_presets, parse_set, resolve_config
+from lipschitz_rnn.train.loop import DivergenceError, RunInterrupted, evaluate_run, train
+
+
+def tiny(task="digits", **kw):
+    base = dict(
+        task=task,
+        model="lipschitz",
+        hidden_size=16,
+        epochs=2,
+        batch_size=32,
+        max_batches=6,
+        eval_batch_size=256,
+        lr=0.01,
+        model_kwargs={"solver": "rk2", "eps": 0.3},
+    )
+    base.update(kw)
+    return TrainConfig(**base).validate()
+
+
+def test_digits_end_to_end(tmp_path):
+    out = tmp_path / "run"
+    res = train(tiny(), out)
+    assert set(res["test"]) == {"accuracy", "loss"}
+    assert 0.0 <= res["test"]["accuracy"] <= 1.0
+    assert res["num_parameters"] > 0 and res["wall_time_s"] > 0
+    assert res["eigenvalues"][0]["A_eig_real_max"] >= res["eigenvalues"][0]["A_eig_real_min"]
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(l)["epoch"] for l in lines] == [1, 2]
+    assert TrainConfig.from_toml((out / "config.toml").read_text()) == tiny()
+    on_disk = json.loads((out / "results.json").read_text())
+    assert on_disk["test"] == res["test"]
+    # evaluate recomputes the same test metrics from the best checkpoint
+    again = evaluate_run(out)
+    assert again["accuracy"] == pytest.approx(res["test"]["accuracy"], abs=1e-12)
+    ck = load_checkpoint(out / "checkpoints" / "best.pt")
+    assert "model" in ck
+
+
+def test_adding_end_to_end(tmp_path):
+    cfg = tiny(
+        "adding", task_kwargs={"length": 20}, model="odernn", model_kwargs={"eps": 0.3}, epochs=1
+    )
+    res = train(cfg, tmp_path / "run")
+    assert "mse" in res["test"] and res["test"]["mse"] >= 0
+
+
+def test_training_learns_digits(tmp_path):
+    cfg = tiny(epochs=4, max_batches=0, hidden_size=32)
+    res = train(cfg, tmp_path / "run")
+    assert res["test"]["accuracy"] > 0.6
+
+
+def _weights(out):
+    return load_checkpoint(out / "checkpoints" / "last.pt")["model"]
+
+
+def test_resume_is_bit_identical(tmp_path):
+    cfg = tiny(epochs=3, max_batches=5, model_kwargs={"solver": "euler", "eps": 0.3})
+    full = tmp_path / "full"
+    train(cfg, full)
+
+    part = tmp_path / "part"
+    calls = {"n": 0}
+
+    def stop_after_7():
+        calls["n"] += 1
+        return calls["n"] >= 7  # mid-epoch 2 (5 steps per epoch)
+
+    with pytest.raises(RunInterrupted):
+        train(cfg, part, should_stop=stop_after_7)
+    ck = load_checkpoint(part / "checkpoints" / "last.pt")
+    # 5 step polls + 1 end-of-epoch poll in epoch 1, then stop after step 1 of epoch 2
+    assert (int(ck["epoch"]), int(ck["step"])) == (2, 1)
+    res = train(None, part, resume=True)
+    a, b = _weights(full), _weights(part)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    full_metrics = (full / "metrics.jsonl").read_text().splitlines()
+    part_metrics = (part / "metrics.jsonl").read_text().splitlines()
+    strip = lambda l: {k: v for k, v in json.loads(l).items() if k not in ("seconds", "seq_per_s")}
+    assert [strip(l) for l in full_metrics] == [strip(l) for l in part_metrics]
+    assert res["test"] == json.loads((full / "results.json").read_text())["test"]
+
+
+def test_divergence_names_epoch_and_step(tmp_path):
+    # a step size far outside the stable region makes the state overflow within 8 steps
+    cfg = tiny(model_kwargs={"solver": "euler", "eps": 1e8, "init_std": 10.0}, epochs=2)
+    with pytest.raises(DivergenceError, match=r"epoch \d+, step \d+"):
+        train(cfg, tmp_path / "run")
+
+
+def test_refuses_existing_run(tmp_path):
+    out = tmp_path / "run"
+    train(tiny(epochs=1, max_batches=2), out)
+    with pytest.raises(ValueError, match="already holds"):
+        train(tiny(epochs=1, max_batches=2, lr=0.5), out)
+    train(tiny(epochs=1, max_batches=2, lr=0.5), out, force=True)
+    assert TrainConfig.from_toml((out / "config.toml").read_text()).lr == 0.5
+
+
+def test_presets_and_config_errors():
+    presets = list_presets()
+    for name in (
+        "smnist-lipschitz-128-euler",
+        "psmnist-lipschitz-64-rk2",
+        "npcifar-lipschitz-256",
+        "speech-lipschitz-256",
+        "ptb-char-lipschitz-256",
+        "digits-lipschitz",
+    ):
+        assert name in presets and presets[name]
+    c = resolve_config(preset="smnist-lipschitz-128-euler")
+    assert (c.lr, c.batch_size, c.epochs, c.lr_decay_epochs) == (0.003, 128, 100, [90])
+    assert c.model_kwargs == {
+        "solver": "euler",
+        "eps": 0.03,
+        "beta": 0.75,
+        "gamma_A": 0.001,
+        "gamma_W": 0.001,
+        "init_std": 0.1,
+    }
+    p = resolve_config(preset="psmnist-lipschitz-128-rk2")
+    assert p.lr == 0.0035 and p.model_kwargs["solver"] == "rk2"
+    with pytest.raises(ValueError, match="preset"):
+        resolve_config(preset="nope")
+    for bad in (["lr"], ["lr=abc def"], ['lr="x"'], ["nokey=1"], ["=3"], ["foo.bar=1"]):
+        with pytest.raises(ValueError):
+            resolve_config(task="digits", model="lipschitz", overrides=parse_set(bad))
+    assert parse_set(["model.solver=rk2", "lr_decay_epochs=[3, 5]"]) == {
+        "model.solver": "rk2",
+        "lr_decay_epochs": [3, 5],
+    }
+
+
+def test_cli_errors(tmp_path, capsys):
+    assert (
+        main(["train", "--task", "nope", "--model", "lipschitz", "--out", str(tmp_path / "a")]) == 2
+    )
+    assert "--task" in capsys.readouterr().out
+    assert main(["train", "--task", "digits", "--model", "nope", "--out", str(tmp_path / "b")]) == 2
+    assert "--model" in capsys.readouterr().out
+    assert main(["train", "--preset", "nope", "--out", str(tmp_path / "c")]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--task",
+                "digits",
+                "--model",
+                "rnn",
+                "--set",
+                "lr",
+                "--out",
+                str(tmp_path / "d"),
+            ]
+        )
+        == 2
+    )
+    assert main(["evaluate", str(tmp_path / "missing")]) == 2
+
+
+def test_cli_train_and_evaluate(tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = main(
+        [
+            "train",
+            "--task",
+            "digits",
+            "--model",
+            "gru",
+            "--out",
+            str(out),
+            "--set",
+            "epochs=1",
+            "--set",
+            "hidden_size=8",
+            "--set",
+            "max_batches=3",
+        ]
+    )
+    assert rc == 0
+    assert (out / "results.json").is_file()
+    assert main(["evaluate", str(out)]) == 0
+    assert "accuracy" in capsys.readouterr().out
+    # a second train into the same directory is refused without --force
+    assert main(["train", "--task", "digits", "--model", "gru", "--out", str(out)]) == 2
+
+
+def _write_tiny_mnist(folder, n_train=40, n_test=10):
+    import gzip
+    import struct
+
+    import numpy as np
+
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        imgs = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
+        labels = rng.integers(0, 10, size=n, dtype=np.uint8)
+        with gzip.open(folder / f"{prefix}-images-idx3-ubyte.gz", "wb") as f:
+            f.write(struct.pack(">IIII", 2051, n, 28, 28) + imgs.tobytes())
+        with gzip.open(folder / f"{prefix}-labels-idx1-ubyte.gz", "wb") as f:
+            f.write(struct.pack(">II", 2049, n) + labels.tobytes())
+
+
+def test_psmnist_permutation_saved_in_run(tmp_path):
+    _write_tiny_mnist(tmp_path / "data" / "mnist")
+    perms = []
+    for name in ("a", "b"):
+        cfg = tiny(
+            "psmnist",
+            task_kwargs={"valid_size": 10},
+            epochs=1,
+            max_batches=1,
+            batch_size=8,
+            hidden_size=4,
+        )
+        train(cfg, tmp_path / name, data_dir=tmp_path / "data")
+        meta = json.loads((tmp_path / name / "task_meta.json").read_text())
+        perms.append(meta["permutation"])
+    assert sorted(perms[0]) == list(range(784))
+    assert perms[0] == perms[1]
+
+
+def test_cli_missing_data_message(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("LIPSCHITZ_RNN_NO_DOWNLOAD", "1")
+    rc = main(
+        [
+            "train",
+            "--task",
+            "smnist",
+            "--model",
+            "lipschitz",
+            "--out",
+            str(tmp_path / "r"),
+            "--data-dir",
+            str(tmp_path / "empty"),
+        ]
+    )
+    assert rc == 2
+    out = capsys.readouterr().out
+    assert "LIPSCHITZ_RNN_DATA" in out and "train-images-idx3-ubyte" in out
