@@ -4,6 +4,12 @@ from .config import TrainConfig, list_presets, resolve_config
 from .loop import DivergenceError, RunInterrupted, evaluate_run, load_run, train
 
 __all__ = [
-    "TrainConfig", "list_presets", "resolve_config", "train", "evaluate_run", "load_run",
-    "DivergenceError", "RunInterrupted",
+    "TrainConfig",
+    "list_presets",
+    "resolve_config",
+    "train",
+    "evaluate_run",
+    "load_run",
+    "DivergenceError",
+    "RunInterrupted",
 ]

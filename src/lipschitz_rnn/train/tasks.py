@@ -229,8 +229,82 @@ class TaskRunner:
             "max": float(mean.max()),
             "mean": float(mean.mean()),
             "median": float(mean.median()),
-            "kaplan_yorke_dimension": float(spec.to_dict()["kaplan_yorke_dimension_of_mean"])
-            if "kaplan_yorke_dimension_of_mean" in spec.to_dict()
-            else float(torch.as_tensor(spec.kaplan_yorke_dimension).float().mean()),
+            "kaplan_yorke_dimension": spec.kaplan_yorke_dimension_of_mean,
             "spectrum": [float(v) for v in mean],
         }
+
+
+# --- analysis helpers: batches and losses in the form ``loss_fn(model(inputs), targets)`` ------
+def analysis_batches(runner: TaskRunner, split: str, n_batches: int, batch_size: int) -> list:
+    """The first ``n_batches`` batches of ``split`` as (time-major inputs, targets) pairs.
+
+    For masked tasks (speech) the targets are ``(y, mask)``; for language models, consecutive
+    ``bptt`` segments of ``batch_size`` streams (each segment starts from a zero state).
+    """
+    if n_batches < 1 or batch_size < 1:
+        raise ValueError(f"n_batches and batch_size must be >= 1, got {n_batches}, {batch_size}")
+    out = []
+    dev = runner.device
+    if runner.is_lm:
+        for i in range(min(n_batches, runner._lm_num_segments(split, batch_size))):
+            x, y = runner._lm_segment(split, batch_size, i)
+            out.append((x.to(dev), y.to(dev)))
+        return out
+    ds = getattr(runner.task, split)
+    n = len(ds)
+    for i in range(0, min(n, n_batches * batch_size), batch_size):
+        batch = runner._collate(ds, torch.arange(i, min(i + batch_size, n)))
+        if isinstance(batch, dict):
+            out.append((batch["x"].to(dev), (batch["y"].to(dev), batch["mask"].to(dev))))
+        else:
+            out.append((_to_time_major(batch[0].to(dev)), batch[1].to(dev)))
+    if not out:
+        raise ValueError(f"split {split!r} of task {runner.task.name!r} is empty")
+    return out
+
+
+def loss_function(runner: TaskRunner):
+    """The task's training loss as ``loss_fn(outputs, targets)`` (mean over scored elements)."""
+
+    def loss_fn(out: Tensor, target) -> Tensor:
+        if isinstance(target, tuple):  # (y, mask): masked MSE over valid frames
+            y, mask = target
+            m = mask.unsqueeze(-1).to(out.dtype)
+            return ((out - y) ** 2 * m).sum() / (m.sum() * out.shape[-1])
+        if runner.is_lm or (runner.kind == "classification" and runner.readout == "all"):
+            if runner.readout == "all" and target.dim() == 2 and target.shape[0] == out.shape[1]:
+                target = target.T
+            return F.cross_entropy(
+                out.reshape(-1, out.shape[-1]), target.reshape(-1), ignore_index=-100
+            )
+        if runner.kind == "classification":
+            return F.cross_entropy(out, target)
+        return F.mse_loss(out, target.reshape(out.shape).to(out.dtype))
+
+    return loss_fn
+
+
+def metric_function(runner: TaskRunner):
+    """The task metric as ``metric_fn(outputs, targets) -> (sum, count)`` (pooled exactly)."""
+
+    def metric_fn(out: Tensor, target) -> tuple[float, float]:
+        if isinstance(target, tuple):
+            y, mask = target
+            m = mask.unsqueeze(-1).to(out.dtype)
+            return float(((out - y) ** 2 * m).sum()), float(m.sum()) * out.shape[-1]
+        if runner.is_lm:
+            ce = F.cross_entropy(
+                out.reshape(-1, out.shape[-1]), target.reshape(-1), reduction="sum"
+            )
+            return float(ce) / LN2, float(target.numel())
+        if runner.kind == "classification":
+            if runner.readout == "all":
+                t = target.T if target.shape[0] == out.shape[1] else target
+                pred = out.argmax(-1)
+                scored = t != -100
+                return float((pred[scored] == t[scored]).sum()), float(scored.sum())
+            return float((out.argmax(-1) == target).sum()), float(target.shape[0])
+        y = target.reshape(out.shape).to(out.dtype)
+        return float(((out - y) ** 2).sum()), float(y.numel())
+
+    return metric_fn

@@ -1,0 +1,207 @@
+"""Analyses of a trained run directory: Lyapunov spectrum, Hessian spectrum, robustness, comparison.
+
+Each writes its JSON (and a PNG) into the run directory, atomically, and returns the dict.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .._io import atomic_write_text, write_json
+from .loop import load_run
+from .tasks import analysis_batches, loss_function, metric_function
+
+__all__ = [
+    "lyapunov_run",
+    "lyapunov_evolution",
+    "hessian_run",
+    "robustness_run",
+    "compare_runs",
+    "DEFAULT_INPUT_SIGMAS",
+    "DEFAULT_WEIGHT_SIGMAS",
+]
+
+DEFAULT_INPUT_SIGMAS = (0.0, 0.01, 0.05, 0.1, 0.2, 0.5)
+DEFAULT_WEIGHT_SIGMAS = (0.0, 0.001, 0.005, 0.01, 0.05, 0.1)
+
+
+def _run_dir(run_dir) -> Path:
+    run = Path(run_dir)
+    if not (run / "config.toml").is_file():
+        raise FileNotFoundError(f"run_dir: {run} is not a run directory (no config.toml)")
+    if not (run / "checkpoints" / "best.pt").is_file():
+        raise FileNotFoundError(
+            f"run_dir: {run} has no checkpoints/best.pt (did it finish an epoch?)"
+        )
+    return run
+
+
+def lyapunov_run(
+    run_dir,
+    *,
+    batch: int = 16,
+    steps: int | None = None,
+    k: int | None = None,
+    warmup: int = 0,
+    data_dir=None,
+) -> dict[str, Any]:
+    """Spectrum of the best checkpoint driven by the task's test inputs; writes lyapunov.json/png."""
+    from ..analysis.lyapunov import lyapunov_spectrum, plot_spectrum
+
+    run = _run_dir(run_dir)
+    _, runner, model = load_run(run, data_dir=data_dir)
+    inputs = runner.sample_inputs("test", batch)
+    if steps is not None:
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        inputs = inputs[: warmup + steps]
+    spec = lyapunov_spectrum(model, inputs, k=k, warmup=warmup)
+    d = spec.to_dict()
+    summary = {
+        "max_exponent": spec.max_exponent,
+        "num_positive": int((spec.mean > 0).sum()),
+        "kaplan_yorke_dimension": spec.kaplan_yorke_dimension_of_mean,
+        "entropy_rate": spec.entropy_rate_of_mean,
+    }
+    d["summary"] = summary
+    write_json(run / "lyapunov.json", d)
+    plot_spectrum(spec, run / "lyapunov.png", title=f"Lyapunov spectrum: {run.name}")
+    return d
+
+
+def lyapunov_evolution(run_dir) -> Path:
+    """Plot the spectra logged by ``train --lyapunov-every`` to lyapunov_evolution.png."""
+    from ..analysis.lyapunov import plot_evolution
+
+    run = Path(run_dir)
+    path = run / "metrics.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"run_dir: {run} has no metrics.jsonl")
+    records = []
+    for line in path.read_text().splitlines():
+        rec = json.loads(line)
+        if "lyapunov" in rec:
+            records.append((rec["epoch"], rec["lyapunov"]["spectrum"]))
+    if not records:
+        raise ValueError(f"{path} holds no spectra: train with --lyapunov-every E")
+    out = run / "lyapunov_evolution.png"
+    plot_evolution(records, out, title=f"Lyapunov spectrum during training: {run.name}")
+    return out
+
+
+def hessian_run(
+    run_dir,
+    *,
+    n_batches: int = 2,
+    batch_size: int = 64,
+    top_k: int = 1,
+    density: bool = True,
+    seed: int = 0,
+    data_dir=None,
+    **kw,
+) -> dict[str, Any]:
+    """Hessian spectrum of the test loss at the best checkpoint; writes hessian.json/png."""
+    from ..analysis.hessian import hessian_spectrum, plot_density
+
+    run = _run_dir(run_dir)
+    _, runner, model = load_run(run, data_dir=data_dir)
+    batches = analysis_batches(runner, "test", n_batches, batch_size)
+    spec = hessian_spectrum(
+        model, loss_function(runner), batches, top_k=top_k, density=density, seed=seed, **kw
+    )
+    d = spec.to_dict()
+    d["batches"] = {"split": "test", "n_batches": len(batches), "batch_size": batch_size}
+    write_json(run / "hessian.json", d)
+    if density and spec.density is not None:
+        plot_density(spec, run / "hessian.png")
+    return d
+
+
+def robustness_run(
+    run_dir,
+    *,
+    input_sigmas=DEFAULT_INPUT_SIGMAS,
+    weight_sigmas=DEFAULT_WEIGHT_SIGMAS,
+    seeds=(0, 1, 2),
+    n_batches: int = 4,
+    batch_size: int = 256,
+    data_dir=None,
+) -> dict[str, Any]:
+    """Test metric under input and relative weight noise; writes robustness.json/png."""
+    from ..analysis.robustness import input_noise_curve, plot_curves, weight_noise_curve
+
+    run = _run_dir(run_dir)
+    _, runner, model = load_run(run, data_dir=data_dir)
+    batches = analysis_batches(runner, "test", n_batches, batch_size)
+    metric = metric_function(runner)
+    curves = []
+    if not runner.is_lm:  # token inputs cannot take Gaussian noise
+        curves.append(
+            input_noise_curve(
+                model, batches, metric, list(input_sigmas), seeds=seeds, label=run.name
+            )
+        )
+    curves.append(
+        weight_noise_curve(model, batches, metric, list(weight_sigmas), seeds=seeds, label=run.name)
+    )
+    d = {
+        "metric": runner.metric_name,
+        "n_examples_batches": len(batches),
+        "curves": {c.kind: c.to_dict() for c in curves},
+    }
+    write_json(run / "robustness.json", d)
+    plot_curves(curves, run / "robustness.png")
+    return d
+
+
+def _noise_map(curve: dict | None) -> dict:
+    if not curve:
+        return {}
+    return {
+        float(s): (m, sd)
+        for s, m, sd in zip(curve["sigmas"], curve["mean"], curve["std"], strict=True)
+    }
+
+
+def compare_runs(run_dirs, out: str | Path | None = None) -> tuple[str, str]:
+    """A Table-3-style table of several runs (reads results/hessian/robustness JSON).
+
+    Writes ``compare.md`` and ``compare.csv`` into ``out`` when given. Returns (markdown, csv).
+    """
+    from ..analysis.compare import compare_table
+
+    if not run_dirs:
+        raise ValueError("run_dirs is empty: give at least one run directory")
+    rows = []
+    for rd in run_dirs:
+        run = Path(rd)
+        res_path = run / "results.json"
+        if not res_path.is_file():
+            raise FileNotFoundError(f"run_dir: {run} has no results.json (unfinished run?)")
+        res = json.loads(res_path.read_text())
+        metric_name, value = next((k, v) for k, v in res["test"].items() if k != "loss")
+        row: dict[str, Any] = {
+            "model": f"{res['model']} ({run.name})",
+            "metric_name": metric_name,
+            "metric": value,
+        }
+        if (run / "hessian.json").is_file():
+            h = json.loads((run / "hessian.json").read_text())
+            row.update(
+                lambda_max=h["eigenvalues"][0] if h.get("eigenvalues") else None,
+                trace=h.get("trace"),
+                condition_number=h.get("condition_number"),
+            )
+        if (run / "robustness.json").is_file():
+            r = json.loads((run / "robustness.json").read_text())["curves"]
+            row["input_noise"] = _noise_map(r.get("input"))
+            row["weight_noise"] = _noise_map(r.get("weight"))
+        rows.append(row)
+    md, csv_text = compare_table(rows)
+    if out is not None:
+        o = Path(out)
+        atomic_write_text(o / "compare.md", md)
+        atomic_write_text(o / "compare.csv", csv_text)
+    return md, csv_text
