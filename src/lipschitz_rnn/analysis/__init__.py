@@ -2,6 +2,7 @@
 
 from .compare import compare_table
 from .hessian import HessianSpectrum, SpectralDensity, hessian_spectrum, plot_density
+from .lyapunov import LyapunovSpectrum, lyapunov_spectrum
 from .robustness import (
     RobustnessCurve,
     accuracy_metric,
@@ -15,5 +16,5 @@ from .robustness import (
 __all__ = [
     "HessianSpectrum", "SpectralDensity", "hessian_spectrum", "plot_density", "RobustnessCurve",
     "accuracy_metric", "evaluate_metric", "input_noise_curve", "mse_metric", "plot_curves",
-    "weight_noise_curve", "compare_table",
+    "weight_noise_curve", "compare_table", "LyapunovSpectrum", "lyapunov_spectrum",
 ]

@@ -1,0 +1,708 @@
+"""Lyapunov spectra of recurrent networks and of arbitrary maps (QR / "Benettin" method).
+
+For a map ``h_t = F(h_{t-1}, x_t)`` with Jacobians ``J_t = dh_t / dh_{t-1}``, ``k`` tangent vectors
+(columns of an orthonormal ``Q_0``, n x k) are pushed forward by ``J_T ... J_1 Q_0`` and
+re-orthonormalised every ``reorth_every`` steps, ``J Q = Q' R`` with ``diag R > 0``; the
+exponents are::
+
+    lambda_i = sum over re-orthonormalisations of log R_ii  /  (steps * dt)
+
+(natural log per unit time; one step lasts ``dt``). The sum of all ``n`` exponents is the time
+average of ``log |det J_t|`` / ``dt``.
+
+* **Known units** (every cell/layer of this package, torch.nn.RNN/GRU/LSTM) propagate the tangent
+  vectors with hand-written Jacobian-vector products: shared weight matrices multiply all
+  ``batch * k`` tangent rows in one GEMM and no n x n Jacobian is formed (see
+  :mod:`lipschitz_rnn.analysis._tangent` for the formulas of each unit).
+* **Any other map** ``step(h, x)`` uses ``torch.func.jvp`` under ``torch.func.vmap`` over the
+  tangent rows.
+* **Re-orthonormalisation** is batched Cholesky-QR (Gram matrix, ``cholesky_ex``, triangular
+  solve: GEMM-based, so it stays fast on GPUs, where batched small Householder QR is slow). The
+  sequences whose tangent vectors have nearly aligned are redone more carefully -- a second
+  Cholesky pass (CholeskyQR2) on accelerators, Householder QR on the CPU (cheaper there than two
+  passes) -- and so are those where Cholesky fails; see :mod:`lipschitz_rnn.analysis._qr`.
+  ``reorth_every="auto"`` re-orthonormalises only as often as the conditioning requires.
+
+Entry points: :func:`lyapunov_spectrum` -> :class:`LyapunovSpectrum`; :func:`plot_spectrum` and
+:func:`plot_evolution` write PNGs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ._qr import Orthonormalizer, householder_rows
+from ._tangent import TangentSystem, _CallableSystem, _LayerStack, resolve_system
+
+__all__ = [
+    "LyapunovSpectrum",
+    "NonFiniteStateError",
+    "lyapunov_spectrum",
+    "kaplan_yorke_dimension",
+    "plot_spectrum",
+    "plot_evolution",
+]
+
+
+class NonFiniteStateError(FloatingPointError, ValueError):
+    """The trajectory or the tangent vectors became non-finite (inf / nan).
+
+    Subclasses both FloatingPointError and ValueError, so either ``except`` catches it.
+    """
+
+
+# ----------------------------------------------------------------------------------------------
+# result
+# ----------------------------------------------------------------------------------------------
+def kaplan_yorke_dimension(exponents: Tensor) -> Tensor:
+    """Kaplan-Yorke (Lyapunov) dimension of descending exponents along the last dimension.
+
+    ``D = j + (lambda_1 + ... + lambda_j) / |lambda_{j+1}|`` with ``j`` the largest index whose
+    partial sum is >= 0; ``D = 0`` when ``lambda_1 < 0``, and ``D = k`` when all ``k`` partial
+    sums are >= 0 (with ``k < n`` computed exponents this is then only a lower bound).
+    """
+    lam = torch.as_tensor(exponents, dtype=torch.float64)
+    k = lam.shape[-1]
+    csum = lam.cumsum(-1)
+    j = (csum >= 0).sum(-1)  # partial sums of a descending sequence: >= 0 on a prefix
+    jc = j.clamp(max=k - 1)
+    s_j = torch.where(j > 0, csum.gather(-1, (j - 1).clamp(min=0).unsqueeze(-1)).squeeze(-1), 0.0)
+    nxt = lam.gather(-1, jc.unsqueeze(-1)).squeeze(-1).abs()
+    d = j.to(lam.dtype) + s_j / nxt
+    d = torch.where(j == 0, torch.zeros_like(d), d)
+    return torch.where(j >= k, torch.full_like(d, float(k)), d)
+
+
+def _entropy(exponents: Tensor) -> Tensor:
+    return exponents.clamp(min=0).sum(-1)
+
+
+def _num(x: Any) -> float | None:
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def _tolist(t: Tensor) -> Any:
+    if t.dim() == 0:
+        return _num(t)
+    return [_tolist(r) for r in t] if t.dim() > 1 else [_num(v) for v in t.tolist()]
+
+
+@dataclass
+class LyapunovSpectrum:
+    """Result of :func:`lyapunov_spectrum` (all tensors float64 on the CPU).
+
+    Attributes:
+        exponents: (batch, k), each row sorted descending; natural log per unit time.
+        mean, std: (k,) over the batch of the sorted rows (``std`` with Bessel's correction;
+            zeros for a batch of one).
+        history: (records, k) the running estimate of every exponent, averaged over the batch, at
+            each re-orthonormalisation during averaging (``history_steps`` says after how many
+            averaged steps). Column ``j`` follows the ``j``-th tangent direction (Gram-Schmidt
+            order), which converges to the ``j``-th largest exponent; use it to judge convergence.
+        history_steps: (records,) int64.
+        kaplan_yorke_dimension, entropy_rate: (batch,) per sequence. ``entropy_rate`` is the sum
+            of the positive exponents (Pesin's upper bound of the Kolmogorov-Sinai entropy, nats
+            per unit time). The properties ``kaplan_yorke_dimension_of_mean`` and
+            ``entropy_rate_of_mean`` are the same quantities of ``mean``.
+        final_state: (batch, state_size) the state after the last step (to continue a run).
+        state_size, k, steps, warmup, dt, reorth_every: the run's sizes and settings.
+        method: which tangent map ran (e.g. ``"lipschitz-rk2"``, ``"torch-lstm x2 layers"``,
+            ``"torch.func.jvp"``).
+        householder_fallbacks: batch elements x re-orthonormalisations done by Householder QR
+            instead of Cholesky-QR (ill-conditioned bases; see :mod:`._qr`).
+    """
+
+    exponents: Tensor
+    mean: Tensor
+    std: Tensor
+    history: Tensor
+    history_steps: Tensor
+    kaplan_yorke_dimension: Tensor
+    entropy_rate: Tensor
+    final_state: Tensor | None = field(default=None, repr=False)
+    state_size: int = 0
+    k: int = 0
+    steps: int = 0
+    warmup: int = 0
+    dt: float = 1.0
+    reorth_every: int = 1
+    method: str = ""
+    householder_fallbacks: int = 0
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.exponents.shape[0])
+
+    @property
+    def kaplan_yorke_dimension_of_mean(self) -> float:
+        return float(kaplan_yorke_dimension(self.mean))
+
+    @property
+    def entropy_rate_of_mean(self) -> float:
+        return float(_entropy(self.mean))
+
+    @property
+    def max_exponent(self) -> float:
+        return float(self.mean[0])
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable summary (lists of floats; non-finite values become ``None``)."""
+        return {
+            "exponents": _tolist(self.exponents),
+            "mean": _tolist(self.mean),
+            "std": _tolist(self.std),
+            "history": _tolist(self.history),
+            "history_steps": [int(s) for s in self.history_steps.tolist()],
+            "kaplan_yorke_dimension": _tolist(self.kaplan_yorke_dimension),
+            "entropy_rate": _tolist(self.entropy_rate),
+            "kaplan_yorke_dimension_of_mean": _num(self.kaplan_yorke_dimension_of_mean),
+            "entropy_rate_of_mean": _num(self.entropy_rate_of_mean),
+            "state_size": int(self.state_size),
+            "k": int(self.k),
+            "batch_size": self.batch_size,
+            "steps": int(self.steps),
+            "warmup": int(self.warmup),
+            "dt": float(self.dt),
+            "reorth_every": int(self.reorth_every),
+            "method": str(self.method),
+            "householder_fallbacks": int(self.householder_fallbacks),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> LyapunovSpectrum:
+        """Inverse of :meth:`to_dict` (``None`` entries become nan; no ``final_state``)."""
+
+        def t(x, dtype=torch.float64):
+            return torch.tensor(_nan_for_none(x), dtype=dtype)
+
+        exps = t(d["exponents"])
+        if exps.dim() == 1:
+            exps = exps.unsqueeze(0)
+        hist = t(d.get("history", []))
+        return cls(
+            exponents=exps,
+            mean=t(d["mean"]) if "mean" in d else exps.mean(0),
+            std=t(d["std"]) if "std" in d else torch.zeros(exps.shape[1], dtype=torch.float64),
+            history=hist.reshape(-1, exps.shape[1]),
+            history_steps=torch.tensor(d.get("history_steps", []), dtype=torch.int64),
+            kaplan_yorke_dimension=kaplan_yorke_dimension(exps),
+            entropy_rate=_entropy(exps),
+            state_size=int(d.get("state_size", exps.shape[1])),
+            k=int(d.get("k", exps.shape[1])),
+            steps=int(d.get("steps", 0)),
+            warmup=int(d.get("warmup", 0)),
+            dt=float(d.get("dt", 1.0)),
+            reorth_every=int(d.get("reorth_every", 1)),
+            method=str(d.get("method", "")),
+            householder_fallbacks=int(d.get("householder_fallbacks", 0)),
+        )
+
+
+def _nan_for_none(x: Any) -> Any:
+    if x is None:
+        return math.nan
+    if isinstance(x, (list, tuple)):
+        return [_nan_for_none(v) for v in x]
+    return x
+
+
+# ----------------------------------------------------------------------------------------------
+# argument checks
+# ----------------------------------------------------------------------------------------------
+def _check_int(value: Any, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int >= {minimum}, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
+    return value
+
+
+def _check_dt(dt: Any) -> float:
+    if isinstance(dt, bool) or not isinstance(dt, (int, float)):
+        raise TypeError(f"dt must be a positive float, got {type(dt).__name__}")
+    if not (0.0 < float(dt) < math.inf):
+        raise ValueError(f"dt must be a finite float > 0, got {dt}")
+    return float(dt)
+
+
+def _initial_basis(n: int, k: int, generator: torch.Generator | None) -> Tensor:
+    """The random orthonormal start (n, k), float64 on the CPU: Householder QR (signs fixed so
+    that ``diag R > 0``) of an i.i.d. standard normal (n, k) matrix drawn from ``generator``
+    (default ``torch.Generator().manual_seed(0)``)."""
+    if generator is None:
+        generator = torch.Generator().manual_seed(0)
+    elif not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    G = torch.randn(n, k, generator=generator, dtype=torch.float64, device=generator.device)
+    Q, _ = householder_rows(G.mT.unsqueeze(0))
+    return Q[0].mT.cpu()
+
+
+def _prepare_inputs(inputs: Any, system: TangentSystem, batch_first: bool, dtype, device):
+    if not isinstance(inputs, Tensor):
+        raise TypeError(f"inputs must be a Tensor or None, got {type(inputs).__name__}")
+    if system.tokens:
+        if inputs.dtype.is_floating_point or inputs.dtype.is_complex or inputs.dtype == torch.bool:
+            raise TypeError(
+                f"inputs must be integer tokens for a SequenceModel with an embedding, got "
+                f"{inputs.dtype}"
+            )
+        if inputs.dim() != 2:
+            raise ValueError(
+                f"inputs must be (T, batch) tokens ((batch, T) with batch_first), got shape "
+                f"{tuple(inputs.shape)}"
+            )
+        x = inputs.transpose(0, 1) if batch_first else inputs
+        return x.to(device)
+    if inputs.dim() == 2:  # unbatched (T, features)
+        x = inputs.unsqueeze(1)
+    elif inputs.dim() == 3:
+        x = inputs.transpose(0, 1) if batch_first else inputs
+    else:
+        raise ValueError(
+            f"inputs must be (T, batch, features) ((batch, T, features) with batch_first) or "
+            f"unbatched (T, features), got shape {tuple(inputs.shape)}"
+        )
+    if system.input_size is not None and x.shape[-1] != system.input_size:
+        raise ValueError(
+            f"inputs have {x.shape[-1]} features but the system's input_size is {system.input_size}"
+        )
+    if x.shape[0] < 1 or x.shape[1] < 1:
+        raise ValueError(
+            f"inputs must have at least one step and one sequence, got {tuple(x.shape)}"
+        )
+    return x.to(device=device, dtype=dtype)
+
+
+class _FiniteGuard:
+    """Raise :class:`NonFiniteStateError` at the first step whose state is not finite.
+
+    On the CPU every step is checked at once; elsewhere the per-step flags are recorded on the
+    device and checked every ``every`` steps and at the end (no host sync per step).
+    """
+
+    def __init__(self, device: torch.device, total: int, every: int = 128) -> None:
+        self.eager = device.type == "cpu"
+        self.every = every
+        self.checked = 0
+        if not self.eager:
+            self.flags = torch.zeros(total, dtype=torch.bool, device=device)
+
+    def _raise(self, t: int):
+        raise NonFiniteStateError(
+            f"state became non-finite at step {t} (0-based, warmup steps included); the "
+            "trajectory diverges or overflows"
+        )
+
+    def __call__(self, h: Tensor, t: int) -> None:
+        if self.eager:
+            if not bool(torch.isfinite(h).all()):
+                self._raise(t)
+            return
+        self.flags[t] = ~torch.isfinite(h).all()
+        if (t + 1) % self.every == 0:
+            self.flush(t + 1)
+
+    def flush(self, upto: int) -> None:
+        if self.eager or upto <= self.checked:
+            return
+        seg = self.flags[self.checked : upto]
+        if bool(seg.any()):
+            self._raise(self.checked + int(seg.nonzero()[0, 0]))
+        self.checked = upto
+
+
+# ----------------------------------------------------------------------------------------------
+# the estimator
+# ----------------------------------------------------------------------------------------------
+def lyapunov_spectrum(
+    system: Any,
+    inputs: Tensor | None = None,
+    *,
+    steps: int | None = None,
+    h0: Any = None,
+    k: int | None = None,
+    warmup: int = 0,
+    reorth_every: int | str = 1,
+    dt: float = 1.0,
+    batch_first: bool = False,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype = torch.float64,
+) -> LyapunovSpectrum:
+    """Estimate the ``k`` largest Lyapunov exponents of a recurrent network or map.
+
+    Args:
+        system: one of
+
+            * a cell or layer of this package (``LipschitzRNNCell``/``LipschitzRNN``,
+              ``ODERNN``, ``AntisymmetricRNN`` (gated or not), ``CoRNN``, ``ExpRNN``; other
+              :class:`~lipschitz_rnn.models._base.RecurrentCell` subclasses via torch.func).
+              Multi-layer stacks give the spectrum of the whole stacked state; bidirectional
+              layers raise ValueError (the reverse direction is not causal);
+            * ``torch.nn.RNN`` (tanh/relu), ``torch.nn.GRU``, ``torch.nn.LSTM`` (also
+              ``proj_size``), any number of layers, or their ``*Cell`` versions;
+            * a :class:`~lipschitz_rnn.models.SequenceModel` (its ``.rnn``; with an embedding,
+              ``inputs`` are integer tokens (T, batch), embedded first);
+            * any callable ``step(h, x) -> h_next`` on (batch, n) states (``h0`` required). For
+              autonomous maps (``inputs=None``) it is called as ``step(h)`` when it accepts a
+              single positional argument, else as ``step(h, None)``.
+
+            The state of a stack is the concatenation of its layers' states in layer order;
+            per layer ``[h, c]`` for an LSTM and ``[y, z]`` for a coRNN (both counted: an LSTM
+            of hidden size H has 2H exponents per layer). Dropout is not applied.
+        inputs: (T, batch, features), or (batch, T, features) with ``batch_first``; unbatched
+            (T, features) is batch 1. ``None`` for autonomous maps (then ``steps`` is required);
+            an RNN without inputs runs with ``x_t = 0``.
+        steps: the number of averaged steps (default: all input steps after ``warmup``).
+        h0: the initial state: flat (batch, n) or (n,) (shared by the batch), or for RNNs
+            torch-style ``hx`` ((num_layers, batch, hidden), a tuple ``(h, c)`` for LSTM/coRNN).
+            Default zeros for RNNs; required for callables.
+        k: the number of exponents (default: the state size ``n``).
+        warmup: steps run first (state and tangent basis both evolve and are re-orthonormalised)
+            to move onto the attractor and align the basis; not averaged.
+        reorth_every: steps between re-orthonormalisations (>= 1), or ``"auto"``. The
+            exponents do not depend on it in exact arithmetic (the QR factors of a product are
+            the products of the factors); larger values save QR work and stay accurate while
+            the tangent vectors do not align between QRs (they do at a rate of about
+            ``lambda_1 - lambda_k``; sequences whose basis got ill-conditioned are
+            re-orthonormalised by Householder QR instead, and a basis that overflows raises
+            :class:`NonFiniteStateError`). ``"auto"`` starts at 1 and picks
+            each next block length from the growth of the last one, so that the tangent
+            vectors stay far from aligned (``max_j ||v_j|| / R_jj < AUTO_ALIGN`` = 10) and
+            their norms within ``e^{+-200}`` -- at most ``AUTO_MAX_BLOCK`` (32) steps; the
+            result's ``reorth_every`` is then the median block length used.
+        dt: the time one step represents; exponents are per unit time (``log R / (steps dt)``).
+        batch_first: whether ``inputs`` are batch-major (a layer's own ``batch_first`` flag is
+            not consulted).
+        generator: the torch.Generator drawing the random orthonormal initial basis (n, k),
+            the same for every batch element (default: a generator seeded with 0, so runs are
+            reproducible).
+        dtype: the precision of the state trajectory AND the tangent space (default float64;
+            the model's parameters are copied at this precision, the model is not modified).
+            Callables receive states in this dtype.
+
+    Returns:
+        :class:`LyapunovSpectrum`.
+
+    Raises:
+        TypeError / ValueError naming the argument at fault (k larger than the state size,
+        steps < 1, dt <= 0, inputs with the wrong feature count, an unknown system, a
+        bidirectional layer, ...); :class:`NonFiniteStateError` (a ValueError and a
+        FloatingPointError) if the state or the tangent basis becomes non-finite, naming the
+        step.
+    """
+    if steps is not None:
+        steps = _check_int(steps, "steps", 1)
+    warmup = _check_int(warmup, "warmup", 0)
+    auto = isinstance(reorth_every, str) and reorth_every == "auto"
+    if not auto:
+        if isinstance(reorth_every, str):
+            raise ValueError(f"reorth_every must be an int >= 1 or 'auto', got {reorth_every!r}")
+        reorth_every = _check_int(reorth_every, "reorth_every", 1)
+    dt = _check_dt(dt)
+    if dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"dtype must be torch.float64 or torch.float32, got {dtype!r}")
+    if k is not None:
+        k = _check_int(k, "k", 1)
+
+    sysm = resolve_system(system, dtype, inputs is not None)
+    if isinstance(sysm, _LayerStack):
+        device = sysm.device
+    elif isinstance(inputs, Tensor):
+        device = inputs.device
+    elif isinstance(h0, Tensor):
+        device = h0.device
+    else:
+        device = torch.device("cpu")
+
+    with torch.no_grad():
+        # ---- inputs and the number of steps
+        if inputs is not None:
+            x = _prepare_inputs(inputs, sysm, batch_first, dtype, device)
+            T, batch = x.shape[0], x.shape[1]
+            if warmup >= T:
+                raise ValueError(f"warmup={warmup} must be smaller than the {T} input steps")
+            if steps is None:
+                steps = T - warmup
+            elif warmup + steps > T:
+                raise ValueError(f"steps={steps} + warmup={warmup} exceeds the {T} steps of inputs")
+        else:
+            if steps is None:
+                raise ValueError("steps is required when inputs is None (an autonomous map)")
+            if sysm.tokens:
+                raise ValueError(
+                    "inputs (tokens) are required for a SequenceModel with an embedding"
+                )
+            x = None
+            batch = None
+        total = warmup + steps
+
+        # ---- initial state
+        if h0 is None:
+            if sysm.needs_h0:
+                raise ValueError("h0 is required for a callable system (the state size is unknown)")
+            batch = batch or 1
+            h = torch.zeros(batch, sysm.n, dtype=dtype, device=device)
+        else:
+            h = sysm.flat_h0(h0, batch).to(device=device, dtype=dtype)
+            if batch is None:
+                batch = h.shape[0]
+            elif h.shape[0] == 1 and batch > 1:
+                h = h.expand(batch, -1)
+            elif h.shape[0] != batch:
+                raise ValueError(f"h0 has batch {h.shape[0]} but inputs have batch {batch}")
+            h = h.contiguous()
+        n = h.shape[1]
+        if k is None:
+            k = n
+        elif k > n:
+            raise ValueError(f"k={k} is larger than the state size n={n}")
+
+        # ---- per-step drive
+        if isinstance(sysm, _LayerStack):
+            if x is not None:
+                drive = sysm.drive(x[:total]).unbind(0)
+            else:
+                u0 = sysm.drive(torch.zeros(batch, sysm.input_size, dtype=dtype, device=device))
+                drive = [u0] * total
+        else:
+            drive = x[:total].unbind(0) if x is not None else [None] * total
+
+        Q0 = _initial_basis(n, k, generator).to(device=device, dtype=dtype)
+        V = Q0.mT.unsqueeze(0).expand(batch, k, n).contiguous()
+        acc = torch.zeros(batch, k, dtype=dtype, device=device)
+        hist_sum: list[Tensor] = []
+        hist_steps: list[int] = []
+        guard = _FiniteGuard(h.device, total)
+        ortho = Orthonormalizer()
+        since = 0
+        block = 1 if auto else reorth_every
+        blocks_used: list[int] = []
+        for t in range(total):
+            if t == 0 and isinstance(sysm, _CallableSystem):
+                h, V = _first_call(sysm, h, drive[0], V)
+            else:
+                h, V = sysm.advance(h, drive[t], V)
+            guard(h, t)
+            since += 1
+            if since == block or t == warmup - 1 or t == total - 1:
+                guard.flush(t + 1)
+                before = ortho.householder_count
+                V, logd, align = ortho(V)
+                if auto:
+                    blocks_used.append(since)
+                    block = _next_block(align, since, logd)
+                if ortho.householder_count > before:
+                    # log 0 = -inf is legitimate (a singular Jacobian, e.g. dead ReLU units,
+                    # annihilates a direction); nan / +inf means overflow
+                    if bool((torch.isnan(logd) | (logd == math.inf)).any()):
+                        raise NonFiniteStateError(
+                            f"tangent vectors became non-finite at step {t} (0-based, warmup "
+                            f"included); lower reorth_every (now {reorth_every})"
+                        )
+                since = 0
+                if t >= warmup:
+                    acc += logd
+                    hist_sum.append(acc.mean(0))
+                    hist_steps.append(t + 1 - warmup)
+
+        exps = (acc / (steps * dt)).to(torch.float64).cpu()
+        exps = exps.sort(-1, descending=True).values
+        hsteps = torch.tensor(hist_steps, dtype=torch.int64)
+        history = torch.stack(hist_sum).to(torch.float64).cpu()
+        history = history / (hsteps.to(torch.float64) * dt).unsqueeze(1)
+        std = exps.std(0) if batch > 1 else torch.zeros(k, dtype=torch.float64)
+        return LyapunovSpectrum(
+            exponents=exps,
+            mean=exps.mean(0),
+            std=std,
+            history=history,
+            history_steps=hsteps,
+            kaplan_yorke_dimension=kaplan_yorke_dimension(exps),
+            entropy_rate=_entropy(exps),
+            final_state=h.detach().to(torch.float64).cpu(),
+            state_size=n,
+            k=k,
+            steps=steps,
+            warmup=warmup,
+            dt=dt,
+            reorth_every=reorth_every if not auto else _median_block(blocks_used),
+            method=sysm.method,
+            householder_fallbacks=ortho.householder_count,
+        )
+
+
+#: ``reorth_every="auto"``: the basis is re-orthonormalised once its alignment (the largest
+#: ``||v_j|| / R_jj``, see :mod:`._qr`) is predicted to reach AUTO_ALIGN (one Cholesky-QR pass
+#: stays accurate to ~AUTO_ALIGN^2 * u), at most every AUTO_MAX_BLOCK steps, and before any
+#: tangent norm could leave [e^-AUTO_LOG_RANGE, e^AUTO_LOG_RANGE].
+AUTO_ALIGN = 10.0
+AUTO_MAX_BLOCK = 32
+AUTO_LOG_RANGE = 200.0
+
+
+def _next_block(align: float, since: int, logd: Tensor) -> int:
+    """The next block length for ``reorth_every="auto"`` from the last block's growth."""
+    if not math.isfinite(align):
+        return 1
+    rate = math.log(max(align, 1.0)) / since  # log-alignment growth per step
+    block = AUTO_MAX_BLOCK if rate <= 1e-12 else int(math.log(AUTO_ALIGN) / rate)
+    ext = logd[torch.isfinite(logd)]
+    if ext.numel():
+        norm_rate = float(ext.abs().max()) / since  # log-norm change per step
+        if norm_rate > 0:
+            block = min(block, int(AUTO_LOG_RANGE / norm_rate))
+    return max(1, min(block, AUTO_MAX_BLOCK))
+
+
+def _median_block(blocks: list[int]) -> int:
+    if not blocks:
+        return 1
+    return int(sorted(blocks)[len(blocks) // 2])
+
+
+def _first_call(sysm: _CallableSystem, h: Tensor, x0: Any, V: Tensor) -> tuple[Tensor, Tensor]:
+    """The first step of a callable, with its errors and output shape reported clearly."""
+    try:
+        out = sysm.call(h, x0)
+    except Exception as e:
+        how = "step(h)" if sysm.one_arg else "step(h, x)"
+        raise TypeError(
+            f"system: calling the callable as {how} with h of shape {tuple(h.shape)} failed: "
+            f"{type(e).__name__}: {e}"
+        ) from e
+    if not isinstance(out, Tensor) or out.shape != h.shape:
+        got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise ValueError(
+            f"system: the step function must return the next state shaped like h "
+            f"{tuple(h.shape)}, got {got}"
+        )
+    return sysm.advance(h, x0, V)
+
+
+# ----------------------------------------------------------------------------------------------
+# plots
+# ----------------------------------------------------------------------------------------------
+def _new_figure(ncols: int = 1, figsize=(6.0, 4.0)):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(1, ncols, squeeze=False)[0]
+
+
+def _save_png(fig: Any, path: str | os.PathLike[str]) -> str:
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fig.savefig(fh, format="png", dpi=120, bbox_inches="tight")
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def _as_exponent_matrix(spectrum: Any) -> Tensor:
+    """(batch, k) float64 from a LyapunovSpectrum, its to_dict(), or an array of exponents."""
+    if isinstance(spectrum, LyapunovSpectrum):
+        e = spectrum.exponents
+    elif isinstance(spectrum, Mapping):
+        e = torch.tensor(
+            _nan_for_none(spectrum.get("exponents", spectrum.get("mean"))), dtype=torch.float64
+        )
+    else:
+        e = torch.as_tensor(spectrum, dtype=torch.float64)
+    if e.dim() == 1:
+        e = e.unsqueeze(0)
+    if e.dim() != 2 or e.numel() == 0:
+        raise ValueError(f"spectrum: expected (k,) or (batch, k) exponents, got {tuple(e.shape)}")
+    return e.sort(-1, descending=True).values
+
+
+def plot_spectrum(spectrum: Any, path: str | os.PathLike[str], *, title: str | None = None) -> str:
+    """Plot exponent index vs value (batch mean, +-1 std band and min-max spread) to a PNG.
+
+    ``spectrum`` is a :class:`LyapunovSpectrum`, its ``to_dict()``, or a (k,) / (batch, k)
+    array. The file is written atomically (temporary file, then ``os.replace``). Returns the path.
+    """
+    e = _as_exponent_matrix(spectrum)
+    mean, idx = e.mean(0), torch.arange(1, e.shape[1] + 1)
+    std = e.std(0) if e.shape[0] > 1 else torch.zeros_like(mean)
+    fig, (ax,) = _new_figure()
+    if e.shape[0] > 1:
+        ax.fill_between(idx, e.amin(0), e.amax(0), color="C0", alpha=0.15, label="min-max")
+        ax.fill_between(idx, mean - std, mean + std, color="C0", alpha=0.3, label="±1 std")
+    ax.plot(idx, mean, "o-" if e.shape[1] <= 40 else "-", color="C0", ms=3, label="mean")
+    ax.axhline(0.0, color="k", lw=0.8, ls="--")
+    ax.set_xlabel("exponent index")
+    ax.set_ylabel("Lyapunov exponent (per unit time)")
+    ky, ent = float(kaplan_yorke_dimension(mean)), float(_entropy(mean))
+    ax.set_title(title or f"λ1 = {float(mean[0]):.4g}, KY dim = {ky:.3g}, Σλ+ = {ent:.3g}")
+    ax.legend(loc="best", fontsize="small")
+    ax.grid(alpha=0.3)
+    return _save_png(fig, path)
+
+
+def plot_evolution(
+    records: Sequence[tuple[Any, Any]], path: str | os.PathLike[str], *, title: str | None = None
+) -> str:
+    """Plot how the spectrum moved during training, to a PNG (atomically).
+
+    ``records``: a sequence of ``(epoch, exponents)`` where ``exponents`` is a (k,) list (or
+    (batch, k), averaged) or a :class:`LyapunovSpectrum` / its ``to_dict()``. Left: each epoch's
+    spectrum, coloured by epoch; right: the largest, median and smallest exponent against epoch.
+    Returns the path.
+    """
+    recs = list(records)
+    if not recs:
+        raise ValueError("records is empty: need at least one (epoch, exponents) pair")
+    epochs, spectra = [], []
+    for i, item in enumerate(recs):
+        try:
+            ep, ex = item
+        except (TypeError, ValueError):
+            raise TypeError(f"records[{i}] must be an (epoch, exponents) pair") from None
+        epochs.append(float(ep))
+        spectra.append(_as_exponent_matrix(ex).mean(0))
+    from matplotlib import cm, colormaps, colors
+
+    fig, (ax1, ax2) = _new_figure(2, figsize=(11.0, 4.0))
+    norm = colors.Normalize(
+        min(epochs), max(epochs) if max(epochs) > min(epochs) else min(epochs) + 1
+    )
+    cmap = colormaps["viridis"]
+    for ep, s in zip(epochs, spectra, strict=True):
+        ax1.plot(torch.arange(1, s.numel() + 1), s, color=cmap(norm(ep)), lw=1.2)
+    ax1.axhline(0.0, color="k", lw=0.8, ls="--")
+    ax1.set_xlabel("exponent index")
+    ax1.set_ylabel("Lyapunov exponent")
+    sm = cm.ScalarMappable(norm=norm, cmap=cmap)
+    fig.colorbar(sm, ax=ax1, label="epoch")
+    order = sorted(range(len(epochs)), key=lambda i: epochs[i])
+    xs = [epochs[i] for i in order]
+    ax2.plot(xs, [float(spectra[i][0]) for i in order], "o-", label="λ max")
+    ax2.plot(xs, [float(spectra[i].median()) for i in order], "s-", label="λ median")
+    ax2.plot(xs, [float(spectra[i][-1]) for i in order], "^-", label="λ min")
+    ax2.axhline(0.0, color="k", lw=0.8, ls="--")
+    ax2.set_xlabel("epoch")
+    ax2.legend(loc="best", fontsize="small")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+    fig.suptitle(title or "Lyapunov spectrum during training")
+    return _save_png(fig, path)

@@ -1,0 +1,482 @@
+"""Lyapunov spectra (lipschitz_rnn.analysis.lyapunov) against published values and a dense QR loop.
+
+Tolerances (absolute, exponents per unit time):
+
+* Hénon (a=1.4, b=0.3), 8 orbits x 1500 steps: lambda_1 = 0.41922 and lambda_2 = -1.62319
+  within 0.01 each; lambda_1 + lambda_2 = ln 0.3 to 1e-12 (det J = -b at every step); Kaplan-Yorke
+  dimension 1.2583 within 0.01.
+* logistic map r=4, 8 orbits x 1000 steps: ln 2 within 1e-3.
+* Lorenz-63 (10, 28, 8/3) as its RK4 step with dt=0.01, 8 orbits, 5 time units of warmup and 30
+  averaged: (0.9056, 0, -14.5723) within 0.05 each; the sum within 1e-3 of -(sigma + 1 + beta).
+* linear map, non-normal upper-triangular block + scaled rotation: log|eig| within 1e-2 after 2000
+  steps without warmup, within 1e-6 with 300 warmup steps.
+* sum of the full spectrum = time average of log|det J| (dense J by autograd): 1e-10.
+* every fast path vs the dense-Jacobian Householder loop of tests/lyapunov_problems.py: 1e-10.
+* reorth_every = 4 / "auto" vs 1 on a contracting system: 1e-9.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+import lyapunov_problems as P  # noqa: E402
+
+from lipschitz_rnn.analysis import LyapunovSpectrum, lyapunov_spectrum  # noqa: E402
+from lipschitz_rnn.analysis._qr import householder_rows, orthonormalize_rows  # noqa: E402
+from lipschitz_rnn.analysis.lyapunov import (  # noqa: E402
+    NonFiniteStateError,
+    _initial_basis,
+    kaplan_yorke_dimension,
+    plot_evolution,
+    plot_spectrum,
+)
+from lipschitz_rnn.models import (  # noqa: E402
+    AntisymmetricRNNCell,
+    CoRNNCell,
+    ExpRNNCell,
+    LipschitzRNN,
+    LipschitzRNNCell,
+    ODERNNCell,
+    SequenceModel,
+    build,
+)
+
+DT = torch.float64
+IN, H, B, T, WARM = 3, 5, 2, 16, 3
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # tiny LAPACK calls stall for a scheduler tick in OpenMP barriers on a busy 2-core machine
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+# ------------------------------------------------------------------------------------------------
+# published spectra
+# ------------------------------------------------------------------------------------------------
+def test_henon_published():
+    h0 = 0.2 * torch.rand(8, 2, generator=_gen(1), dtype=DT)
+    r = lyapunov_spectrum(P.henon, steps=1500, h0=h0, warmup=100)
+    assert r.exponents.shape == (8, 2) and r.k == 2 and r.state_size == 2
+    assert abs(float(r.mean[0]) - P.HENON_EXPONENTS[0]) < 0.01
+    assert abs(float(r.mean[1]) - P.HENON_EXPONENTS[1]) < 0.01
+    assert torch.allclose(
+        r.exponents.sum(-1), torch.full((8,), math.log(P.HENON_B), dtype=DT), rtol=0, atol=1e-12
+    )
+    assert abs(r.kaplan_yorke_dimension_of_mean - 1.2583) < 0.01
+    assert abs(r.entropy_rate_of_mean - float(r.mean[0])) < 1e-15
+
+
+def test_logistic_ln2():
+    h0 = 0.1 + 0.8 * torch.rand(8, 1, generator=_gen(2), dtype=DT)
+    r = lyapunov_spectrum(P.logistic, steps=1000, h0=h0, warmup=10)
+    assert abs(float(r.mean[0]) - P.LOGISTIC_EXPONENT) < 1e-3
+
+
+def test_lorenz_published():
+    dt = 0.01
+    h0 = 5.0 * torch.randn(8, 3, generator=_gen(0), dtype=DT) + torch.tensor(
+        [0.0, 0.0, 25.0], dtype=DT
+    )
+    r = lyapunov_spectrum(
+        P.lorenz_rk4(dt), steps=3000, h0=h0, warmup=500, dt=dt, reorth_every="auto"
+    )
+    for got, want in zip(r.mean.tolist(), P.LORENZ_EXPONENTS, strict=True):
+        assert abs(got - want) < 0.05, (r.mean, P.LORENZ_EXPONENTS)
+    assert abs(float(r.mean.sum()) - P.LORENZ_SUM) < 1e-3
+    assert abs(r.kaplan_yorke_dimension_of_mean - 2.062) < 0.01
+    assert r.reorth_every > 1  # auto lengthened the blocks on this flow
+
+
+def test_linear_nonnormal_and_warmup():
+    M, exact = P.nonnormal_matrix()
+    exact = torch.tensor(exact, dtype=DT)
+    h0 = torch.ones(1, 5, dtype=DT)
+    r0 = lyapunov_spectrum(P.linear_map(M), steps=2000, h0=h0)
+    rw = lyapunov_spectrum(P.linear_map(M), steps=600, h0=h0, warmup=300)
+    assert (r0.mean - exact).abs().max() < 1e-2
+    assert (rw.mean - exact).abs().max() < 1e-6
+    # warmup only moves the start of the basis: no shift beyond the O(1/T) transient
+    assert (r0.mean - rw.mean).abs().max() < 1e-2
+
+
+# ------------------------------------------------------------------------------------------------
+# fast paths == dense-Jacobian loop
+# ------------------------------------------------------------------------------------------------
+class _SubclassCell(LipschitzRNNCell):
+    """A RecurrentCell subclass with its own step: must take the generic autograd path."""
+
+    def step(self, h, u, ctx):
+        return h + self.eps * torch.tanh(h @ ctx[2][:, : self.hidden_size] + u) * 0.5
+
+
+def _relu_rnn():
+    rnn = nn.RNN(IN, H, nonlinearity="relu", dtype=DT)
+    with torch.no_grad():  # a regime without dead units (exponent -inf would be round-off)
+        rnn.weight_hh_l0.copy_(0.9 * torch.eye(H, dtype=DT) + 0.02 * torch.rand(H, H, dtype=DT))
+        rnn.weight_ih_l0.uniform_(0.0, 0.1)
+        rnn.bias_ih_l0.fill_(1.0)
+        rnn.bias_hh_l0.zero_()
+    return rnn
+
+
+def _exprnn():
+    c = ExpRNNCell(IN, H, dtype=DT)
+    with torch.no_grad():
+        c.bias_mod.fill_(0.3)  # |z| + b > 0 everywhere: no dead zone
+    return c
+
+
+def _layer(name, L, comps, hidden=H, **kw):
+    m = build(name, IN, hidden, num_layers=L, dtype=DT, **kw)
+    return m, P.layer_step_fn(m, L, comps), L * sum(comps)
+
+
+def _cell(c):
+    return c, P.cell_step_fn(c), c.state_size
+
+
+_W20 = torch.randn(20, 20, generator=_gen(5), dtype=DT) / 4
+_U20 = torch.randn(IN, 20, generator=_gen(6), dtype=DT)
+
+
+def _callable(n):
+    W, U = _W20[:n, :n], _U20[:, :n]
+    f = lambda h, x: torch.tanh(h @ W + x @ U) + 0.1 * h
+    return f, f, n
+
+
+CASES = {
+    "lipschitz-euler": lambda: _cell(
+        LipschitzRNNCell(IN, H, solver="euler", eps=0.3, init_std=6.0, dtype=DT)
+    ),
+    "lipschitz-rk2": lambda: _cell(
+        LipschitzRNNCell(IN, H, solver="rk2", eps=0.3, init_std=6.0, dtype=DT)
+    ),
+    "lipschitz-heun": lambda: _cell(
+        LipschitzRNNCell(IN, H, solver="heun", eps=0.3, init_std=6.0, dtype=DT)
+    ),
+    "odernn": lambda: _cell(ODERNNCell(IN, H, eps=0.3, init_std=5.0, dtype=DT)),
+    "antisymmetric": lambda: _cell(AntisymmetricRNNCell(IN, H, eps=0.3, dtype=DT)),
+    "antisymmetric-gated": lambda: _cell(
+        AntisymmetricRNNCell(IN, H, eps=0.3, gated=True, dtype=DT)
+    ),
+    "cornn": lambda: _cell(CoRNNCell(IN, H, dt=0.2, dtype=DT)),
+    "exprnn": lambda: _cell(_exprnn()),
+    "subclass-cell": lambda: _cell(_SubclassCell(IN, H, eps=0.3, init_std=6.0, dtype=DT)),
+    "nn.RNN-tanh": lambda: _layer("rnn", 1, [H]),
+    "nn.RNN-relu": lambda: (lambda m: (m, P.layer_step_fn(m, 1, [H]), H))(_relu_rnn()),
+    "nn.GRU": lambda: _layer("gru", 1, [H]),
+    "nn.LSTM": lambda: _layer("lstm", 1, [H, H]),
+    "nn.LSTM-2layer-proj": lambda: (lambda m: (m, P.layer_step_fn(m, 2, [2, H]), 2 * (2 + H)))(
+        nn.LSTM(IN, H, num_layers=2, proj_size=2, dtype=DT)
+    ),
+    "lipschitz-2layer-rk2": lambda: _layer(
+        "lipschitz", 2, [H], eps=0.3, solver="rk2", init_std=6.0
+    ),
+    "cornn-2layer": lambda: _layer("cornn", 2, [H, H], dt=0.2),
+    "gru-2layer": lambda: _layer("gru", 2, [H]),
+    "callable-dense": lambda: _callable(4),
+    "callable-jvp": lambda: _callable(20),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_fast_path_matches_dense(name):
+    system, step, n = CASES[name]()
+    x = torch.randn(T, B, IN, generator=_gen(3), dtype=DT)
+    h0 = 0.5 * torch.rand(B, n, generator=_gen(4), dtype=DT)
+    k = n if n <= 12 else 7  # the full spectrum, or a partial one for the larger states
+    r = lyapunov_spectrum(system, x, h0=h0, k=k, warmup=WARM)
+    ref, _ = P.dense_reference(step, x, h0, _initial_basis(n, k, None), warmup=WARM)
+    assert r.exponents.shape == (B, k)
+    assert (r.exponents - ref).abs().max() < 1e-10, (r.method, r.exponents, ref)
+    # the final state is the model's own trajectory
+    with torch.no_grad():
+        h = h0
+        for t in range(T):
+            h = step(h, x[t])
+    assert torch.allclose(r.final_state, h, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["lipschitz", "lstm"])
+def test_sum_equals_mean_logdet(kind):
+    if kind == "lipschitz":
+        system, step, n = _cell(
+            LipschitzRNNCell(IN, 6, solver="rk2", eps=0.4, init_std=8.0, dtype=DT)
+        )
+    else:
+        system, step, n = _layer("lstm", 1, [4, 4], hidden=4)
+    x = torch.randn(30, B, IN, generator=_gen(7), dtype=DT)
+    h0 = 0.3 * torch.randn(B, n, generator=_gen(8), dtype=DT)
+    r = lyapunov_spectrum(system, x, h0=h0, warmup=5)
+    _, logdets = P.dense_reference(step, x, h0, _initial_basis(n, n, None), warmup=5)
+    mean_logdet = torch.stack(logdets).mean(0)
+    assert torch.allclose(r.exponents.sum(-1), mean_logdet, rtol=0, atol=1e-10)
+
+
+# ------------------------------------------------------------------------------------------------
+# settings
+# ------------------------------------------------------------------------------------------------
+def _contracting_cell():
+    return LipschitzRNNCell(IN, 8, eps=0.1, gamma_A=2.0, gamma_W=0.5, init_std=8.0, dtype=DT)
+
+
+def test_reorth_every_same_exponents():
+    cell = _contracting_cell()
+    x = torch.randn(60, B, IN, generator=_gen(9), dtype=DT)
+    r1 = lyapunov_spectrum(cell, x, warmup=5)
+    r4 = lyapunov_spectrum(cell, x, warmup=5, reorth_every=4)
+    ra = lyapunov_spectrum(cell, x, warmup=5, reorth_every="auto")
+    assert (r4.exponents - r1.exponents).abs().max() < 1e-9
+    assert (ra.exponents - r1.exponents).abs().max() < 1e-9
+    assert float(r1.mean[0]) < 0  # contracting
+    assert r1.history.shape == (55, 8) and r4.history.shape == (14, 8)
+    assert r4.history_steps.tolist()[-2:] == [52, 55]
+    # the last running estimate is the final batch mean (per column; the sum is order-free)
+    assert abs(float(r1.history[-1].sum() - r1.mean.sum())) < 1e-12
+
+
+def test_batch_first_equals_time_major():
+    cell = LipschitzRNN(IN, 6, num_layers=2, eps=0.3, init_std=6.0, dtype=DT)
+    x = torch.randn(12, 3, IN, generator=_gen(10), dtype=DT)
+    a = lyapunov_spectrum(cell, x, k=4)
+    b = lyapunov_spectrum(cell, x.transpose(0, 1).contiguous(), k=4, batch_first=True)
+    assert torch.allclose(a.exponents, b.exponents, rtol=0, atol=1e-13)  # GEMM layouts differ
+
+
+def test_h0_formats_and_defaults():
+    lstm = nn.LSTM(IN, 4, num_layers=2, dtype=DT)
+    x = torch.randn(10, 2, IN, generator=_gen(11), dtype=DT)
+    hx = (0.3 * torch.randn(2, 2, 4, dtype=DT), 0.3 * torch.randn(2, 2, 4, dtype=DT))
+    flat = P.hx_to_flat(hx)
+    a = lyapunov_spectrum(lstm, x, h0=hx, k=5)
+    b = lyapunov_spectrum(lstm, x, h0=flat, k=5)
+    assert torch.equal(a.exponents, b.exponents)
+    # zeros by default, (n,) broadcasts over the batch
+    c = lyapunov_spectrum(lstm, x, k=5)
+    d = lyapunov_spectrum(lstm, x, h0=torch.zeros(16, dtype=DT), k=5)
+    assert torch.equal(c.exponents, d.exponents)
+    assert c.state_size == 16 and "torch-lstm" in c.method
+
+
+def test_autonomous_rnn_is_zero_input():
+    cell = LipschitzRNNCell(IN, 6, eps=0.3, init_std=6.0, dtype=DT)
+    h0 = 0.5 * torch.randn(2, 6, generator=_gen(12), dtype=DT)
+    a = lyapunov_spectrum(cell, steps=20, h0=h0)
+    b = lyapunov_spectrum(cell, torch.zeros(20, 2, IN, dtype=DT), h0=h0)
+    assert torch.allclose(a.exponents, b.exponents, rtol=0, atol=1e-14)
+
+
+def test_sequence_model_tokens_and_model_untouched():
+    torch.manual_seed(3)
+    model = SequenceModel(build("lipschitz", 4, 6, eps=0.3), 5, vocab_size=11)  # float32
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    tokens = torch.randint(0, 11, (9, 2), generator=_gen(13))
+    r = lyapunov_spectrum(model, tokens, k=3)
+    x = model.embedding(tokens).detach().double()
+    ref = lyapunov_spectrum(model.rnn, x, k=3)
+    assert torch.allclose(r.exponents, ref.exponents, rtol=0, atol=1e-12)
+    after = model.state_dict()
+    assert all(
+        torch.equal(before[k], after[k]) and after[k].dtype == before[k].dtype for k in before
+    )
+    assert r.exponents.dtype == DT
+
+
+def test_generator_seeds_initial_basis():
+    cell = LipschitzRNNCell(IN, 6, eps=0.3, init_std=6.0, dtype=DT)
+    x = torch.randn(5, 2, IN, generator=_gen(14), dtype=DT)
+    a = lyapunov_spectrum(cell, x, k=2)
+    b = lyapunov_spectrum(cell, x, k=2, generator=torch.Generator().manual_seed(0))
+    c = lyapunov_spectrum(cell, x, k=2, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(a.exponents, b.exponents)
+    assert not torch.equal(a.exponents, c.exponents)
+
+
+# ------------------------------------------------------------------------------------------------
+# errors
+# ------------------------------------------------------------------------------------------------
+def _x(t=5, b=2, f=IN):
+    return torch.randn(t, b, f, dtype=DT)
+
+
+@pytest.mark.parametrize(
+    "kwargs, exc, match",
+    [
+        ({"k": 6}, ValueError, "k=6 is larger than the state size n=5"),
+        ({"k": 0}, ValueError, "k must be"),
+        ({"steps": 0}, ValueError, "steps must be"),
+        ({"steps": 5}, ValueError, "steps=5 \\+ warmup=1 exceeds"),
+        ({"dt": 0.0}, ValueError, "dt must be"),
+        ({"dt": -1.0}, ValueError, "dt must be"),
+        ({"reorth_every": 0}, ValueError, "reorth_every must be"),
+        ({"reorth_every": "often"}, ValueError, "reorth_every must be"),
+        ({"warmup": -1}, ValueError, "warmup must be"),
+        ({"warmup": 5}, ValueError, "warmup=5 must be smaller"),
+        (
+            {"inputs": torch.randn(5, 2, IN + 1, dtype=DT)},
+            ValueError,
+            "4 features .* input_size is 3",
+        ),
+        ({"inputs": torch.randn(5, 2, 3, 1, dtype=DT)}, ValueError, "inputs must be"),
+        ({"inputs": None}, ValueError, "steps is required"),
+        ({"h0": torch.zeros(3, 5, dtype=DT)}, ValueError, "h0 has batch 3"),
+        ({"h0": torch.zeros(2, 4, dtype=DT)}, ValueError, "h0 must have shape"),
+        ({"generator": 3}, TypeError, "generator must be"),
+    ],
+)
+def test_argument_errors(kwargs, exc, match):
+    cell = LipschitzRNNCell(IN, H, dtype=DT)
+    args = {"inputs": _x(), "warmup": 1}
+    args.update(kwargs)
+    inputs = args.pop("inputs")
+    with pytest.raises(exc, match=match):
+        lyapunov_spectrum(cell, inputs, **args)
+
+
+@pytest.mark.parametrize(
+    "system",
+    ["lstm", 3, torch.zeros(3), nn.Linear(3, 3), nn.Transformer],
+    ids=["str", "int", "tensor", "linear", "class"],
+)
+def test_unknown_system(system):
+    with pytest.raises(TypeError, match="system"):
+        lyapunov_spectrum(system, _x(), h0=torch.zeros(2, 3))
+
+
+@pytest.mark.parametrize(
+    "system",
+    [
+        LipschitzRNN(IN, 4, bidirectional=True),
+        nn.LSTM(IN, 4, bidirectional=True),
+        SequenceModel(nn.GRU(IN, 4, bidirectional=True), 2),
+    ],
+    ids=["package", "torch", "sequence-model"],
+)
+def test_bidirectional_raises(system):
+    with pytest.raises(ValueError, match="bidirectional"):
+        lyapunov_spectrum(system, _x(f=IN).float())
+
+
+def test_callable_needs_h0_and_wrong_output():
+    with pytest.raises(ValueError, match="h0 is required"):
+        lyapunov_spectrum(P.henon, steps=3)
+    with pytest.raises(ValueError, match="shaped like h"):
+        lyapunov_spectrum(lambda h: h[:, :1], steps=3, h0=torch.ones(2, 2))
+    with pytest.raises(TypeError, match="calling the callable"):
+        lyapunov_spectrum(lambda h, x: h @ torch.ones(5, 5), _x(), h0=torch.ones(2, 2))
+
+
+def test_nonfinite_state_names_the_step():
+    grow = lambda h: h * 1e200
+    with pytest.raises(NonFiniteStateError, match="non-finite at step 1"):
+        lyapunov_spectrum(grow, steps=10, h0=torch.ones(2, 2))
+    with pytest.raises(ValueError):  # also a ValueError ...
+        lyapunov_spectrum(grow, steps=10, h0=torch.ones(2, 2))
+    with pytest.raises(FloatingPointError):  # ... and a FloatingPointError
+        lyapunov_spectrum(grow, steps=10, h0=torch.ones(2, 2))
+
+
+def test_nonfinite_tangents_with_long_blocks():
+    # the state stays finite (a fixed point) but tangents grow by e^100 per step
+    f = lambda h: math.exp(100.0) * (h - 1.0) * 0.0 + 1.0 + (h - h.detach()) * math.exp(100.0)
+    with pytest.raises(NonFiniteStateError, match="tangent vectors became non-finite"):
+        lyapunov_spectrum(f, steps=20, h0=torch.ones(1, 2), reorth_every=10)
+
+
+# ------------------------------------------------------------------------------------------------
+# results, QR, plots
+# ------------------------------------------------------------------------------------------------
+def test_kaplan_yorke_values():
+    ky = kaplan_yorke_dimension(
+        torch.tensor([[0.5, -1.0], [-0.1, -1.0], [1.0, 0.5], [0.3, -math.inf]])
+    )
+    assert torch.allclose(ky, torch.tensor([1.5, 0.0, 2.0, 1.0], dtype=DT))
+    lorenz = kaplan_yorke_dimension(torch.tensor(P.LORENZ_EXPONENTS, dtype=DT))
+    assert abs(float(lorenz) - (2 + 0.9056 / 14.5723)) < 1e-12
+
+
+def test_to_dict_is_json_and_round_trips():
+    cell = LipschitzRNNCell(IN, 4, eps=0.3, init_std=6.0, dtype=DT)
+    r = lyapunov_spectrum(cell, _x(8, 3), warmup=2)
+    d = r.to_dict()
+    text = json.dumps(d, allow_nan=False)
+    back = LyapunovSpectrum.from_dict(json.loads(text))
+    assert torch.equal(back.exponents, r.exponents) and torch.equal(back.history, r.history)
+    assert d["batch_size"] == 3 and d["k"] == 4 and d["steps"] == 6 and d["warmup"] == 2
+    assert len(d["kaplan_yorke_dimension"]) == 3 and isinstance(d["entropy_rate_of_mean"], float)
+    # -inf exponents (a singular Jacobian) become null, still strict JSON
+    z = lyapunov_spectrum(
+        lambda h: h * torch.tensor([1.0, 0.0], dtype=h.dtype),
+        steps=3,
+        h0=torch.ones(1, 2),
+        warmup=1,
+    )
+    assert z.exponents[0, 1] == -math.inf and z.exponents[0, 0] == 0.0
+    assert json.loads(json.dumps(z.to_dict(), allow_nan=False))["exponents"][0][1] is None
+
+
+@pytest.mark.parametrize("two_pass", [False, True], ids=["cpu-policy", "accelerator-policy"])
+def test_orthonormalize_rows_paths(two_pass):
+    g = _gen(15)
+    base = torch.linalg.qr(torch.randn(4, 12, 6, generator=g, dtype=DT))[0].mT  # (4, 6, 12)
+    one = torch.ones(6, dtype=DT)
+    cases = [
+        # (diag R, coupling to the first direction, expected Householder count on the CPU /
+        # on accelerators)
+        ([1.0] * 6, 0.3, 0, 0),  # orthonormal-ish
+        ([1, 1e-2, 1e-4, 1e-6, 1e-8, 1e-11], None, 0, 0),  # graded rows: Cholesky-QR is exact
+        ([1, 1e-3, 1e-3, 1e-3, 1e-3, 1e-3], 1.0, 4, 0),  # rows aligned to 1e-3: refine
+        ([1, 1e-7, 1e-7, 1e-7, 1e-7, 1e-7], 1.0, 4, 4),  # aligned to 1e-7: Householder
+    ]
+    for scales, c, fb_cpu, fb_acc in cases:
+        s = torch.tensor(scales, dtype=DT)
+        # V^T = base^T R with R upper triangular, diag R = s and off-diagonals 0.3 s_j N(0, 1)
+        # in column j; with c, column j couples to the first direction with weight c (rows
+        # nearly aligned when c >> s_j)
+        R = torch.triu(torch.randn(4, 6, 6, generator=g, dtype=DT), 1) * 0.3 * s
+        if c is not None:
+            R[:, 0, 1:] = c
+        R = R + torch.diag_embed(s.expand(4, 6))
+        V = R.mT @ base
+        Vn, logd, fb, align = orthonormalize_rows(V, two_pass=two_pass)
+        _, logd_h = householder_rows(V)
+        assert fb == (fb_acc if two_pass else fb_cpu), (scales, fb)
+        assert align >= 1.0
+        eye = torch.eye(6, dtype=DT).expand(4, 6, 6)
+        assert torch.allclose(Vn @ Vn.mT, eye, atol=1e-12)
+        assert torch.allclose(logd, logd_h, atol=1e-8)
+        assert torch.allclose(logd, torch.log(s * one).expand(4, 6), atol=1e-8)
+
+
+def test_plots_write_png(tmp_path):
+    cell = LipschitzRNNCell(IN, 4, eps=0.3, init_std=6.0, dtype=DT)
+    r = lyapunov_spectrum(cell, _x(8, 3))
+    p1 = plot_spectrum(r, tmp_path / "sub" / "spectrum.png")
+    p2 = plot_spectrum(r.to_dict(), tmp_path / "spectrum_dict.png")
+    recs = [(0, r.mean.tolist()), (5, (r.mean * 2).tolist()), (10, r.exponents.tolist())]
+    p3 = plot_evolution(recs, tmp_path / "evolution.png")
+    for p in (p1, p2, p3):
+        with open(p, "rb") as fh:
+            head = fh.read(8)
+        assert head == b"\x89PNG\r\n\x1a\n" and os.path.getsize(p) > 1000
+    assert not [f for f in os.listdir(tmp_path) if f.startswith(".tmp-")]
+    with pytest.raises(ValueError, match="records is empty"):
+        plot_evolution([], tmp_path / "e.png")
