@@ -1,13 +1,550 @@
-"""Fused Lipschitz recurrence (placeholder until the fast path lands: never selected)."""
+"""Fused scan of the Lipschitz recurrence with a hand-derived backward through time.
+
+``lipschitz_scan(u, h0, A, W, eps, solver)`` runs, for row-major batches (``h`` is (B, H),
+``u`` is (T, B, H), the input projection ``x U^T + b`` of every step)::
+
+    f(h, u_t) = h A^T + tanh(h W^T + u_t)
+    euler:  h' = h + eps f(h)
+    rk2:    y = h + (eps/2) f(h);       h' = h + eps f(y)            (explicit midpoint)
+    heun:   y = h + eps f(h);           h' = h + (eps/2) (f(h) + f(y)) (explicit trapezoid)
+
+and returns all states ``hs`` (T, B, H), ``hs[t]`` being the state after consuming ``u[t]``. It is
+what :class:`~lipschitz_rnn.models.lipschitz.LipschitzRNN` runs for dense (non-packed) input; the
+generic per-step autograd loop (``RecurrentCell.scan``) stays the reference.
+
+Forward
+-------
+Per step and stage, two products with right factors built once per call (contiguous, the identity
+of the update folded in) and one tanh, all written with ``out=`` into preallocated buffers (no
+allocation, no ``torch.cat`` per step). Euler::
+
+    s_t = tanh(h_t W^T + u_t)                      torch.addmm(u_t, h, W^T, out=s_t); tanh_
+    h_{t+1} = h_t (I + eps A)^T + eps s_t          torch.addmm(s_t, h, (I + eps A)^T, beta=eps)
+
+rk2/heun are written as the two-stage scheme::
+
+    y  = h + a f(h)                         (rk2: a = eps/2; heun: a = eps)
+    h' = c_h h + c_y y + b f(y)             (rk2: c_h = 1, c_y = 0, b = eps; heun: 1/2, 1/2, eps/2)
+
+(On CPU this measured faster than one stacked (B, H) @ (H, 2H) product followed by element-wise
+ops on its two strided halves: element-wise kernels on strided views cost 2-3x contiguous ones.)
+
+What is saved for backward
+--------------------------
+Besides the inputs (``u``, ``h0``, ``A``, ``W``: references, no copies) and the returned states
+``hs`` (held by the caller anyway), the default saves the tanh values of every stage: euler
+``s_t`` (T*B*H numbers, i.e. as much as the output), rk2/heun ``s1_t, y_t, s2_t`` (3*T*B*H).
+The backward allocates the returned ``du`` (T*B*H) and work buffers of one block of steps
+(``_BLOCK_BYTES``, 4 MiB per buffer; euler 1 buffer, rk2/heun 4).
+
+Backward through time
+---------------------
+With ``G_t = dL/dhs[t]`` and the adjoint kept scaled, ``e_{t+1} = eps dL/dh_{t+1}``, the euler
+step backward is::
+
+    q_t = e_{t+1} * (1 - s_t^2)                              (= dL/du_t)   tanh_backward
+    e_t = e_{t+1} (I + eps A) + q_t (eps W) + eps G_{t-1}    (recurrent product, in place)
+
+i.e. the products with ``A`` and ``W`` of the brief's ``[g, g*s'] @ [A; W]`` with the identity and
+``eps`` folded into the matrices, so a step is one element-wise kernel and the recurrent product
+(issued as two ``addmm_`` on contiguous halves: the stacked (B, 2H) @ (2H, H) form needs
+``[e | q]`` rows, whose strided halves make the element-wise kernel ~2.5x slower, and measured no
+faster overall). ``q_t`` is written straight into the returned ``du``. The weight gradients are
+not accumulated per step: ``dA = sum_t e_{t+1}^T h_t`` and ``dW = sum_t q_t^T h_t`` are one large
+GEMM each per block of steps ((H, k*B) @ (k*B, H), k = 64 at B = H = 128 in float32).
+rk2/heun do the same per stage (the stage-2 -> stage-1 -> previous-step chain, two recurrent
+products per step) and four large GEMMs per block.
+
+Bounding memory: ``checkpoint_every``
+-------------------------------------
+``lipschitz_scan(..., checkpoint_every=k)`` (or ``with fused_checkpointing(k):`` around the layer
+call) saves nothing but the inputs and the returned states. Backward walks the sequence in blocks
+of ``k`` steps from the end and rebuilds the block's stage values from the stored states with the
+forward's formulas applied to the whole block at once: large, non-recurrent GEMMs (euler: one
+(k*B, H) @ (H, H); rk2/heun: three). Saved memory drops from 1 (euler) / 3 (rk2, heun) T*B*H
+arrays to nothing, the backward's work buffers are O(k*B*H), and the extra cost is +17 % (euler) /
++25 % (rk2, heun) FLOPs at large-GEMM speed. Outputs are identical (same forward); gradients equal
+the default path's to round-off (the rebuilt tanh values come from a differently blocked GEMM, so
+bitwise equality of gradients is not promised).
+
+Double backward (second derivatives)
+------------------------------------
+The fast backward uses in-place/``out=`` kernels and is not itself differentiable. When backward is
+run with ``create_graph=True`` (autograd enables grad mode inside backward exactly then), the
+Function instead rebuilds the recurrence from its saved inputs with the plain per-step autograd
+ops and returns ``torch.autograd.grad(..., create_graph=True)`` of that graph: first derivatives
+are exact and differentiable again, so Hessian-vector products (double backward) work through the
+layer unchanged, only at the plain loop's speed. Nothing needs switching off for that. To bypass
+the fused path altogether (e.g. to compare, or for code that must run the reference ops) use
+``LipschitzRNN.use_fused = False`` on a layer or ``with fused_disabled():`` (process-wide within
+the context, per thread/task). Under ``torch.func`` transforms (``grad``, ``vmap``, ``jvp`` ...),
+forward-mode AD and ``torch.compile`` tracing, :func:`fused_available` is False and layers use the
+plain loop, since this Function implements neither ``vmap`` nor ``jvp``.
+
+Inference
+---------
+When grad mode is off or no input requires grad, :func:`lipschitz_scan` does not go through
+autograd at all and allocates only the output states (no stage values).
+
+Devices
+-------
+Only device-agnostic torch ops are used, so the same Function runs on CUDA tensors. No CUDA graph
+capture or custom kernel is attempted (it could not be validated without a GPU); the CUDA path is
+the same per-step loop, launch-bound for small B*H.
+
+CPU memory allocation
+---------------------
+``hs``, the saved stage values and ``du`` are arrays of T*B*H numbers (51 MB each at the sMNIST
+shape T=784, B=H=128). glibc serves allocations above 32 MB with fresh ``mmap`` pages, so every
+call pays their page faults (~25 ms per 51 MB on the 2-core benchmark machine, a large share of a
+~0.3 s forward+backward). An allocator that reuses freed memory (jemalloc/tcmalloc via
+``LD_PRELOAD``, ``THP_MEM_ALLOC_ENABLE=1`` for torch, or glibc's ``mallopt``, see
+``lipschitz_rnn.bench.reuse_freed_memory``) removes most of that; this module does not change
+process-wide allocator settings itself.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from collections.abc import Iterator
+
+import torch
 from torch import Tensor
+
+__all__ = [
+    "FUSED_SOLVERS",
+    "fused_available",
+    "fused_checkpointing",
+    "fused_disabled",
+    "lipschitz_scan",
+    "reference_scan",
+]
+
+FUSED_SOLVERS = ("euler", "rk2", "heun")
+_DTYPES = (torch.float32, torch.float64)
+_DEVICES = ("cpu", "cuda")
+
+_DISABLED: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "lipschitz_fused_disabled", default=False
+)
+_CHECKPOINT: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "lipschitz_fused_checkpoint_every", default=None
+)
+
+_tanh_backward = torch.ops.aten.tanh_backward.grad_input
+# each backward work buffer holds about this many bytes of (B, H) rows (see _block_steps)
+_BLOCK_BYTES = 4 << 20
+
+
+@contextlib.contextmanager
+def fused_disabled() -> Iterator[None]:
+    """Within the context, :func:`fused_available` is False: layers run the plain per-step loop."""
+    token = _DISABLED.set(True)
+    try:
+        yield
+    finally:
+        _DISABLED.reset(token)
+
+
+@contextlib.contextmanager
+def fused_checkpointing(every: int | None) -> Iterator[None]:
+    """Within the context, fused scans default to ``checkpoint_every=every`` (None: save all)."""
+    every = _check_every(every)
+    token = _CHECKPOINT.set(every)
+    try:
+        yield
+    finally:
+        _CHECKPOINT.reset(token)
+
+
+def _check_every(every) -> int | None:
+    if every is None:
+        return None
+    if isinstance(every, bool) or not isinstance(every, int) or every <= 0:
+        raise ValueError(f"checkpoint_every must be a positive int or None, got {every!r}")
+    return every
+
+
+def _transforms_active() -> bool:
+    """True under torch.func transforms, forward-mode AD or torch.compile tracing."""
+    try:
+        if torch._C._functorch.peek_interpreter_stack() is not None:
+            return True
+    except AttributeError:  # pragma: no cover - very old / new torch
+        pass
+    fwd_level = getattr(torch.autograd.forward_ad, "_current_level", -1)
+    if fwd_level >= 0:
+        return True
+    compiler = getattr(torch, "compiler", None)
+    return bool(compiler is not None and compiler.is_compiling())
+
+
+def _autocast_active(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # pragma: no cover - torch without the device_type argument
+        return torch.is_autocast_enabled() if device_type == "cuda" else False
 
 
 def fused_available(solver: str, u: Tensor) -> bool:
-    return False
+    """Whether :func:`lipschitz_scan` handles ``solver`` for the projected inputs ``u``.
+
+    True for ``solver`` in ``FUSED_SOLVERS`` and a non-empty dense (T, B, H) float32/float64 tensor
+    on CPU or CUDA, unless disabled by :func:`fused_disabled`, or autocast, a torch.func transform,
+    forward-mode AD or torch.compile tracing is active (the plain loop handles those).
+    """
+    return (
+        solver in FUSED_SOLVERS
+        and isinstance(u, Tensor)
+        and u.dim() == 3
+        and u.numel() > 0
+        and u.dtype in _DTYPES
+        and u.layout == torch.strided
+        and u.device.type in _DEVICES
+        and not _DISABLED.get()
+        and not _autocast_active(u.device.type)
+        and not _transforms_active()
+    )
 
 
-def lipschitz_scan(u: Tensor, h0: Tensor, A: Tensor, W: Tensor, eps: float, solver: str) -> Tensor:
-    raise NotImplementedError("the fused Lipschitz scan has not landed yet")
+# ---------------------------------------------------------------------------------------------
+# scheme coefficients
+def _two_stage(solver: str, eps: float) -> tuple[float, float, float, float]:
+    """``(a, c_h, c_y, b)`` of ``y = h + a f(h); h' = c_h h + c_y y + b f(y)``."""
+    if solver == "rk2":
+        return 0.5 * eps, 1.0, 0.0, eps
+    if solver == "heun":
+        return eps, 0.5, 0.5, 0.5 * eps
+    raise ValueError(f"solver must be one of {FUSED_SOLVERS}, got {solver!r}")
+
+
+def _eye(A: Tensor) -> Tensor:
+    return torch.eye(A.shape[0], dtype=A.dtype, device=A.device)
+
+
+# ---------------------------------------------------------------------------------------------
+# forward kernels (no autograd; called under no_grad)
+def _t(M: Tensor) -> Tensor:
+    """``M^T`` as a contiguous matrix (CPU GEMMs are markedly slower with a transposed view)."""
+    return M.t().contiguous()
+
+
+def _euler_forward(u: Tensor, h0: Tensor, A: Tensor, W: Tensor, eps: float, save: bool):
+    T, B, H = u.shape
+    Wt, Mt = _t(W), _t(_eye(A) + eps * A)
+    hs = u.new_empty(T, B, H)
+    S = u.new_empty(T, B, H) if save else None
+    s_list = S.unbind(0) if save else [u.new_empty(B, H)] * T
+    h = h0
+    for u_t, h_t, s in zip(u.unbind(0), hs.unbind(0), s_list, strict=True):
+        torch.addmm(u_t, h, Wt, out=s)  # s = h W^T + u_t
+        s.tanh_()
+        torch.addmm(s, h, Mt, beta=eps, out=h_t)  # h' = h (I + eps A)^T + eps s
+        h = h_t
+    return hs, ((S,) if save else ())
+
+
+def _two_stage_forward(
+    u: Tensor, h0: Tensor, A: Tensor, W: Tensor, eps: float, solver: str, save: bool
+):
+    T, B, H = u.shape
+    a, c_h, c_y, b = _two_stage(solver, eps)
+    eye = _eye(A)
+    Wt, M1t, M2t = _t(W), _t(eye + a * A), _t(c_y * eye + b * A)
+    hs = u.new_empty(T, B, H)
+    if save:
+        S1, Y, S2 = (u.new_empty(T, B, H) for _ in range(3))
+        s1l, yl, s2l = S1.unbind(0), Y.unbind(0), S2.unbind(0)
+    else:
+        s1l, yl, s2l = ([u.new_empty(B, H)] * T for _ in range(3))
+    h = h0
+    for u_t, h_t, s1, y, s2 in zip(u.unbind(0), hs.unbind(0), s1l, yl, s2l, strict=True):
+        torch.addmm(u_t, h, Wt, out=s1)
+        s1.tanh_()
+        torch.addmm(s1, h, M1t, beta=a, out=y)  # y = h + a (h A^T + s1)
+        torch.addmm(u_t, y, Wt, out=s2)
+        s2.tanh_()
+        torch.addmm(s2, y, M2t, beta=b, out=h_t)  # c_y y + b (y A^T + s2)
+        h_t.add_(h, alpha=c_h)
+        h = h_t
+    return hs, ((S1, Y, S2) if save else ())
+
+
+def _forward(u, h0, A, W, eps, solver, save):
+    if solver == "euler":
+        return _euler_forward(u, h0, A, W, eps, save)
+    return _two_stage_forward(u, h0, A, W, eps, solver, save)
+
+
+# ---------------------------------------------------------------------------------------------
+# backward kernels
+def _flat(x: Tensor) -> Tensor:
+    return x.reshape(-1, x.shape[-1])
+
+
+def _accumulate_wgrad(acc: Tensor, X: Tensor, states: Tensor) -> None:
+    """``acc += sum_t X_t^T states_t``: one GEMM (H, n*B) @ (n*B, H) over a block of steps."""
+    acc.addmm_(_flat(X).t(), _flat(states))
+
+
+def _accumulate_wgrad_prev(acc: Tensor, X: Tensor, hs: Tensor, h0: Tensor, t0: int) -> None:
+    """``acc += sum_i X_i^T (state entering step t0 + i)``, without copying ``hs``."""
+    if t0 > 0:
+        _accumulate_wgrad(acc, X, hs[t0 - 1 : t0 - 1 + X.shape[0]])
+        return
+    acc.addmm_(X[0].t(), h0)
+    if X.shape[0] > 1:
+        _accumulate_wgrad(acc, X[1:], hs[: X.shape[0] - 1])
+
+
+class _Recompute:
+    """Rebuilds the stage values of a block of steps from the stored states (``checkpoint_every``):
+    the forward's formulas applied to the whole block at once (large GEMMs, no recurrence), into
+    buffers allocated once per backward."""
+
+    def __init__(self, solver, eps, A, W, hs, h0, u, k):
+        _, B, H = hs.shape
+        self.solver, self.hs, self.h0, self.u = solver, hs, h0, u
+        self.Wt = _t(W)
+        self.prev = hs.new_empty(k, B, H)  # entering states of the first block only
+        n_stage = 1 if solver == "euler" else 3
+        self.bufs = [hs.new_empty(k, B, H) for _ in range(n_stage)]
+        if solver != "euler":
+            a, _, _, _ = _two_stage(solver, eps)
+            self.a, self.M1t = a, _t(_eye(A) + a * A)
+
+    def __call__(self, t0: int, t1: int) -> tuple[Tensor, ...]:
+        n = t1 - t0
+        if t0 > 0:
+            hp = self.hs[t0 - 1 : t1 - 1]
+        else:
+            hp = self.prev[:n]
+            hp[0].copy_(self.h0)
+            hp[1:].copy_(self.hs[: n - 1])
+        hp, u_c = _flat(hp), _flat(self.u[t0:t1])
+        out = [buf[:n] for buf in self.bufs]
+        if self.solver == "euler":
+            torch.addmm(u_c, hp, self.Wt, out=_flat(out[0])).tanh_()
+            return (out[0],)
+        S1, Y, S2 = (_flat(x) for x in out)
+        torch.addmm(u_c, hp, self.Wt, out=S1).tanh_()
+        torch.addmm(S1, hp, self.M1t, beta=self.a, out=Y)
+        torch.addmm(u_c, Y, self.Wt, out=S2).tanh_()
+        return tuple(out)
+
+
+def _block_steps(T: int, B: int, H: int, itemsize: int, every: int | None) -> int:
+    """Steps per backward block: ``every`` if set, else about ``_BLOCK_BYTES`` of (B, H) buffers."""
+    if every is not None:
+        return min(every, T)
+    return max(1, min(T, _BLOCK_BYTES // max(1, B * H * itemsize)))
+
+
+def _blocks(T: int, k: int) -> list[tuple[int, int]]:
+    """``[t0, t1)`` blocks of ``k`` steps covering ``0..T``, last block first."""
+    return [(t0, min(t0 + k, T)) for t0 in range(0, T, k)][::-1]
+
+
+def _euler_backward(G, u, h0, A, W, hs, saved, eps, every, needs):
+    T, B, H = hs.shape
+    need_u, need_h0, need_w = needs
+    MA = _eye(A) + eps * A  # e_t = e_{t+1} (I + eps A) + q_t (eps W) + eps G_{t-1}
+    MW = eps * W
+    dA = G.new_zeros(H, H) if need_w else None
+    dW = G.new_zeros(H, H) if need_w else None
+    dh0 = None
+    k = _block_steps(T, B, H, G.element_size(), every)
+    recompute = _Recompute("euler", eps, A, W, hs, h0, u, k) if every is not None else None
+    E_buf = G.new_empty(k, B, H)  # e_{t+1} = eps dL/dh_{t+1} of one block
+    # q_t = dL/du_t is written straight into the returned gradient (a block buffer if unused)
+    du = G.new_empty(T, B, H) if need_u else None
+    Q_buf = None if need_u else G.new_empty(k, B, H)
+    carry = G.new_empty(B, H)  # step t0's share of e_{t0}, handed to the block before
+    for t0, t1 in _blocks(T, k):
+        n = t1 - t0
+        E = E_buf[:n]
+        Q = du[t0:t1] if need_u else Q_buf[:n]
+        torch.mul(G[t0:t1], eps, out=E)  # e_{t+1} = eps G_t + (step t+1's share, added below)
+        if t1 < T:
+            E[n - 1].add_(carry)
+        (S,) = recompute(t0, t1) if recompute is not None else (saved[0][t0:t1],)
+        El, Ql, Sl = E.unbind(0), Q.unbind(0), S.unbind(0)
+        for i in range(n - 1, -1, -1):
+            _tanh_backward(El[i], Sl[i], grad_input=Ql[i])  # q_t = e_{t+1} (1 - s_t^2)
+            if i > 0:
+                El[i - 1].addmm_(El[i], MA).addmm_(Ql[i], MW)
+            elif t0 > 0:
+                torch.mm(El[0], MA, out=carry).addmm_(Ql[0], MW)
+            elif need_h0:
+                dh0 = torch.mm(El[0], MA).addmm_(Ql[0], MW).div_(eps)
+        if need_w:  # dA = sum_t e_{t+1}^T h_t, dW = sum_t q_t^T h_t
+            _accumulate_wgrad_prev(dA, E, hs, h0, t0)
+            _accumulate_wgrad_prev(dW, Q, hs, h0, t0)
+    return du, dh0, dA, dW
+
+
+def _two_stage_backward(G, u, h0, A, W, hs, saved, eps, solver, every, needs):
+    T, B, H = hs.shape
+    need_u, need_h0, need_w = needs
+    a, c_h, c_y, b = _two_stage(solver, eps)
+    # stage 2 -> 1: e1 = (a c_y / b) e2 + e2 (a A) + q2 (a W)
+    M2A, M2W, beta2 = a * A, a * W, a * c_y / b
+    # stage 1 -> previous step: e2' = c_h e2 + e1 ((b/a) I + b A) + q1 (b W) + b G
+    M1A, M1W = (b / a) * _eye(A) + b * A, b * W
+    dA = G.new_zeros(H, H) if need_w else None
+    dW = G.new_zeros(H, H) if need_w else None
+    dh0 = None
+    k = _block_steps(T, B, H, G.element_size(), every)
+    recompute = _Recompute(solver, eps, A, W, hs, h0, u, k) if every is not None else None
+    E1_buf, Q1_buf, E2_buf, Q2_buf = (G.new_empty(k, B, H) for _ in range(4))
+    du = G.new_empty(T, B, H) if need_u else None
+    carry = G.new_empty(B, H)
+    for t0, t1 in _blocks(T, k):
+        n = t1 - t0
+        E1, Q1, E2, Q2 = E1_buf[:n], Q1_buf[:n], E2_buf[:n], Q2_buf[:n]
+        torch.mul(G[t0:t1], b, out=E2)
+        if t1 < T:
+            E2[n - 1].add_(carry)
+        if recompute is not None:
+            S1, Y, S2 = recompute(t0, t1)
+        else:
+            S1, Y, S2 = (x[t0:t1] for x in saved)
+        E1l, Q1l, E2l, Q2l = E1.unbind(0), Q1.unbind(0), E2.unbind(0), Q2.unbind(0)
+        S1l, S2l = S1.unbind(0), S2.unbind(0)
+        dul = du[t0:t1].unbind(0) if need_u else None
+        for i in range(n - 1, -1, -1):
+            _tanh_backward(E2l[i], S2l[i], grad_input=Q2l[i])
+            if beta2 == 0.0:
+                torch.mm(E2l[i], M2A, out=E1l[i])
+            else:
+                torch.addmm(E2l[i], E2l[i], M2A, beta=beta2, out=E1l[i])
+            E1l[i].addmm_(Q2l[i], M2W)
+            _tanh_backward(E1l[i], S1l[i], grad_input=Q1l[i])
+            if need_u:
+                torch.add(Q1l[i], Q2l[i], out=dul[i])
+            if i > 0:
+                E2l[i - 1].add_(E2l[i], alpha=c_h).addmm_(E1l[i], M1A).addmm_(Q1l[i], M1W)
+            elif t0 > 0:
+                torch.addmm(E2l[0], E1l[0], M1A, beta=c_h, out=carry).addmm_(Q1l[0], M1W)
+            elif need_h0:
+                dh0 = torch.addmm(E2l[0], E1l[0], M1A, beta=c_h).addmm_(Q1l[0], M1W).div_(b)
+        if need_w:  # dA = sum e2^T y + e1^T h, dW = sum q2^T y + q1^T h
+            _accumulate_wgrad(dA, E2, Y)
+            _accumulate_wgrad(dW, Q2, Y)
+            _accumulate_wgrad_prev(dA, E1, hs, h0, t0)
+            _accumulate_wgrad_prev(dW, Q1, hs, h0, t0)
+    return du, dh0, dA, dW
+
+
+# ---------------------------------------------------------------------------------------------
+# the plain autograd recurrence (double backward, reference)
+def reference_scan(u: Tensor, h0: Tensor, A: Tensor, W: Tensor, eps: float, solver: str) -> Tensor:
+    """The same recurrence with plain per-step autograd ops (differentiable to any order)."""
+    H = A.shape[0]
+    AWt = torch.cat([A, W], 0).t()
+
+    def f(z: Tensor, u_t: Tensor) -> Tensor:
+        zz = z @ AWt
+        return zz[:, :H] + torch.tanh(zz[:, H:] + u_t)
+
+    out = []
+    h = h0
+    for u_t in u.unbind(0):
+        if solver == "euler":
+            h = h + eps * f(h, u_t)
+        elif solver == "rk2":
+            h = h + eps * f(h + (0.5 * eps) * f(h, u_t), u_t)
+        elif solver == "heun":
+            k1 = f(h, u_t)
+            h = h + (0.5 * eps) * (k1 + f(h + eps * k1, u_t))
+        else:
+            raise ValueError(f"solver must be one of {FUSED_SOLVERS}, got {solver!r}")
+        out.append(h)
+    return torch.stack(out, 0)
+
+
+class _LipschitzScan(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u, h0, A, W, eps, solver, every):
+        hs, acts = _forward(u, h0, A, W, eps, solver, save=every is None)
+        ctx.save_for_backward(u, h0, A, W, hs, *acts)
+        ctx.eps = eps
+        ctx.solver = solver
+        ctx.every = every
+        return hs
+
+    @staticmethod
+    def backward(ctx, G):
+        u, h0, A, W, hs, *acts = ctx.saved_tensors
+        need_u, need_h0, need_A, need_W = ctx.needs_input_grad[:4]
+        if torch.is_grad_enabled():  # create_graph=True: differentiable backward via plain ops
+            return _differentiable_backward(ctx, G, (u, h0, A, W)) + (None, None, None)
+        needs = (need_u, need_h0, need_A or need_W)
+        if ctx.solver == "euler":
+            du, dh0, dA, dW = _euler_backward(G, u, h0, A, W, hs, acts, ctx.eps, ctx.every, needs)
+        else:
+            du, dh0, dA, dW = _two_stage_backward(
+                G, u, h0, A, W, hs, acts, ctx.eps, ctx.solver, ctx.every, needs
+            )
+        return (
+            du if need_u else None,
+            dh0 if need_h0 else None,
+            dA if need_A else None,
+            dW if need_W else None,
+            None,
+            None,
+            None,
+        )
+
+
+def _differentiable_backward(ctx, G, inputs):
+    needs = ctx.needs_input_grad[:4]
+    wrt = [x for x, need in zip(inputs, needs, strict=True) if need]
+    hs = reference_scan(*inputs, ctx.eps, ctx.solver)
+    grads = iter(torch.autograd.grad(hs, wrt, G, create_graph=True, allow_unused=True))
+    return tuple(next(grads) if need else None for need in needs)
+
+
+# ---------------------------------------------------------------------------------------------
+def lipschitz_scan(
+    u: Tensor, h0: Tensor, A: Tensor, W: Tensor, eps: float, solver: str, *,
+    checkpoint_every: int | None = None,
+) -> Tensor:
+    """All states of the Lipschitz recurrence, (T, B, H); see the module docstring.
+
+    Args:
+        u: (T, B, H) projected inputs ``x U^T + b``.
+        h0: (B, H) initial state.
+        A, W: (H, H) recurrent matrices (as built by the cell, differentiable).
+        eps: step size.
+        solver: ``"euler"``, ``"rk2"`` or ``"heun"``.
+        checkpoint_every: None saves the stage values of every step (fastest); an int ``k``
+            saves nothing beyond the inputs and outputs and recomputes ``k`` steps at a time in
+            backward. Defaults to the value set by :func:`fused_checkpointing` (None).
+
+    Differentiable w.r.t. ``u``, ``h0``, ``A`` and ``W``, twice (see "Double backward").
+    """
+    if solver not in FUSED_SOLVERS:
+        raise ValueError(f"solver must be one of {FUSED_SOLVERS}, got {solver!r}")
+    if u.dim() != 3:
+        raise ValueError(f"u must be (T, B, H), got shape {tuple(u.shape)}")
+    T, B, H = u.shape
+    if T == 0:
+        raise ValueError("lipschitz_scan needs at least one time step")
+    if tuple(h0.shape) != (B, H) or tuple(A.shape) != (H, H) or tuple(W.shape) != (H, H):
+        raise ValueError(
+            f"shapes do not match: u {tuple(u.shape)}, h0 {tuple(h0.shape)} (expected {(B, H)}), "
+            f"A {tuple(A.shape)}, W {tuple(W.shape)} (expected {(H, H)})"
+        )
+    if not (u.dtype == h0.dtype == A.dtype == W.dtype):
+        raise TypeError(
+            f"dtypes differ: u {u.dtype}, h0 {h0.dtype}, A {A.dtype}, W {W.dtype}"
+        )
+    every = _check_every(checkpoint_every if checkpoint_every is not None else _CHECKPOINT.get())
+    eps = float(eps)
+    if torch.is_grad_enabled() and any(x.requires_grad for x in (u, h0, A, W)):
+        return _LipschitzScan.apply(u, h0, A, W, eps, solver, every)
+    with torch.no_grad():
+        hs, _ = _forward(u, h0, A, W, eps, solver, save=False)
+    return hs

@@ -1,0 +1,396 @@
+"""Speed of the Lipschitz layer's fused path against the plain per-step loop and torch's RNNs.
+
+:func:`run_bench` times one forward+backward (loss on the last output, as in sequence
+classification) of four layers on a grid of shapes, all built with ``input_size`` features:
+
+* ``lipschitz-fused``: :class:`~lipschitz_rnn.models.lipschitz.LipschitzRNN` (the fused scan);
+* ``lipschitz-loop``: the same layer with ``use_fused = False`` (the generic per-step autograd
+  loop);
+* ``nn.RNN``: ``torch.nn.RNN(nonlinearity="tanh")``; ``nn.LSTM``: ``torch.nn.LSTM``.
+
+Timing: all layers of one shape (and a GEMM probe) run round-robin, ``repeats`` rounds after one
+warm-up round, and each row reports the median; so every ratio compares numbers taken in the same
+run under the same machine load.
+
+Columns of a row (a dict):
+
+* ``seconds``: median seconds of one forward+backward; ``speedup_vs_loop``: the loop's seconds
+  divided by this row's (> 1 is faster than the plain loop).
+* ``gflop``: analytic FLOPs of forward+backward (multiply-add = 2 FLOPs; element-wise work not
+  counted). Lipschitz, per step, with ``G = 2 B H 2H`` (one (B,H)@(H,2H) product): euler forward
+  ``G``, backward ``G`` (recurrent adjoint) + ``G`` (its share of the weight-gradient GEMM),
+  i.e. ``3 G = 12 B H^2``; rk2/heun twice that. The input projection adds ``6 B I H``. nn.RNN:
+  ``6 B H^2 + 6 B I H``; nn.LSTM: ``24 B H^2 + 24 B I H`` (per step). The loop counts the same
+  FLOPs as the fused path (same maths).
+* ``gflops``: ``gflop / seconds``, the achieved rate.
+* ``gemm_gflops``: the rate of ``torch.mm`` at the per-step shape (B, H) @ (H, 2H), measured
+  in the same rounds (a loop of T products into a preallocated output, dispatch included); the
+  best round is taken (the attainable rate; on a shared machine the median of a 2-thread GEMM
+  loop swings with the neighbours' load far more than the layers do), so ``x_bound`` is
+  conservative.
+* ``gemm_bound_s``: ``gflop / gemm_gflops``, the time if every FLOP ran at that rate with no other
+  overhead; ``x_bound``: ``seconds / gemm_bound_s`` (1.0 = at the bound).
+* ``saved_mb``: activation memory, MiB of the distinct storages alive after the forward because
+  of it: the tensors autograd saved for backward (caught with
+  ``torch.autograd.graph.saved_tensors_hooks``) plus the outputs, not counting parameters and
+  the input. It is the memory that grows with T (e.g. fused euler: u, the states and the tanh
+  values, 3 T*B*H floats; the plain loop: per-step states and tanh outputs plus the stacked
+  output, also 3 T*B*H), not the process peak (torch's CPU allocations are invisible to
+  tracemalloc and ``ru_maxrss`` is a process-lifetime high-water mark). On CUDA, ``peak_mb`` adds
+  ``torch.cuda.max_memory_allocated`` during forward+backward above the memory held before.
+
+:func:`epoch_estimate` times full training steps (layer + linear readout + cross-entropy + Adam)
+and extrapolates one sMNIST epoch (469 batches of 128, T = 784); it is an extrapolation from
+per-batch medians, not a measured epoch.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from itertools import product
+
+import torch
+from torch import nn
+
+__all__ = [
+    "FULL_GRID",
+    "QUICK_GRID",
+    "MODELS",
+    "run_bench",
+    "epoch_estimate",
+    "format_table",
+    "format_epoch",
+    "reuse_freed_memory",
+]
+
+FULL_GRID: tuple[tuple[int, int, int], ...] = tuple(
+    product((100, 784), (32, 128), (64, 128, 256))
+)
+QUICK_GRID: tuple[tuple[int, int, int], ...] = ((100, 32, 64), (100, 128, 128), (784, 128, 128))
+MODELS = ("lipschitz-fused", "lipschitz-loop", "nn.RNN", "nn.LSTM")
+
+
+def reuse_freed_memory() -> bool:
+    """Make glibc's malloc keep and reuse freed memory instead of returning it to the OS.
+
+    Process-wide and irreversible (opt-in; the library never calls it): disables ``mmap`` for
+    large allocations (``M_MMAP_MAX = 0``) and heap trimming (``M_TRIM_THRESHOLD`` = 2 GiB), so
+    that the large per-call tensors of an RNN (states, saved activations, gradients: 51 MB each at
+    T=784, B=H=128) stop paying fresh page faults on every call, as with jemalloc/tcmalloc. The
+    process keeps its peak heap. Returns False (and does nothing) where glibc is not available.
+    """
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+    return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, (1 << 31) - 1))
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _build(name: str, input_size: int, hidden: int, solver: str, eps: float, device, dtype):
+    from .models.lipschitz import LipschitzRNN
+
+    if name in ("lipschitz-fused", "lipschitz-loop"):
+        with warnings.catch_warnings():  # the stability notice is irrelevant to timing
+            warnings.simplefilter("ignore", RuntimeWarning)
+            layer = LipschitzRNN(
+                input_size, hidden, solver=solver, eps=eps, device=device, dtype=dtype
+            )
+        layer.use_fused = name == "lipschitz-fused"
+        return layer
+    if name == "nn.RNN":
+        return nn.RNN(input_size, hidden, nonlinearity="tanh", device=device, dtype=dtype)
+    if name == "nn.LSTM":
+        return nn.LSTM(input_size, hidden, device=device, dtype=dtype)
+    raise ValueError(f"unknown model {name!r}; choose from {MODELS}")
+
+
+def _flop(name: str, solver: str, T: int, B: int, H: int, I: int) -> float:
+    if name.startswith("lipschitz"):
+        stages = 1 if solver == "euler" else 2
+        return T * (stages * 12 * B * H * H + 6 * B * I * H)
+    if name == "nn.RNN":
+        return T * (6 * B * H * H + 6 * B * I * H)
+    if name == "nn.LSTM":
+        return T * (24 * B * H * H + 24 * B * I * H)
+    raise ValueError(name)
+
+
+def _key(t: torch.Tensor) -> tuple[int, str]:
+    st = t.untyped_storage()
+    return st.data_ptr(), str(t.device)
+
+
+def _activation_bytes(layer: nn.Module, x: torch.Tensor) -> int:
+    """Bytes of distinct storages alive after the forward because of it: everything autograd
+    saved for backward plus the outputs, excluding the parameters and the input."""
+    seen: dict[tuple[int, str], int] = {}
+
+    def add(t: torch.Tensor) -> None:
+        try:
+            seen[_key(t)] = t.untyped_storage().nbytes()
+        except (RuntimeError, NotImplementedError):  # pragma: no cover - exotic tensors
+            pass
+
+    def pack(t: torch.Tensor):
+        add(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out, h_n = layer(x)
+    for t in (out, *(h_n if isinstance(h_n, tuple) else (h_n,))):
+        add(t)
+    for t in (x, *layer.parameters()):
+        seen.pop(_key(t), None)
+    del out, h_n
+    return sum(seen.values())
+
+
+def _fwd_bwd(layer: nn.Module, x: torch.Tensor) -> Callable[[], None]:
+    params = [p for p in layer.parameters()]
+
+    def step() -> None:
+        for p in params:
+            p.grad = None
+        out, _ = layer(x)
+        out[-1].square().sum().backward()
+
+    return step
+
+
+def _gemm_probe(T: int, B: int, H: int, device, dtype) -> Callable[[], None]:
+    h = torch.randn(B, H, device=device, dtype=dtype) * 0.1
+    M = torch.randn(H, 2 * H, device=device, dtype=dtype) * 0.1
+    z = torch.empty(B, 2 * H, device=device, dtype=dtype)
+
+    def probe() -> None:
+        for _ in range(T):
+            torch.mm(h, M, out=z)
+
+    return probe
+
+
+def _timed(fn: Callable[[], None], device: torch.device) -> float:
+    _sync(device)
+    t0 = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - t0
+
+
+def run_bench(
+    device: str | torch.device = "cpu",
+    grid: Iterable[Sequence[int]] | None = None,
+    repeats: int = 5,
+    *,
+    models: Sequence[str] = MODELS,
+    solver: str = "euler",
+    eps: float = 0.03,
+    input_size: int = 1,
+    dtype: torch.dtype = torch.float32,
+    quick: bool = False,
+    seed: int = 0,
+    progress: Callable[[str], None] | None = None,
+) -> list[dict]:
+    """Time forward+backward of ``models`` on ``grid``; one dict per (shape, model).
+
+    Args:
+        device: ``"cpu"`` or ``"cuda"`` (any torch device).
+        grid: (T, B, H) triples; default :data:`FULL_GRID` (T in {100, 784}, B in {32, 128},
+            H in {64, 128, 256}), or :data:`QUICK_GRID` with ``quick=True``.
+        repeats: timed rounds per shape (median reported), after one warm-up round.
+        models: a subset of :data:`MODELS`. ``speedup_vs_loop`` needs ``"lipschitz-loop"``.
+        solver, eps: of the Lipschitz layers.
+        input_size: features per step (1 as in sequential MNIST).
+        progress: called with a short message before each shape (e.g. a CLI status line).
+
+    Returns the rows described in the module docstring.
+    """
+    device = torch.device(device)
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    shapes = [tuple(int(v) for v in s) for s in (grid or (QUICK_GRID if quick else FULL_GRID))]
+    for name in models:
+        if name not in MODELS:
+            raise ValueError(f"unknown model {name!r}; choose from {MODELS}")
+    rows: list[dict] = []
+    for T, B, H in shapes:
+        if progress is not None:
+            progress(f"T={T} B={B} H={H}")
+        torch.manual_seed(seed)
+        x = torch.randn(T, B, input_size, device=device, dtype=dtype)
+        layers = {n: _build(n, input_size, H, solver, eps, device, dtype) for n in models}
+        steps = {n: _fwd_bwd(layer, x) for n, layer in layers.items()}
+        probe = _gemm_probe(T, B, H, device, dtype)
+        times: dict[str, list[float]] = {n: [] for n in models}
+        gemm_times: list[float] = []
+        for r in range(repeats + 1):
+            for n in models:
+                dt = _timed(steps[n], device)
+                if r > 0:
+                    times[n].append(dt)
+            dt = _timed(probe, device)
+            if r > 0:
+                gemm_times.append(dt)
+        gemm_rate = 2.0 * B * H * 2 * H * T / min(gemm_times) / 1e9  # best round: attainable
+        loop_s = statistics.median(times["lipschitz-loop"]) if "lipschitz-loop" in times else None
+        for n in models:
+            sec = statistics.median(times[n])
+            gflop = _flop(n, solver, T, B, H, input_size) / 1e9
+            saved = _activation_bytes(layers[n], x)
+            row = {
+                "model": n,
+                "solver": solver if n.startswith("lipschitz") else "",
+                "device": str(device),
+                "T": T,
+                "B": B,
+                "H": H,
+                "seconds": sec,
+                "seconds_min": min(times[n]),
+                "speedup_vs_loop": (loop_s / sec) if loop_s else None,
+                "gflop": gflop,
+                "gflops": gflop / sec,
+                "gemm_gflops": gemm_rate,
+                "gemm_bound_s": gflop / gemm_rate,
+                "x_bound": sec / (gflop / gemm_rate),
+                "saved_mb": saved / 2**20,
+                "threads": torch.get_num_threads(),
+                "repeats": repeats,
+            }
+            if device.type == "cuda":
+                row["peak_mb"] = _cuda_peak_mb(steps[n], device)
+            rows.append(row)
+        del layers, steps
+    return rows
+
+
+def _cuda_peak_mb(step: Callable[[], None], device: torch.device) -> float:
+    torch.cuda.synchronize(device)
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    step()
+    torch.cuda.synchronize(device)
+    return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+
+
+def epoch_estimate(
+    device: str | torch.device = "cpu",
+    *,
+    T: int = 784,
+    B: int = 128,
+    H: int = 128,
+    batches: int = 469,
+    repeats: int = 3,
+    solver: str = "euler",
+    eps: float = 0.03,
+    models: Sequence[str] = ("lipschitz-fused", "lipschitz-loop"),
+    seed: int = 0,
+) -> list[dict]:
+    """Median time of one training step (layer + Linear(H, 10) readout of the last state,
+    cross-entropy, backward, Adam step) and ``epoch_s = batches * per_batch_s`` (extrapolated;
+    data loading not included). Steps of the models alternate, one warm-up step each."""
+    device = torch.device(device)
+    torch.manual_seed(seed)
+    x = torch.randn(T, B, 1, device=device)
+    y = torch.randint(0, 10, (B,), device=device)
+    runs = {}
+    for n in models:
+        layer = _build(n, 1, H, solver, eps, device, torch.float32)
+        head = nn.Linear(H, 10, device=device)
+        opt = torch.optim.Adam([*layer.parameters(), *head.parameters()], lr=1e-3)
+
+        def train_step(layer=layer, head=head, opt=opt) -> None:
+            opt.zero_grad(set_to_none=True)
+            out, _ = layer(x)
+            nn.functional.cross_entropy(head(out[-1]), y).backward()
+            opt.step()
+
+        runs[n] = train_step
+    times: dict[str, list[float]] = {n: [] for n in models}
+    for r in range(repeats + 1):
+        for n in models:
+            dt = _timed(runs[n], device)
+            if r > 0:
+                times[n].append(dt)
+    rows = []
+    for n in models:
+        per = statistics.median(times[n])
+        rows.append(
+            {
+                "model": n,
+                "solver": solver if n.startswith("lipschitz") else "",
+                "device": str(device),
+                "T": T,
+                "B": B,
+                "H": H,
+                "per_batch_s": per,
+                "batches": batches,
+                "epoch_s": per * batches,
+                "extrapolated": True,
+                "threads": torch.get_num_threads(),
+            }
+        )
+    return rows
+
+
+def _fmt(v, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def format_table(rows: Sequence[dict]) -> str:
+    """Plain-text table of :func:`run_bench` rows."""
+    cols = [
+        ("model", "model", "s"),
+        ("solver", "solver", "s"),
+        ("T", "T", "d"),
+        ("B", "B", "d"),
+        ("H", "H", "d"),
+        ("seconds", "s/fwd+bwd", ".4f"),
+        ("speedup_vs_loop", "vs loop", ".2f"),
+        ("gflops", "GFLOP/s", ".1f"),
+        ("gemm_gflops", "GEMM GFLOP/s", ".1f"),
+        ("x_bound", "x bound", ".2f"),
+        ("saved_mb", "saved MB", ".1f"),
+    ]
+    if any("peak_mb" in r for r in rows):
+        cols.append(("peak_mb", "peak MB", ".1f"))
+    cells = [[h for _, h, _ in cols]]
+    for r in rows:
+        cells.append([_fmt(r.get(k), spec) for k, _, spec in cols])
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
+    lines = []
+    for j, row in enumerate(cells):
+        lines.append(
+            "  ".join(
+                c.ljust(w) if i < 2 else c.rjust(w)
+                for i, (c, w) in enumerate(zip(row, widths, strict=True))
+            )
+        )
+        if j == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def format_epoch(rows: Sequence[dict]) -> str:
+    """Plain-text lines for :func:`epoch_estimate` rows."""
+    return "\n".join(
+        f"{r['model']:<16} {r['solver']:<6} T={r['T']} B={r['B']} H={r['H']}: "
+        f"{r['per_batch_s']:.3f} s/batch -> {r['epoch_s']:.0f} s per {r['batches']}-batch epoch "
+        "(extrapolated)"
+        for r in rows
+    )
