@@ -60,6 +60,19 @@ def test_training_learns_digits(tmp_path):
     assert res["test"]["accuracy"] > 0.6
 
 
+def test_test_every_logs_curve_without_changing_training(tmp_path):
+    plain = train(tiny(), tmp_path / "plain")
+    curve = train(tiny(test_every=1), tmp_path / "curve")
+    recs = [json.loads(l) for l in (tmp_path / "curve" / "metrics.jsonl").read_text().splitlines()]
+    assert [("test_accuracy" in r, "test_loss" in r) for r in recs] == [(True, True)] * 2
+    # monitoring the test set leaves the training trajectory (weights, RNG, data order) unchanged
+    a, b = _weights(tmp_path / "plain"), _weights(tmp_path / "curve")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert curve["test"] == plain["test"]
+    plain_recs = (tmp_path / "plain" / "metrics.jsonl").read_text().splitlines()
+    assert all("test_accuracy" not in json.loads(l) for l in plain_recs)
+
+
 def _weights(out):
     return load_checkpoint(out / "checkpoints" / "last.pt")["model"]
 

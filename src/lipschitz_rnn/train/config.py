@@ -26,7 +26,9 @@ class TrainConfig:
     ``task_kwargs`` to :func:`lipschitz_rnn.data.get_task` (e.g. ``length``). ``lr_decay_epochs``
     multiplies the learning rate by ``lr_decay_factor`` at each listed epoch (1-based: the paper's
     "x0.1 at epoch 90" is ``[90]``). ``clip_grad_norm = 0`` disables clipping; ``max_batches = 0``
-    uses every batch.
+    uses every batch. ``test_every = E > 0`` also evaluates the test set after every E-th epoch
+    and logs it in ``metrics.jsonl`` (a learning curve for comparison with published per-epoch
+    test curves; the model is still selected on validation only).
     """
 
     task: str = "digits"
@@ -53,6 +55,7 @@ class TrainConfig:
     lyapunov_every: int = 0
     lyapunov_batch: int = 8
     lyapunov_k: int = 0
+    test_every: int = 0
 
     def validate(self) -> TrainConfig:
         def pos_int(name: str, allow_zero: bool = False) -> None:
@@ -70,7 +73,7 @@ class TrainConfig:
             "lyapunov_batch",
         ):
             pos_int(n)
-        for n in ("max_batches", "lyapunov_every", "lyapunov_k", "seed"):
+        for n in ("max_batches", "lyapunov_every", "lyapunov_k", "test_every", "seed"):
             pos_int(n, allow_zero=True)
         for n in ("lr", "momentum", "weight_decay", "lr_decay_factor", "clip_grad_norm"):
             v = getattr(self, n)

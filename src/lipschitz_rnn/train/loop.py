@@ -313,6 +313,14 @@ def train(
             "seconds": running["seconds"],
             "seq_per_s": running["seqs"] / max(running["seconds"], 1e-9),
         }
+        if config.test_every and epoch % config.test_every == 0:
+            # monitoring only: leave every RNG as it was so the training run is unchanged
+            rng, data_rng = _rng_state(), runner.state()
+            monitor = runner.evaluate(model, "test")
+            _set_rng_state(rng)
+            runner.load_state(data_rng)
+            rec["test_loss"] = monitor["loss"]
+            rec[f"test_{runner.metric_name}"] = monitor[runner.metric_name]
         if config.lyapunov_every and epoch % config.lyapunov_every == 0:
             rec["lyapunov"] = runner.lyapunov_summary(model)
         records.append(rec)
