@@ -95,3 +95,22 @@ def test_sequence_model_modes():
     assert out.shape == (6, 2, 4) and h.shape == (1, 2, 5)
     lm = SequenceModel(build("lstm", 8, 5), 11, mode="all", vocab_size=11)
     assert lm(torch.randint(0, 11, (7, 2))).shape == (7, 2, 11)
+
+
+def test_lstm_forget_bias():
+    torch.manual_seed(0)
+    plain = build("lstm", 3, 5, num_layers=2)
+    torch.manual_seed(0)
+    same = build("lstm", 3, 5, num_layers=2, forget_bias=None)
+    assert all(torch.equal(a, b) for a, b in zip(plain.parameters(), same.parameters(), strict=True))
+    torch.manual_seed(0)
+    fb = build("lstm", 3, 5, num_layers=2, forget_bias=1.0)
+    for layer in range(2):
+        b_ih, b_hh = getattr(fb, f"bias_ih_l{layer}"), getattr(fb, f"bias_hh_l{layer}")
+        ref_ih, ref_hh = getattr(plain, f"bias_ih_l{layer}"), getattr(plain, f"bias_hh_l{layer}")
+        assert torch.equal(b_ih[5:10] + b_hh[5:10], torch.ones(5))
+        # the other gates keep torch's initialisation
+        for g in (slice(0, 5), slice(10, 20)):
+            assert torch.equal(b_ih[g], ref_ih[g]) and torch.equal(b_hh[g], ref_hh[g])
+    with pytest.raises(ValueError, match="forget_bias"):
+        build("lstm", 3, 5, bias=False, forget_bias=1.0)

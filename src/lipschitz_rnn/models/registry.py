@@ -31,6 +31,23 @@ def _irnn(input_size, hidden_size, *, init_scale: float = 1.0, **kw):
     return rnn
 
 
+def _lstm(input_size, hidden_size, *, forget_bias: float | None = None, **kw):
+    """torch.nn.LSTM; ``forget_bias`` (e.g. 1.0, Jozefowicz et al. 2015) sets the forget gate's
+    total bias ``b_ih + b_hh`` (``b_ih`` holds it, ``b_hh`` is zeroed); None keeps torch's init."""
+    rnn = nn.LSTM(input_size, hidden_size, **kw)
+    if forget_bias is not None:
+        if not rnn.bias:
+            raise ValueError("forget_bias needs bias=True")
+        f = slice(hidden_size, 2 * hidden_size)  # torch's gate order: input, forget, cell, output
+        with torch.no_grad():
+            for name, p in rnn.named_parameters():
+                if name.startswith("bias_ih"):
+                    p[f] = float(forget_bias)
+                elif name.startswith("bias_hh"):
+                    p[f] = 0.0
+    return rnn
+
+
 MODELS: dict[str, tuple[Any, str]] = {
     "lipschitz": (
         LipschitzRNN,
@@ -38,7 +55,7 @@ MODELS: dict[str, tuple[Any, str]] = {
     ),
     "rnn": (_torch_rnn, "tanh Elman RNN (torch.nn.RNN)"),
     "irnn": (_irnn, "ReLU RNN with identity recurrent initialisation (Le et al. 2015)"),
-    "lstm": (nn.LSTM, "LSTM (torch.nn.LSTM)"),
+    "lstm": (_lstm, "LSTM (torch.nn.LSTM; optional forget_bias)"),
     "gru": (nn.GRU, "GRU (torch.nn.GRU)"),
     "odernn": (ODERNN, "residual neural-ODE RNN: h' = h + eps tanh(W h + U x + b)"),
     "antisymmetric": (AntisymmetricRNN, "AntisymmetricRNN (Chang et al. 2019)"),
