@@ -65,6 +65,13 @@ def _fmt_md(x: float | None) -> str:
     return f"{x:.4g}"
 
 
+def _fmt_std(std: float, mean: float) -> str:
+    """Two significant digits; round-off-sized spreads (e.g. 1e-16 over identical seeds) as 0."""
+    if math.isfinite(std) and abs(std) <= 1e-12 * max(1.0, abs(mean)):
+        return "0"
+    return f"{std:.2g}" if math.isfinite(std) else _fmt_md(std)
+
+
 def _fmt_csv(x: float | None) -> str:
     return "" if x is None else repr(float(x))
 
@@ -141,7 +148,7 @@ def compare_table(rows: Sequence[Mapping[str, Any]]) -> tuple[str, str]:
                 mean, std = p[key].get(s, (None, None))
                 cell = _fmt_md(mean)
                 if mean is not None and std is not None:
-                    cell += f" ± {_fmt_md(std)}"
+                    cell += f" ± {_fmt_std(std, mean)}"
                 cells.append(cell)
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     markdown = "\n".join(lines) + "\n"

@@ -183,7 +183,7 @@ def compare_runs(run_dirs, out: str | Path | None = None) -> tuple[str, str]:
         res = json.loads(res_path.read_text())
         metric_name, value = next((k, v) for k, v in res["test"].items() if k != "loss")
         row: dict[str, Any] = {
-            "model": f"{res['model']} ({run.name})",
+            "model": res["model"] if run.name == res["model"] else f"{res['model']} ({run.name})",
             "metric_name": metric_name,
             "metric": value,
         }
