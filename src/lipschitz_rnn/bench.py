@@ -236,17 +236,9 @@ def run_bench(
         x = torch.randn(T, B, input_size, device=device, dtype=dtype)
         layers = {n: _build(n, input_size, H, solver, eps, device, dtype) for n in models}
         steps = {n: _fwd_bwd(layer, x) for n, layer in layers.items()}
-        probe = _gemm_probe(T, B, H, device, dtype)
-        times: dict[str, list[float]] = {n: [] for n in models}
-        gemm_times: list[float] = []
-        for r in range(repeats + 1):
-            for n in models:
-                dt = _timed(steps[n], device)
-                if r > 0:
-                    times[n].append(dt)
-            dt = _timed(probe, device)
-            if r > 0:
-                gemm_times.append(dt)
+        steps[_GEMM] = _gemm_probe(T, B, H, device, dtype)
+        times = _interleaved_times(steps, repeats, device)
+        gemm_times = times.pop(_GEMM)
         gemm_rate = 2.0 * B * H * 2 * H * T / min(gemm_times) / 1e9  # best round: attainable
         loop_s = statistics.median(times["lipschitz-loop"]) if "lipschitz-loop" in times else None
         for n in models:
@@ -254,12 +246,7 @@ def run_bench(
             gflop = _flop(n, solver, T, B, H, input_size) / 1e9
             saved = _activation_bytes(layers[n], x)
             row = {
-                "model": n,
-                "solver": solver if n.startswith("lipschitz") else "",
-                "device": str(device),
-                "T": T,
-                "B": B,
-                "H": H,
+                **_row_head(n, solver, device, T, B, H),
                 "seconds": sec,
                 "seconds_min": min(times[n]),
                 "speedup_vs_loop": (loop_s / sec) if loop_s else None,
@@ -277,6 +264,27 @@ def run_bench(
             rows.append(row)
         del layers, steps
     return rows
+
+
+_GEMM = "__gemm_probe__"
+
+
+def _interleaved_times(
+    steps: dict[str, Callable[[], None]], repeats: int, device: torch.device
+) -> dict[str, list[float]]:
+    """Seconds of each step over ``repeats`` round-robin rounds, after one untimed warm-up round."""
+    times: dict[str, list[float]] = {n: [] for n in steps}
+    for r in range(repeats + 1):
+        for n, step in steps.items():
+            dt = _timed(step, device)
+            if r > 0:
+                times[n].append(dt)
+    return times
+
+
+def _row_head(name: str, solver: str, device: torch.device, T: int, B: int, H: int) -> dict:
+    solver = solver if name.startswith("lipschitz") else ""
+    return {"model": name, "solver": solver, "device": str(device), "T": T, "B": B, "H": H}
 
 
 def _cuda_peak_mb(step: Callable[[], None], device: torch.device) -> float:
@@ -321,23 +329,13 @@ def epoch_estimate(
             opt.step()
 
         runs[n] = train_step
-    times: dict[str, list[float]] = {n: [] for n in models}
-    for r in range(repeats + 1):
-        for n in models:
-            dt = _timed(runs[n], device)
-            if r > 0:
-                times[n].append(dt)
+    times = _interleaved_times(runs, repeats, device)
     rows = []
     for n in models:
         per = statistics.median(times[n])
         rows.append(
             {
-                "model": n,
-                "solver": solver if n.startswith("lipschitz") else "",
-                "device": str(device),
-                "T": T,
-                "B": B,
-                "H": H,
+                **_row_head(n, solver, device, T, B, H),
                 "per_batch_s": per,
                 "batches": batches,
                 "epoch_s": per * batches,
