@@ -14,20 +14,24 @@ generic per-step autograd loop (``RecurrentCell.scan``) stays the reference.
 
 Forward
 -------
-Per step and stage, two products with right factors built once per call (contiguous, the identity
-of the update folded in) and one tanh, all written with ``out=`` into preallocated buffers (no
-allocation, no ``torch.cat`` per step). Euler::
+Per step and stage, two products with right factors transposed once per call (contiguous), one
+tanh and one update, all written with ``out=`` into preallocated buffers (no allocation, no
+``torch.cat`` per step). Euler, in the plain loop's order of operations::
 
-    s_t = tanh(h_t W^T + u_t)                      torch.addmm(u_t, h, W^T, out=s_t); tanh_
-    h_{t+1} = h_t (I + eps A)^T + eps s_t          torch.addmm(s_t, h, (I + eps A)^T, beta=eps)
+    s_t = tanh(h_t W^T + u_t)          torch.addmm(u_t, h, W^T, out=s_t); tanh_
+    f_t = h_t A^T + s_t                torch.addmm(s_t, h, A^T, out=f)
+    h_{t+1} = h_t + eps f_t            torch.add(h, f, alpha=eps, out=h_{t+1})
 
-rk2/heun are written as the two-stage scheme::
+rk2/heun evaluate ``f(h)``, ``y = h + a f(h)`` and ``f(y)`` the same way, then ``h' = h + eps
+f(y)`` (rk2, ``a = eps/2``) or ``h' = h + (eps/2) (f(h) + f(y))`` (heun, ``a = eps``).
 
-    y  = h + a f(h)                         (rk2: a = eps/2; heun: a = eps)
-    h' = c_h h + c_y y + b f(y)             (rk2: c_h = 1, c_y = 0, b = eps; heun: 1/2, 1/2, eps/2)
+Accuracy: the identity of the update is never folded into a matrix. In float32, ``I + eps A``
+rounds its diagonal to a multiple of 2^-23 and so loses most digits of ``eps A_ii`` (~1e-4); an
+earlier version did that and drifted 15x further from the float64 solution than the plain loop
+over 400 steps. Now both paths are equally accurate (``tests/test_fused.py``).
 
-(On CPU this measured faster than one stacked (B, H) @ (H, 2H) product followed by element-wise
-ops on its two strided halves: element-wise kernels on strided views cost 2-3x contiguous ones.)
+(On CPU the two products measured faster than one stacked (B, H) @ (H, 2H) product followed by
+element-wise ops on its two strided halves.)
 
 What is saved for backward
 --------------------------
@@ -42,18 +46,17 @@ Backward through time
 With ``G_t = dL/dhs[t]`` and the adjoint kept scaled, ``e_{t+1} = eps dL/dh_{t+1}``, the euler
 step backward is::
 
-    q_t = e_{t+1} * (1 - s_t^2)                              (= dL/du_t)   tanh_backward
-    e_t = e_{t+1} (I + eps A) + q_t (eps W) + eps G_{t-1}    (recurrent product, in place)
+    q_t = e_{t+1} * (1 - s_t^2)                                  (= dL/du_t)   tanh_backward
+    e_t = e_{t+1} + e_{t+1} (eps A) + q_t (eps W) + eps G_{t-1}  (in place: add_, 2 addmm_)
 
-i.e. the products with ``A`` and ``W`` of the brief's ``[g, g*s'] @ [A; W]`` with the identity and
-``eps`` folded into the matrices, so a step is one element-wise kernel and the recurrent product
-(issued as two ``addmm_`` on contiguous halves: the stacked (B, 2H) @ (2H, H) form needs
-``[e | q]`` rows, whose strided halves make the element-wise kernel ~2.5x slower, and measured no
-faster overall). ``q_t`` is written straight into the returned ``du``. The weight gradients are
-not accumulated per step: ``dA = sum_t e_{t+1}^T h_t`` and ``dW = sum_t q_t^T h_t`` are one large
-GEMM each per block of steps ((H, k*B) @ (k*B, H), k = 64 at B = H = 128 in float32).
-rk2/heun do the same per stage (the stage-2 -> stage-1 -> previous-step chain, two recurrent
-products per step) and four large GEMMs per block.
+i.e. the products with ``A`` and ``W`` of ``[g, g*s'] @ [A; W]`` with ``eps`` folded into the
+matrices (the identity added separately, see "Accuracy"), issued as two ``addmm_`` on contiguous
+halves (the stacked (B, 2H) @ (2H, H) form needs ``[e | q]`` rows, whose strided halves slow the
+element-wise kernels, and measured no faster overall). ``q_t`` is written straight into the
+returned ``du``. The weight gradients are not accumulated per step: ``dA = sum_t e_{t+1}^T h_t``
+and ``dW = sum_t q_t^T h_t`` are one large GEMM each per block of steps ((H, k*B) @ (k*B, H),
+k = 64 at B = H = 128 in float32). rk2/heun do the same per stage (the stage-2 -> stage-1 ->
+previous-step chain, two recurrent products per step) and four large GEMMs per block.
 
 Bounding memory: ``checkpoint_every``
 -------------------------------------
@@ -211,7 +214,8 @@ def fused_available(solver: str, u: Tensor) -> bool:
 # ---------------------------------------------------------------------------------------------
 # scheme coefficients
 def _two_stage(solver: str, eps: float) -> tuple[float, float, float, float]:
-    """``(a, c_h, c_y, b)`` of ``y = h + a f(h); h' = c_h h + c_y y + b f(y)``."""
+    """``(a, c_h, c_y, b)`` of ``y = h + a f(h); h' = c_h h + c_y y + b f(y)``, the form the
+    backward differentiates (for heun the same map as the forward's ``h + (eps/2)(f(h) + f(y))``)."""
     if solver == "rk2":
         return 0.5 * eps, 1.0, 0.0, eps
     if solver == "heun":
@@ -232,15 +236,16 @@ def _t(M: Tensor) -> Tensor:
 
 def _euler_forward(u: Tensor, h0: Tensor, A: Tensor, W: Tensor, eps: float, save: bool):
     T, B, H = u.shape
-    Wt, Mt = _t(W), _t(_eye(A) + eps * A)
+    Wt, At = _t(W), _t(A)
     hs = u.new_empty(T, B, H)
     S = u.new_empty(T, B, H) if save else None
     s_list = S.unbind(0) if save else [u.new_empty(B, H)] * T
+    f = u.new_empty(B, H)
     h = h0
     for u_t, h_t, s in zip(u.unbind(0), hs.unbind(0), s_list, strict=True):
-        torch.addmm(u_t, h, Wt, out=s)  # s = h W^T + u_t
-        s.tanh_()
-        torch.addmm(s, h, Mt, beta=eps, out=h_t)  # h' = h (I + eps A)^T + eps s
+        torch.addmm(u_t, h, Wt, out=s).tanh_()  # s = tanh(h W^T + u_t)
+        torch.addmm(s, h, At, out=f)  # f = h A^T + s
+        torch.add(h, f, alpha=eps, out=h_t)  # h' = h + eps f
         h = h_t
     return hs, ((S,) if save else ())
 
@@ -249,9 +254,9 @@ def _two_stage_forward(
     u: Tensor, h0: Tensor, A: Tensor, W: Tensor, eps: float, solver: str, save: bool
 ):
     T, B, H = u.shape
-    a, c_h, c_y, b = _two_stage(solver, eps)
-    eye = _eye(A)
-    Wt, M1t, M2t = _t(W), _t(eye + a * A), _t(c_y * eye + b * A)
+    a, _, _, b = _two_stage(solver, eps)
+    Wt, At = _t(W), _t(A)
+    f1, f2 = u.new_empty(B, H), u.new_empty(B, H)
     hs = u.new_empty(T, B, H)
     if save:
         S1, Y, S2 = (u.new_empty(T, B, H) for _ in range(3))
@@ -260,13 +265,13 @@ def _two_stage_forward(
         s1l, yl, s2l = ([u.new_empty(B, H)] * T for _ in range(3))
     h = h0
     for u_t, h_t, s1, y, s2 in zip(u.unbind(0), hs.unbind(0), s1l, yl, s2l, strict=True):
-        torch.addmm(u_t, h, Wt, out=s1)
-        s1.tanh_()
-        torch.addmm(s1, h, M1t, beta=a, out=y)  # y = h + a (h A^T + s1)
-        torch.addmm(u_t, y, Wt, out=s2)
-        s2.tanh_()
-        torch.addmm(s2, y, M2t, beta=b, out=h_t)  # c_y y + b (y A^T + s2)
-        h_t.add_(h, alpha=c_h)
+        torch.addmm(u_t, h, Wt, out=s1).tanh_()
+        torch.add(h, torch.addmm(s1, h, At, out=f1), alpha=a, out=y)  # y = h + a f(h)
+        torch.addmm(u_t, y, Wt, out=s2).tanh_()
+        torch.addmm(s2, y, At, out=f2)  # f(y)
+        if solver == "heun":  # h' = h + (eps/2) (f(h) + f(y))
+            f2.add_(f1)
+        torch.add(h, f2, alpha=b, out=h_t)  # rk2: h' = h + eps f(y)
         h = h_t
     return hs, ((S1, Y, S2) if save else ())
 
@@ -312,7 +317,7 @@ class _Recompute:
         self.bufs = [hs.new_empty(k, B, H) for _ in range(n_stage)]
         if solver != "euler":
             a, _, _, _ = _two_stage(solver, eps)
-            self.a, self.M1t = a, _t(_eye(A) + a * A)
+            self.a, self.At = a, _t(A)
 
     def __call__(self, t0: int, t1: int) -> tuple[Tensor, ...]:
         n = t1 - t0
@@ -329,7 +334,8 @@ class _Recompute:
             return (out[0],)
         S1, Y, S2 = (_flat(x) for x in out)
         torch.addmm(u_c, hp, self.Wt, out=S1).tanh_()
-        torch.addmm(S1, hp, self.M1t, beta=self.a, out=Y)
+        f = torch.addmm(S1, hp, self.At, out=S2)  # f(h), S2 as scratch until overwritten
+        torch.add(hp, f, alpha=self.a, out=Y)  # y = h + a f(h)
         torch.addmm(u_c, Y, self.Wt, out=S2).tanh_()
         return tuple(out)
 
@@ -349,8 +355,8 @@ def _blocks(T: int, k: int) -> list[tuple[int, int]]:
 def _euler_backward(G, u, h0, A, W, hs, saved, eps, every, needs):
     T, B, H = hs.shape
     need_u, need_h0, need_w = needs
-    MA = _eye(A) + eps * A  # e_t = e_{t+1} (I + eps A) + q_t (eps W) + eps G_{t-1}
-    MW = eps * W
+    # e_t = e_{t+1} + e_{t+1} (eps A) + q_t (eps W) + eps G_{t-1} (identity never folded in)
+    MA, MW = eps * A, eps * W
     dA = G.new_zeros(H, H) if need_w else None
     dW = G.new_zeros(H, H) if need_w else None
     dh0 = None
@@ -373,11 +379,11 @@ def _euler_backward(G, u, h0, A, W, hs, saved, eps, every, needs):
         for i in range(n - 1, -1, -1):
             _tanh_backward(El[i], Sl[i], grad_input=Ql[i])  # q_t = e_{t+1} (1 - s_t^2)
             if i > 0:
-                El[i - 1].addmm_(El[i], MA).addmm_(Ql[i], MW)
+                El[i - 1].add_(El[i]).addmm_(El[i], MA).addmm_(Ql[i], MW)
             elif t0 > 0:
-                torch.mm(El[0], MA, out=carry).addmm_(Ql[0], MW)
+                torch.addmm(El[0], El[0], MA, out=carry).addmm_(Ql[0], MW)
             elif need_h0:
-                dh0 = torch.mm(El[0], MA).addmm_(Ql[0], MW).div_(eps)
+                dh0 = torch.addmm(El[0], El[0], MA).addmm_(Ql[0], MW).div_(eps)
         if need_w:  # dA = sum_t e_{t+1}^T h_t, dW = sum_t q_t^T h_t
             _accumulate_wgrad_prev(dA, E, hs, h0, t0)
             _accumulate_wgrad_prev(dW, Q, hs, h0, t0)
@@ -390,8 +396,8 @@ def _two_stage_backward(G, u, h0, A, W, hs, saved, eps, solver, every, needs):
     a, c_h, c_y, b = _two_stage(solver, eps)
     # stage 2 -> 1: e1 = (a c_y / b) e2 + e2 (a A) + q2 (a W)
     M2A, M2W, beta2 = a * A, a * W, a * c_y / b
-    # stage 1 -> previous step: e2' = c_h e2 + e1 ((b/a) I + b A) + q1 (b W) + b G
-    M1A, M1W = (b / a) * _eye(A) + b * A, b * W
+    # stage 1 -> previous step: e2' = c_h e2 + (b/a) e1 + e1 (b A) + q1 (b W) + b G
+    M1A, M1W, r = b * A, b * W, b / a
     dA = G.new_zeros(H, H) if need_w else None
     dW = G.new_zeros(H, H) if need_w else None
     dh0 = None
@@ -424,11 +430,14 @@ def _two_stage_backward(G, u, h0, A, W, hs, saved, eps, solver, every, needs):
             if need_u:
                 torch.add(Q1l[i], Q2l[i], out=dul[i])
             if i > 0:
-                E2l[i - 1].add_(E2l[i], alpha=c_h).addmm_(E1l[i], M1A).addmm_(Q1l[i], M1W)
+                E2l[i - 1].add_(E2l[i], alpha=c_h).add_(E1l[i], alpha=r)
+                E2l[i - 1].addmm_(E1l[i], M1A).addmm_(Q1l[i], M1W)
             elif t0 > 0:
-                torch.addmm(E2l[0], E1l[0], M1A, beta=c_h, out=carry).addmm_(Q1l[0], M1W)
+                torch.add(E1l[0], E2l[0], alpha=c_h / r, out=carry).mul_(r)
+                carry.addmm_(E1l[0], M1A).addmm_(Q1l[0], M1W)
             elif need_h0:
-                dh0 = torch.addmm(E2l[0], E1l[0], M1A, beta=c_h).addmm_(Q1l[0], M1W).div_(b)
+                dh0 = torch.add(E1l[0], E2l[0], alpha=c_h / r).mul_(r)
+                dh0.addmm_(E1l[0], M1A).addmm_(Q1l[0], M1W).div_(b)
         if need_w:  # dA = sum e2^T y + e1^T h, dW = sum q2^T y + q1^T h
             _accumulate_wgrad(dA, E2, Y)
             _accumulate_wgrad(dW, Q2, Y)
