@@ -264,3 +264,13 @@ def test_cli_missing_data_message(tmp_path, capsys, monkeypatch):
     assert rc == 2
     out = capsys.readouterr().out
     assert "LIPSCHITZ_RNN_DATA" in out and "train-images-idx3-ubyte" in out
+
+
+def test_cli_bench_errors(capsys):
+    from lipschitz_rnn.cli import main
+
+    assert main(["bench", "--repeats", "0"]) == 2
+    assert "--repeats" in capsys.readouterr().out
+    if not torch.cuda.is_available():
+        assert main(["bench", "--device", "cuda"]) == 2
+        assert "CUDA is not available" in capsys.readouterr().out

@@ -67,20 +67,29 @@ class _StopOnSigint:
         return self.requested
 
 
-def run_training(config, out, *, data_dir=None, resume=False, force=False) -> dict:
-    """Train with a tqdm progress bar and Ctrl-C handling; print a summary."""
+def _process_settings() -> str:
+    """Process-wide CPU settings for training and benchmarking (the CLI owns the process; the
+    library never changes them). Returns a one-line description."""
     import torch
-    from tqdm import tqdm
 
     from .bench import reuse_freed_memory
-    from .train.loop import train
 
-    # the CLI owns the process: let glibc reuse freed memory across batches instead of paying
-    # fresh page faults for every large (T, B, H) tensor (about 25% of a sMNIST step on CPU)
-    reuse_freed_memory()
+    # let glibc reuse freed memory across batches instead of paying fresh page faults for every
+    # large (T, B, H) tensor (about a quarter of a sMNIST step on CPU)
+    malloc = reuse_freed_memory()
     # denormal floats make CPU kernels crawl (an LSTM's backward over 784 steps ~7x slower);
     # flushing them to zero is the usual training setting and changes nothing measurable
     torch.set_flush_denormal(True)
+    return f"malloc reuse {malloc}, flush denormal True, torch threads {torch.get_num_threads()}"
+
+
+def run_training(config, out, *, data_dir=None, resume=False, force=False) -> dict:
+    """Train with a tqdm progress bar and Ctrl-C handling; print a summary."""
+    from tqdm import tqdm
+
+    from .train.loop import train
+
+    _process_settings()
     bar = {"bar": None, "epoch": None}
 
     def progress(p) -> None:
@@ -291,11 +300,49 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import format_table, run_bench
+def _device_name(device: str) -> str:
+    import os
+    import platform
 
-    rows = run_bench(device=args.device, quick=args.quick, repeats=args.repeats)
-    console.print(format_table(rows), markup=False, highlight=False)
+    import torch
+
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            model = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
+    except (OSError, StopIteration):
+        model = platform.processor() or platform.machine()
+    return f"{model} ({os.cpu_count()} CPUs)"
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import torch
+
+    from .bench import epoch_estimate, format_epoch, format_table, run_bench
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: CUDA is not available on this machine")
+    if args.repeats < 1:
+        raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
+    settings = _process_settings()
+    with console.status("timing ...") as status:
+        rows = run_bench(
+            device=args.device,
+            quick=args.quick,
+            repeats=args.repeats,
+            progress=lambda m: status.update(f"timing {m} ..."),
+        )
+        epoch = epoch_estimate(args.device, repeats=args.repeats) if args.epoch else None
+    console.print(format_table(rows), markup=False, highlight=False, soft_wrap=True)
+    if epoch is not None:
+        console.print("\n" + format_epoch(epoch), markup=False, highlight=False, soft_wrap=True)
+    console.print(
+        f"\ntorch {torch.__version__} on {_device_name(args.device)}, {settings}",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
     return 0
 
 
@@ -398,6 +445,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     s.add_argument("--quick", action="store_true", help="a smaller grid")
     s.add_argument("--repeats", type=int, default=5)
+    s.add_argument(
+        "--epoch", action="store_true", help="also extrapolate one sMNIST training epoch"
+    )
     s.set_defaults(func=_cmd_bench)
 
     s = sub.add_parser("quickstart", help="train a Lipschitz RNN on bundled digits (no download)")
