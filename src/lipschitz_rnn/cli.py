@@ -464,6 +464,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    logging.captureWarnings(True)  # library warnings as one log line, not a source excerpt
     from .train.loop import DivergenceError, RunInterrupted
 
     try:
@@ -477,6 +478,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError, FileNotFoundError) as e:
         console.print(f"[bold red]error:[/] {e}")
         return 2
+    finally:
+        logging.captureWarnings(False)
 
 
 if __name__ == "__main__":  # pragma: no cover
