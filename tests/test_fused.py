@@ -6,14 +6,8 @@ import pytest
 import torch
 
 from lipschitz_rnn import LipschitzRNN
-from lipschitz_rnn.models import _fused
-from lipschitz_rnn.models._fused import (
-    fused_available,
-    fused_checkpointing,
-    fused_disabled,
-    lipschitz_scan,
-    reference_scan,
-)
+from lipschitz_rnn.models import _fused, fused_checkpointing, fused_disabled, lipschitz_scan
+from lipschitz_rnn.models._fused import fused_available, reference_scan
 
 SOLVERS = ["euler", "rk2", "heun"]
 # max |a - b| <= TOL * max |b|, per tensor

@@ -1,5 +1,6 @@
 """Recurrent units: the Lipschitz RNN and its peers, buildable by name."""
 
+from ._fused import fused_checkpointing, fused_disabled, lipschitz_scan
 from .baselines import (
     ODERNN,
     AntisymmetricRNN,
@@ -31,4 +32,7 @@ __all__ = [
     "CoRNNCell",
     "ExpRNN",
     "ExpRNNCell",
+    "lipschitz_scan",
+    "fused_checkpointing",
+    "fused_disabled",
 ]
