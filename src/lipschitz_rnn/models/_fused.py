@@ -115,6 +115,8 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
+from .lipschitz import stacked_step
+
 __all__ = [
     "FUSED_SOLVERS",
     "fused_available",
@@ -221,10 +223,6 @@ def _two_stage(solver: str, eps: float) -> tuple[float, float, float, float]:
     if solver == "heun":
         return eps, 0.5, 0.5, 0.5 * eps
     raise ValueError(f"solver must be one of {FUSED_SOLVERS}, got {solver!r}")
-
-
-def _eye(A: Tensor) -> Tensor:
-    return torch.eye(A.shape[0], dtype=A.dtype, device=A.device)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -449,26 +447,13 @@ def _two_stage_backward(G, u, h0, A, W, hs, saved, eps, solver, every, needs):
 # ---------------------------------------------------------------------------------------------
 # the plain autograd recurrence (double backward, reference)
 def reference_scan(u: Tensor, h0: Tensor, A: Tensor, W: Tensor, eps: float, solver: str) -> Tensor:
-    """The same recurrence with plain per-step autograd ops (differentiable to any order)."""
-    H = A.shape[0]
+    """The same recurrence with the generic scan's per-step autograd ops (differentiable to any
+    order)."""
     AWt = torch.cat([A, W], 0).t()
-
-    def f(z: Tensor, u_t: Tensor) -> Tensor:
-        zz = z @ AWt
-        return zz[:, :H] + torch.tanh(zz[:, H:] + u_t)
-
     out = []
     h = h0
     for u_t in u.unbind(0):
-        if solver == "euler":
-            h = h + eps * f(h, u_t)
-        elif solver == "rk2":
-            h = h + eps * f(h + (0.5 * eps) * f(h, u_t), u_t)
-        elif solver == "heun":
-            k1 = f(h, u_t)
-            h = h + (0.5 * eps) * (k1 + f(h + eps * k1, u_t))
-        else:
-            raise ValueError(f"solver must be one of {FUSED_SOLVERS}, got {solver!r}")
+        h = stacked_step(h, u_t, AWt, eps, solver)
         out.append(h)
     return torch.stack(out, 0)
 

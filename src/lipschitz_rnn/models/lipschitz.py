@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from ._base import RecurrentCell, RecurrentLayer, check_positive_float
 from .parametrize import check_beta_gamma, symmetric_skew
 
-__all__ = ["LipschitzRNNCell", "LipschitzRNN", "SOLVERS", "lipschitz_step"]
+__all__ = ["LipschitzRNNCell", "LipschitzRNN", "SOLVERS", "lipschitz_step", "stacked_step"]
 
 SOLVERS = ("euler", "rk2", "heun")
 
@@ -166,20 +166,26 @@ class LipschitzRNNCell(RecurrentCell):
         return A, W, torch.cat([A, W], 0).T
 
     def step(self, h: Tensor, u: Tensor, ctx: tuple[Tensor, ...]) -> Tensor:
-        AWt = ctx[2]
-        H = self.hidden_size
-        eps = self.eps
+        return stacked_step(h, u, ctx[2], self.eps, self.solver)
 
-        def f(z: Tensor) -> Tensor:
-            zz = z @ AWt
-            return zz[:, :H] + torch.tanh(zz[:, H:] + u)
 
-        if self.solver == "euler":
-            return h + eps * f(h)
-        if self.solver == "rk2":
-            return h + eps * f(h + (0.5 * eps) * f(h))
+def stacked_step(h: Tensor, u: Tensor, AWt: Tensor, eps: float, solver: str) -> Tensor:
+    """:func:`lipschitz_step` with one product ``h @ [A; W]^T`` per stage (``AWt`` built once per
+    sequence): the generic scan's step, also the differentiable reference of the fused scan."""
+    H = h.shape[-1]
+
+    def f(z: Tensor) -> Tensor:
+        zz = z @ AWt
+        return zz[:, :H] + torch.tanh(zz[:, H:] + u)
+
+    if solver == "euler":
+        return h + eps * f(h)
+    if solver == "rk2":
+        return h + eps * f(h + (0.5 * eps) * f(h))
+    if solver == "heun":
         k1 = f(h)
         return h + (0.5 * eps) * (k1 + f(h + eps * k1))
+    raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
 
 
 class LipschitzRNN(RecurrentLayer):
