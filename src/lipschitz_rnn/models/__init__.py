@@ -1,6 +1,6 @@
 """Recurrent units: the Lipschitz RNN and its peers, buildable by name."""
 
-from ._fused import fused_checkpointing, fused_disabled, lipschitz_scan
+from ._fused import fused_backend, fused_checkpointing, fused_disabled, lipschitz_scan
 from .baselines import (
     ODERNN,
     AntisymmetricRNN,
@@ -35,4 +35,5 @@ __all__ = [
     "lipschitz_scan",
     "fused_checkpointing",
     "fused_disabled",
+    "fused_backend",
 ]

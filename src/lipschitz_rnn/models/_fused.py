@@ -12,8 +12,29 @@ and returns all states ``hs`` (T, B, H), ``hs[t]`` being the state after consumi
 what :class:`~lipschitz_rnn.models.lipschitz.LipschitzRNN` runs for dense (non-packed) input; the
 generic per-step autograd loop (``RecurrentCell.scan``) stays the reference.
 
-Forward
--------
+Kernels: native (CPU) and PyTorch
+---------------------------------
+On CPU the scan runs native kernels (``csrc/lipschitz_scan.cpp``, built on first use, see
+:mod:`lipschitz_rnn.models._native`) where they could be built, else the PyTorch kernels below;
+:func:`fused_backend` chooses explicitly. Both implement the same maths in the plain loop's order
+of operations; the native ones differ in how they run it:
+
+* the batch is split into one block of rows per thread (``torch.get_num_threads()``, at least 8
+  rows each) and every thread runs the whole time loop on its rows with single-threaded BLAS
+  (``sgemm_``/``dgemm_`` of the MKL inside torch): batch rows never interact, so there is no
+  per-step thread synchronisation, no per-op dispatch and no per-step allocation;
+* one product per stage, ``h [A^T | W^T]`` forward and ``[e | q] [c A; c W]`` backward, with the
+  element-wise work (tanh, update, adjoint) done row by row while the row is in cache; ``tanh``
+  from glibc's vector math library (libmvec) where available;
+* backward stores ``[e_t | q_t]`` of every step (T, B, 2H) and forms ``[dA; dW]`` as one GEMM over
+  all T*B rows (plus the ``y`` stage for rk2/heun); ``du`` is the ``q`` half (a strided view for
+  euler). This costs one extra T*B*H array over the PyTorch kernels' blocked accumulation.
+
+With ``checkpoint_every`` the native forward runs without saving and the backward is the PyTorch
+blocked recomputation below. CUDA tensors always use the PyTorch kernels.
+
+Forward (PyTorch kernels)
+-------------------------
 Per step and stage, two products with right factors transposed once per call (contiguous), one
 tanh and one update, all written with ``out=`` into preallocated buffers (no allocation, no
 ``torch.cat`` per step). Euler, in the plain loop's order of operations::
@@ -41,8 +62,8 @@ Besides the inputs (``u``, ``h0``, ``A``, ``W``: references, no copies) and the 
 The backward allocates the returned ``du`` (T*B*H) and work buffers of one block of steps
 (``_BLOCK_BYTES``, 4 MiB per buffer; euler 1 buffer, rk2/heun 4).
 
-Backward through time
----------------------
+Backward through time (PyTorch kernels)
+---------------------------------------
 With ``G_t = dL/dhs[t]`` and the adjoint kept scaled, ``e_{t+1} = eps dL/dh_{t+1}``, the euler
 step backward is::
 
@@ -115,11 +136,14 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
+from . import _native
 from .lipschitz import stacked_step
 
 __all__ = [
+    "FUSED_BACKENDS",
     "FUSED_SOLVERS",
     "fused_available",
+    "fused_backend",
     "fused_checkpointing",
     "fused_disabled",
     "lipschitz_scan",
@@ -127,11 +151,15 @@ __all__ = [
 ]
 
 FUSED_SOLVERS = ("euler", "rk2", "heun")
+FUSED_BACKENDS = ("auto", "native", "torch")
 _DTYPES = (torch.float32, torch.float64)
 _DEVICES = ("cpu", "cuda")
 
 _DISABLED: contextvars.ContextVar[bool] = contextvars.ContextVar(
     "lipschitz_fused_disabled", default=False
+)
+_BACKEND: contextvars.ContextVar[str] = contextvars.ContextVar(
+    "lipschitz_fused_backend", default="auto"
 )
 _CHECKPOINT: contextvars.ContextVar[int | None] = contextvars.ContextVar(
     "lipschitz_fused_checkpoint_every", default=None
@@ -150,6 +178,35 @@ def fused_disabled() -> Iterator[None]:
         yield
     finally:
         _DISABLED.reset(token)
+
+
+@contextlib.contextmanager
+def fused_backend(name: str) -> Iterator[None]:
+    """Within the context, fused scans on CPU run the kernels named by ``name``.
+
+    ``"auto"`` (the default): the native kernels where they could be built (see
+    :mod:`lipschitz_rnn.models._native`), else the PyTorch ones; ``"native"``: the native kernels
+    or a RuntimeError saying why they are unavailable; ``"torch"``: the PyTorch kernels. Both give
+    the same results to round-off. CUDA tensors always use the PyTorch kernels.
+    """
+    if name not in FUSED_BACKENDS:
+        raise ValueError(f"backend must be one of {FUSED_BACKENDS}, got {name!r}")
+    token = _BACKEND.set(name)
+    try:
+        yield
+    finally:
+        _BACKEND.reset(token)
+
+
+def _native_kernels(u: Tensor):
+    """The native kernel module for a scan of ``u``, or None for the PyTorch kernels."""
+    backend = _BACKEND.get()
+    if backend == "torch" or u.device.type != "cpu":
+        return None
+    module = _native.load()
+    if module is None and backend == "native":
+        raise RuntimeError(f"the native scan kernels are unavailable: {_native.native_status()}")
+    return module
 
 
 @contextlib.contextmanager
@@ -274,7 +331,20 @@ def _two_stage_forward(
     return hs, ((S1, Y, S2) if save else ())
 
 
-def _forward(u, h0, A, W, eps, solver, save):
+def _native_forward(native, u, h0, A, W, eps, solver, save):
+    AWt = torch.cat([A, W], 0).t().contiguous()  # (H, 2H): one product per stage
+    u, h0 = u.contiguous(), h0.contiguous()
+    if solver == "euler":
+        hs, S = native.euler_forward(u, h0, AWt, eps, save)
+        return hs, ((S,) if save else ())
+    a, _, _, b = _two_stage(solver, eps)
+    hs, *acts = native.two_stage_forward(u, h0, AWt, a, b, solver == "heun", save)
+    return hs, tuple(acts)
+
+
+def _forward(u, h0, A, W, eps, solver, save, native=None):
+    if native is not None:
+        return _native_forward(native, u, h0, A, W, eps, solver, save)
     if solver == "euler":
         return _euler_forward(u, h0, A, W, eps, save)
     return _two_stage_forward(u, h0, A, W, eps, solver, save)
@@ -444,6 +514,32 @@ def _two_stage_backward(G, u, h0, A, W, hs, saved, eps, solver, every, needs):
     return du, dh0, dA, dW
 
 
+def _native_backward(native, G, h0, A, W, hs, saved, eps, solver, needs):
+    """Backward with the native kernels: the recurrent adjoint per step in C++ (row blocks in
+    parallel), then the weight gradients as one large GEMM over all steps."""
+    _, _, need_w = needs
+    H = hs.shape[-1]
+    G = G.contiguous()
+    AW = torch.cat([A, W], 0)  # (2H, H)
+    dAW = G.new_zeros(2 * H, H) if need_w else None
+    if solver == "euler":
+        EQ, dh0 = native.euler_backward(G, saved[0], AW * eps, eps)  # EQ[t] = [e_t | q_t]
+        du = EQ[..., H:]
+        if need_w:  # [dA; dW] = sum_t [e_t | q_t]^T h_{t-1}
+            _accumulate_wgrad_prev(dAW, EQ, hs, h0, 0)
+    else:
+        a, c_h, c_y, b = _two_stage(solver, eps)
+        S1, Y, S2 = saved
+        EQ1, EQ2, du, dh0 = native.two_stage_backward(
+            G, S1, S2, AW * a, AW * b, b, a * c_y / b, c_h, b / a
+        )
+        if need_w:  # [dA; dW] = sum_t [e2 | q2]^T y_t + [e1 | q1]^T h_{t-1}
+            _accumulate_wgrad(dAW, EQ2, Y)
+            _accumulate_wgrad_prev(dAW, EQ1, hs, h0, 0)
+    dA, dW = (dAW[:H], dAW[H:]) if need_w else (None, None)
+    return du, dh0, dA, dW
+
+
 # ---------------------------------------------------------------------------------------------
 # the plain autograd recurrence (double backward, reference)
 def reference_scan(u: Tensor, h0: Tensor, A: Tensor, W: Tensor, eps: float, solver: str) -> Tensor:
@@ -461,8 +557,10 @@ def reference_scan(u: Tensor, h0: Tensor, A: Tensor, W: Tensor, eps: float, solv
 class _LipschitzScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, h0, A, W, eps, solver, every):
-        hs, acts = _forward(u, h0, A, W, eps, solver, save=every is None)
+        native = _native_kernels(u)
+        hs, acts = _forward(u, h0, A, W, eps, solver, save=every is None, native=native)
         ctx.save_for_backward(u, h0, A, W, hs, *acts)
+        ctx.native = native if every is None else None
         ctx.eps = eps
         ctx.solver = solver
         ctx.every = every
@@ -475,7 +573,11 @@ class _LipschitzScan(torch.autograd.Function):
         if torch.is_grad_enabled():  # create_graph=True: differentiable backward via plain ops
             return _differentiable_backward(ctx, G, (u, h0, A, W)) + (None, None, None)
         needs = (need_u, need_h0, need_A or need_W)
-        if ctx.solver == "euler":
+        if ctx.native is not None:
+            du, dh0, dA, dW = _native_backward(
+                ctx.native, G, h0, A, W, hs, acts, ctx.eps, ctx.solver, needs
+            )
+        elif ctx.solver == "euler":
             du, dh0, dA, dW = _euler_backward(G, u, h0, A, W, hs, acts, ctx.eps, ctx.every, needs)
         else:
             du, dh0, dA, dW = _two_stage_backward(
@@ -540,5 +642,5 @@ def lipschitz_scan(
     if torch.is_grad_enabled() and any(x.requires_grad for x in (u, h0, A, W)):
         return _LipschitzScan.apply(u, h0, A, W, eps, solver, every)
     with torch.no_grad():
-        hs, _ = _forward(u, h0, A, W, eps, solver, save=False)
+        hs, _ = _forward(u, h0, A, W, eps, solver, save=False, native=_native_kernels(u))
     return hs
