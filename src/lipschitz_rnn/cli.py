@@ -325,8 +325,16 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         raise ValueError("--device cuda: CUDA is not available on this machine")
     if args.repeats < 1:
         raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
+    from .models import _native, fused_backend
+
     settings = _process_settings()
-    with console.status("timing ...") as status:
+    with console.status("timing ...") as status, fused_backend(args.backend):
+        kernels = "torch"
+        if args.device == "cpu" and args.backend != "torch":
+            status.update("building the native kernels (once) ...")
+            kernels = "native" if _native.load() is not None else "torch"
+            if kernels == "torch" and args.backend == "native":
+                raise RuntimeError(f"native kernels unavailable: {_native.native_status()}")
         rows = run_bench(
             device=args.device,
             quick=args.quick,
@@ -334,6 +342,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             progress=lambda m: status.update(f"timing {m} ..."),
         )
         epoch = epoch_estimate(args.device, repeats=args.repeats) if args.epoch else None
+    settings += f", fused kernels: {kernels}"
     console.print(format_table(rows), markup=False, highlight=False, soft_wrap=True)
     if epoch is not None:
         console.print("\n" + format_epoch(epoch), markup=False, highlight=False, soft_wrap=True)
@@ -447,6 +456,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--repeats", type=int, default=5)
     s.add_argument(
         "--epoch", action="store_true", help="also extrapolate one sMNIST training epoch"
+    )
+    s.add_argument(
+        "--backend",
+        choices=["auto", "native", "torch"],
+        default="auto",
+        help="kernels of the fused Lipschitz path on CPU (default: native where it builds)",
     )
     s.set_defaults(func=_cmd_bench)
 
