@@ -424,7 +424,7 @@ def test_long_float32_sequence_as_accurate_as_plain(backend, solver):
 @pytest.mark.skipif(not _can_build_native(), reason="no C++ toolchain")
 def test_native_kernels_build_here():
     assert _native.load() is not None, _native.native_status()
-    assert _native.native_status() == "loaded"
+    assert _native.native_status().startswith("loaded (")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -59,6 +59,7 @@ __all__ = [
     "FULL_GRID",
     "QUICK_GRID",
     "MODELS",
+    "EXTRA_MODELS",
     "run_bench",
     "epoch_estimate",
     "format_table",
@@ -71,6 +72,8 @@ FULL_GRID: tuple[tuple[int, int, int], ...] = tuple(
 )
 QUICK_GRID: tuple[tuple[int, int, int], ...] = ((100, 32, 64), (100, 128, 128), (784, 128, 128))
 MODELS = ("lipschitz-fused", "lipschitz-loop", "nn.RNN", "nn.LSTM")
+# also accepted: the fused path pinned to its PyTorch kernels (compare with the native ones)
+EXTRA_MODELS = ("lipschitz-fused-torch",)
 
 
 def reuse_freed_memory() -> bool:
@@ -105,13 +108,13 @@ def _sync(device: torch.device) -> None:
 def _build(name: str, input_size: int, hidden: int, solver: str, eps: float, device, dtype):
     from .models.lipschitz import LipschitzRNN
 
-    if name in ("lipschitz-fused", "lipschitz-loop"):
+    if name in ("lipschitz-fused", "lipschitz-fused-torch", "lipschitz-loop"):
         with warnings.catch_warnings():  # the stability notice is irrelevant to timing
             warnings.simplefilter("ignore", RuntimeWarning)
             layer = LipschitzRNN(
                 input_size, hidden, solver=solver, eps=eps, device=device, dtype=dtype
             )
-        layer.use_fused = name == "lipschitz-fused"
+        layer.use_fused = name != "lipschitz-loop"
         return layer
     if name == "nn.RNN":
         return nn.RNN(input_size, hidden, nonlinearity="tanh", device=device, dtype=dtype)
@@ -161,14 +164,17 @@ def _activation_bytes(layer: nn.Module, x: torch.Tensor) -> int:
     return sum(seen.values())
 
 
-def _fwd_bwd(layer: nn.Module, x: torch.Tensor) -> Callable[[], None]:
+def _fwd_bwd(layer: nn.Module, x: torch.Tensor, backend: str = "auto") -> Callable[[], None]:
+    from .models import fused_backend
+
     params = [p for p in layer.parameters()]
 
     def step() -> None:
         for p in params:
             p.grad = None
-        out, _ = layer(x)
-        out[-1].square().sum().backward()
+        with fused_backend(backend):
+            out, _ = layer(x)
+            out[-1].square().sum().backward()
 
     return step
 
@@ -214,7 +220,8 @@ def run_bench(
         grid: (T, B, H) triples; default :data:`FULL_GRID` (T in {100, 784}, B in {32, 128},
             H in {64, 128, 256}), or :data:`QUICK_GRID` with ``quick=True``.
         repeats: timed rounds per shape (median reported), after one warm-up round.
-        models: a subset of :data:`MODELS`. ``speedup_vs_loop`` needs ``"lipschitz-loop"``.
+        models: names from :data:`MODELS` and :data:`EXTRA_MODELS`. ``speedup_vs_loop`` needs
+            ``"lipschitz-loop"``.
         solver, eps: of the Lipschitz layers.
         input_size: features per step (1 as in sequential MNIST).
         progress: called with a short message before each shape (e.g. a CLI status line).
@@ -226,8 +233,8 @@ def run_bench(
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     shapes = [tuple(int(v) for v in s) for s in (grid or (QUICK_GRID if quick else FULL_GRID))]
     for name in models:
-        if name not in MODELS:
-            raise ValueError(f"unknown model {name!r}; choose from {MODELS}")
+        if name not in MODELS + EXTRA_MODELS:
+            raise ValueError(f"unknown model {name!r}; choose from {MODELS + EXTRA_MODELS}")
     rows: list[dict] = []
     for T, B, H in shapes:
         if progress is not None:
@@ -235,7 +242,10 @@ def run_bench(
         torch.manual_seed(seed)
         x = torch.randn(T, B, input_size, device=device, dtype=dtype)
         layers = {n: _build(n, input_size, H, solver, eps, device, dtype) for n in models}
-        steps = {n: _fwd_bwd(layer, x) for n, layer in layers.items()}
+        steps = {
+            n: _fwd_bwd(layer, x, "torch" if n.endswith("-torch") else "auto")
+            for n, layer in layers.items()
+        }
         steps[_GEMM] = _gemm_probe(T, B, H, device, dtype)
         times = _interleaved_times(steps, repeats, device)
         gemm_times = times.pop(_GEMM)

@@ -325,23 +325,32 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         raise ValueError("--device cuda: CUDA is not available on this machine")
     if args.repeats < 1:
         raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
+    from .bench import MODELS
     from .models import _native, fused_backend
 
+    models = MODELS if args.models is None else tuple(m.strip() for m in args.models.split(","))
     settings = _process_settings()
     with console.status("timing ...") as status, fused_backend(args.backend):
         kernels = "torch"
         if args.device == "cpu" and args.backend != "torch":
             status.update("building the native kernels (once) ...")
             kernels = "native" if _native.load() is not None else "torch"
-            if kernels == "torch" and args.backend == "native":
+            kernels += f" [{_native.native_status()}]"
+            if kernels.startswith("torch") and args.backend == "native":
                 raise RuntimeError(f"native kernels unavailable: {_native.native_status()}")
         rows = run_bench(
             device=args.device,
             quick=args.quick,
             repeats=args.repeats,
+            solver=args.solver,
+            models=models,
             progress=lambda m: status.update(f"timing {m} ..."),
         )
-        epoch = epoch_estimate(args.device, repeats=args.repeats) if args.epoch else None
+        epoch = (
+            epoch_estimate(args.device, repeats=args.repeats, solver=args.solver)
+            if args.epoch
+            else None
+        )
     settings += f", fused kernels: {kernels}"
     console.print(format_table(rows), markup=False, highlight=False, soft_wrap=True)
     if epoch is not None:
@@ -462,6 +471,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["auto", "native", "torch"],
         default="auto",
         help="kernels of the fused Lipschitz path on CPU (default: native where it builds)",
+    )
+    s.add_argument("--solver", default="euler", choices=["euler", "rk2", "heun"])
+    s.add_argument(
+        "--models",
+        default=None,
+        help="comma-separated rows (default: lipschitz-fused,lipschitz-loop,nn.RNN,nn.LSTM; "
+        "also lipschitz-fused-torch: the fused path on its PyTorch kernels)",
     )
     s.set_defaults(func=_cmd_bench)
 

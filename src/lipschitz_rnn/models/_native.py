@@ -127,10 +127,12 @@ def load() -> ModuleType | None:
                 stacklevel=2,
             )
             return None
-        _module, _reason = module, "loaded"
+        _module, _reason = module, f"loaded ({module.build_info()})"
+        logger.info("native scan kernels %s", _reason)
         return module
 
 
 def native_status() -> str:
-    """``"loaded"``, ``"not loaded yet"``, or why the kernels are unavailable."""
+    """``"loaded (<what the build uses>)"``, ``"not loaded yet"``, or why the kernels are
+    unavailable."""
     return _reason

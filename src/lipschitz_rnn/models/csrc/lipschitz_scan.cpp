@@ -12,11 +12,14 @@
 
 #include <algorithm>
 #include <cmath>
+#include <string>
 #include <vector>
 
 #if defined(LRNN_LIBMVEC) && (defined(__AVX512F__) || defined(__AVX2__))
 #include <immintrin.h>
 #endif
+
+#include <dlfcn.h>
 
 extern "C" {
 void sgemm_(const char* ta, const char* tb, const int* m, const int* n, const int* k,
@@ -25,7 +28,6 @@ void sgemm_(const char* ta, const char* tb, const int* m, const int* n, const in
 void dgemm_(const char* ta, const char* tb, const int* m, const int* n, const int* k,
             const double* alpha, const double* a, const int* lda, const double* b,
             const int* ldb, const double* beta, double* c, const int* ldc);
-int MKL_Set_Num_Threads_Local(int nt);  // MKL's C name (the lowercase symbol is the Fortran one)
 #if defined(LRNN_LIBMVEC) && defined(__AVX512F__)
 __m512 _ZGVeN16v_tanhf(__m512);
 __m512d _ZGVeN8v_tanh(__m512d);
@@ -36,6 +38,20 @@ __m256d _ZGVdN4v_tanh(__m256d);
 }
 
 namespace {
+
+// MKL_Set_Num_Threads_Local (MKL's C name; the lowercase symbol is the Fortran one, which takes
+// a pointer) from the BLAS inside torch, looked up at run time: absent from other BLAS builds,
+// where the kernels leave the BLAS's threading alone.
+using set_threads_t = int (*)(int);
+set_threads_t mkl_set_threads_local() {
+  static const set_threads_t fn = [] {
+    void* lib = dlopen("libtorch_cpu.so", RTLD_LAZY | RTLD_NOLOAD);
+    void* f = lib != nullptr ? dlsym(lib, "MKL_Set_Num_Threads_Local") : nullptr;
+    if (f == nullptr) f = dlsym(RTLD_DEFAULT, "MKL_Set_Num_Threads_Local");
+    return reinterpret_cast<set_threads_t>(f);
+  }();
+  return fn;
+}
 
 // column-major BLAS on row-major operands: C (rows x n, ld ldc) = X (rows x k, ld ldx) Y (k x n,
 // ld ldy) + beta C  is  C^T = Y^T X^T  in column-major terms.
@@ -90,9 +106,10 @@ void for_row_blocks(int64_t B, int64_t min_rows, const F& fn) {
     return;
   }
   at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
-    int prev = MKL_Set_Num_Threads_Local(1);
+    set_threads_t set_threads = mkl_set_threads_local();
+    int prev = set_threads != nullptr ? set_threads(1) : 0;
     for (int64_t i = begin; i < end; ++i) fn(edges[i], edges[i + 1]);
-    MKL_Set_Num_Threads_Local(prev);
+    if (set_threads != nullptr) set_threads(prev);
   });
 }
 
@@ -374,7 +391,22 @@ std::vector<torch::Tensor> two_stage_backward(torch::Tensor G, torch::Tensor S1,
   return {EQ1, EQ2, du, dh0};
 }
 
+// Which optional pieces this build uses (for logs and benchmark records).
+std::string build_info() {
+  std::string info = mkl_set_threads_local() != nullptr ? "mkl sgemm/dgemm, 1 thread per block"
+                                                        : "blas sgemm/dgemm";
+#if defined(LRNN_LIBMVEC) && defined(__AVX512F__)
+  info += ", libmvec avx512 tanh";
+#elif defined(LRNN_LIBMVEC) && defined(__AVX2__)
+  info += ", libmvec avx2 tanh";
+#else
+  info += ", scalar tanh";
+#endif
+  return info;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("build_info", &build_info, "optional pieces this build uses");
   m.def("euler_forward", &euler_forward, "Euler forward of the Lipschitz scan");
   m.def("euler_backward", &euler_backward, "Euler backward of the Lipschitz scan");
   m.def("two_stage_forward", &two_stage_forward, "rk2/heun forward of the Lipschitz scan");
