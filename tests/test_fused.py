@@ -486,3 +486,33 @@ def test_native_disabled_by_environment(monkeypatch):
     monkeypatch.setenv("LIPSCHITZ_RNN_NATIVE", "0")
     assert _native.load() is None
     assert "LIPSCHITZ_RNN_NATIVE" in _native.native_status()
+
+
+@pytest.mark.skipif(not _can_build_native(), reason="no C++ toolchain")
+def test_native_build_is_cached_and_atomic(monkeypatch, tmp_path):
+    monkeypatch.setenv("LIPSCHITZ_RNN_KERNEL_DIR", str(tmp_path / "kernels"))
+    path = _native._build()
+    assert path.parent == tmp_path / "kernels" and path.suffix == ".so"
+    stamp = path.stat().st_mtime_ns
+    assert _native._build() == path and path.stat().st_mtime_ns == stamp  # reused, not rebuilt
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temp files left
+    kernels = _native._open(path)
+    u, h0, A, W = (x.detach() for x in scan_inputs(4, 9, 3))
+    AWt = torch.cat([A, W], 0).t().contiguous()
+    hs, S = kernels.euler_forward(u, h0, AWt, 0.1, True)
+    assert torch.allclose(hs, reference_scan(u, h0, A, W, 0.1, "euler"), rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="shape"):
+        kernels.euler_forward(u, h0[:2], AWt, 0.1, False)
+    with pytest.raises(TypeError, match="float32 or float64"):
+        kernels.euler_forward(u, h0.float(), AWt, 0.1, False)
+    with pytest.raises(ValueError, match="contiguous"):
+        kernels.euler_forward(u.transpose(1, 2).contiguous().transpose(1, 2), h0, AWt, 0.1, False)
+
+
+def test_native_compiler_failure_falls_back(monkeypatch, tmp_path):
+    monkeypatch.setattr(_native, "_module", _native._UNSET)
+    monkeypatch.setenv("LIPSCHITZ_RNN_KERNEL_DIR", str(tmp_path))
+    monkeypatch.setenv("CXX", "false")  # a "compiler" that always fails
+    with pytest.warns(RuntimeWarning, match="false failed"):
+        assert _native.load() is None
+    assert list(tmp_path.iterdir()) == []  # the failed build left nothing behind

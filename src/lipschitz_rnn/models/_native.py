@@ -1,62 +1,84 @@
-"""Builds and loads the native CPU kernels of the fused scan (``csrc/lipschitz_scan.cpp``).
+"""Builds, loads and runs the native CPU kernels of the fused scan (``csrc/lipschitz_scan.cpp``).
 
-The kernels are compiled on first use with :func:`torch.utils.cpp_extension.load` (ninja and a
-C++ compiler, about 40 s once; the result is cached in torch's extension directory,
-``TORCH_EXTENSIONS_DIR`` or ``~/.cache/torch_extensions``, and rebuilt when the source changes).
-Where that is not possible (no compiler, no ninja, a build error) :func:`load` returns None once
-with a warning and the fused scan runs its pure-PyTorch kernels instead: same results, slower.
-``LIPSCHITZ_RNN_NATIVE=0`` in the environment skips the build altogether.
+The kernels are plain C++ with a C ABI and no torch headers: on first use they are compiled with
+the system C++ compiler (``$CXX``, else ``c++``/``g++``/``clang++``; about two seconds) into a
+cache folder (``$LIPSCHITZ_RNN_KERNEL_DIR``, else ``$XDG_CACHE_HOME/lipschitz_rnn/kernels``, else
+``~/.cache/lipschitz_rnn/kernels``), keyed by a hash of the source, the flags, the compiler and
+the CPU (the build uses ``-march=native``), written to a temporary file and renamed into place,
+then loaded with :mod:`ctypes`. Their matrix products call the ``sgemm_``/``dgemm_`` of the BLAS
+inside torch (MKL in the x86-64 wheels), looked up in the already loaded ``libtorch_cpu``.
 
-What the kernels do differently from the PyTorch ones: the batch is split into one block of rows
-per thread and each thread runs the whole time loop on its rows with single-threaded BLAS (rows
-never interact), so there is no per-step thread synchronisation and no per-op dispatch; ``tanh``
-comes from glibc's vector math library (libmvec, x86-64 with glibc >= 2.35) where available.
-The build uses ``-march=native``, so the cached module is keyed by the CPU's feature flags.
+Where any of that is impossible (not Linux, no compiler, a build error, a torch without those
+BLAS symbols) :func:`load` returns None once with a warning and the fused scan runs its
+pure-PyTorch kernels: same results, slower. ``LIPSCHITZ_RNN_NATIVE=0`` skips the build.
+
+Threading: with MKL the batch is split into ``torch.get_num_threads()`` blocks of rows (at least 8
+rows each), and each block runs the whole sequence on its own thread with MKL pinned to one
+thread, so threads never synchronise per step. The blocks run in an OpenMP parallel region of
+the OpenMP runtime torch already loaded (``libgomp.so.1`` is shared by soname): its threads are
+torch's intra-op threads, so no second pool spins on the cores. Other BLAS builds, or a compiler
+without OpenMP, run one block with the BLAS's own threading.
 """
 
 from __future__ import annotations
 
-import contextlib
+import ctypes
 import hashlib
 import logging
 import os
 import platform
+import shutil
+import subprocess
 import sys
+import tempfile
 import threading
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 
-__all__ = ["load", "native_status"]
+import torch
+from torch import Tensor
+
+__all__ = ["Kernels", "load", "native_status"]
 
 logger = logging.getLogger(__name__)
 
 _SOURCE = Path(__file__).with_name("csrc") / "lipschitz_scan.cpp"
+_MIN_ROWS = 8  # rows per block: fewer makes the per-step products too small to pay
 _LOCK = threading.Lock()
 _UNSET = object()
 _module: object = _UNSET
 _reason: str = "not loaded yet"
 
+_i64, _ptr, _f64, _int = ctypes.c_int64, ctypes.c_void_p, ctypes.c_double, ctypes.c_int
+_SIGNATURES = {
+    "euler_forward": [_i64] * 3 + [_ptr] * 3 + [_f64] + [_ptr] * 2 + [_int],
+    "euler_backward": [_i64] * 3 + [_ptr] * 3 + [_f64] + [_ptr] * 2 + [_int],
+    "two_stage_forward": [_i64] * 3 + [_ptr] * 3 + [_f64, _f64, _int] + [_ptr] * 4 + [_int],
+    "two_stage_backward": [_i64] * 3 + [_ptr] * 5 + [_f64] * 4 + [_ptr] * 4 + [_int],
+}
+_SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
 
+
+# ---------------------------------------------------------------------------------------------
+# build
 def _cpu_key() -> str:
-    """A short hash of the CPU's model and feature flags (the build is ``-march=native``)."""
+    """The CPU's model and feature flags (the build is ``-march=native``)."""
     text = platform.machine()
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
             for line in fh:
-                if line.startswith(("flags", "Features", "model name")):
+                if line.startswith(("model name", "flags", "Features")):
                     text += line
                     if line.startswith(("flags", "Features")):
                         break
     except OSError:
         pass
-    return hashlib.sha1(text.encode()).hexdigest()[:10]
+    return text
 
 
 def _libmvec() -> bool:
-    """glibc >= 2.35 on x86-64 ships the vector ``tanh`` used by the kernels."""
-    if not sys.platform.startswith("linux") or platform.machine() not in ("x86_64", "AMD64"):
+    """glibc >= 2.35 on x86-64 ships the vector ``tanh`` the kernels use."""
+    if platform.machine() not in ("x86_64", "AMD64"):
         return False
     lib, version = platform.libc_ver()
     if lib != "glibc":
@@ -68,44 +90,88 @@ def _libmvec() -> bool:
     return (major, minor) >= (2, 35)
 
 
-def _build() -> ModuleType:
-    from torch.utils import cpp_extension
+def _compiler() -> str:
+    cxx = os.environ.get("CXX") or next(
+        (c for c in ("c++", "g++", "clang++") if shutil.which(c)), None
+    )
+    if cxx is None:
+        raise FileNotFoundError("no C++ compiler found (set CXX, or install g++ or clang++)")
+    return cxx
 
-    cflags = ["-O3", "-march=native", "-fopenmp"]
-    ldflags = ["-fopenmp"]
+
+def _cache_dir() -> Path:
+    if os.environ.get("LIPSCHITZ_RNN_KERNEL_DIR"):
+        return Path(os.environ["LIPSCHITZ_RNN_KERNEL_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "lipschitz_rnn" / "kernels"
+
+
+def _build() -> Path:
+    """The compiled library, from the cache or built now (atomically: temp file, then rename)."""
+    cxx = _compiler()
+    flags = ["-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-fopenmp"]
+    libs = ["-ldl"]
     if _libmvec():
-        cflags.append("-DLRNN_LIBMVEC")
-        ldflags.append("-lmvec")
-    name = f"lipschitz_rnn_scan_{_cpu_key()}"
-    logger.info("building the native scan kernels (%s, once per source change and CPU)", name)
-    with warnings.catch_warnings(), _ninja_on_path():
-        warnings.simplefilter("ignore")  # cpp_extension's notes about compiler versions
-        return cpp_extension.load(
-            name, [str(_SOURCE)], extra_cflags=cflags, extra_ldflags=ldflags, verbose=False
+        flags.append("-DLRNN_LIBMVEC")
+        libs.insert(0, "-lmvec")
+    key = hashlib.sha256(
+        b"\0".join(
+            [_SOURCE.read_bytes(), " ".join([cxx, *flags, *libs]).encode(), _cpu_key().encode()]
         )
-
-
-@contextlib.contextmanager
-def _ninja_on_path() -> Iterator[None]:
-    """cpp_extension runs ``ninja`` from PATH; the ninja package's binary sits in the
-    environment's scripts folder, which is not on PATH when the venv is not activated."""
+    ).hexdigest()[:16]
+    out = _cache_dir() / f"lipschitz_scan-{key}.so"
+    if out.exists():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".build-", suffix=".so", dir=out.parent)
+    os.close(fd)
     try:
-        import ninja
-    except ImportError:
-        yield
-        return
-    old = os.environ.get("PATH", "")
-    os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + old
-    try:
-        yield
+        logger.info("building the native scan kernels: %s", out)
+        proc = subprocess.run(
+            [cxx, *flags, "-o", tmp, str(_SOURCE), *libs],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"{cxx} failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
+        os.replace(tmp, out)
     finally:
-        os.environ["PATH"] = old
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out
 
 
-def load() -> ModuleType | None:
-    """The compiled kernels, building them on the first call; None where unavailable.
+def _torch_cpu_library() -> str:
+    """Path of the loaded libtorch_cpu (its BLAS symbols are what the kernels call)."""
+    path = Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found")
+    return str(path)
 
-    Thread-safe; the outcome (module or failure) is cached for the life of the process.
+
+def _open(path: Path) -> Kernels:
+    lib = ctypes.CDLL(str(path))
+    lib.lrnn_init.argtypes = [ctypes.c_char_p]
+    lib.lrnn_init.restype = ctypes.c_int
+    lib.lrnn_info.restype = ctypes.c_char_p
+    lib.lrnn_parallel_blocks.restype = ctypes.c_int
+    rc = lib.lrnn_init(_torch_cpu_library().encode())
+    if rc != 0:
+        what = {1: "libtorch_cpu is not loaded", 2: "torch's BLAS has no sgemm_/dgemm_"}
+        raise RuntimeError(what.get(rc, f"lrnn_init returned {rc}"))
+    for name, argtypes in _SIGNATURES.items():
+        for suffix in _SUFFIX.values():
+            fn = getattr(lib, f"lrnn_{name}_{suffix}")
+            fn.argtypes = argtypes
+            fn.restype = None
+    return Kernels(lib)
+
+
+def load() -> Kernels | None:
+    """The native kernels, building them on the first call; None where unavailable.
+
+    Thread-safe; the outcome (kernels or failure) is cached for the life of the process.
     """
     global _module, _reason
     if _module is not _UNSET:
@@ -117,22 +183,105 @@ def load() -> ModuleType | None:
             _module, _reason = None, "disabled by LIPSCHITZ_RNN_NATIVE"
             return None
         try:
-            module = _build()
-        except Exception as exc:  # noqa: BLE001 - any build failure means: use the fallback
-            _module, _reason = None, f"{type(exc).__name__}: {str(exc).strip()[:500]}"
+            if not sys.platform.startswith("linux"):
+                raise OSError(f"native kernels are built on Linux only, not {sys.platform}")
+            kernels = _open(_build())
+        except Exception as exc:  # noqa: BLE001 - any failure means: use the PyTorch kernels
+            _module, _reason = None, f"{type(exc).__name__}: {str(exc).strip()[:2000]}"
             warnings.warn(
-                "lipschitz_rnn: the native scan kernels could not be built, the fused scan uses "
-                f"its PyTorch kernels (same results, slower). Reason: {_reason}",
+                "lipschitz_rnn: the native scan kernels are unavailable, the fused scan uses its "
+                f"PyTorch kernels (same results, slower). Reason: {_reason}",
                 RuntimeWarning,
                 stacklevel=2,
             )
             return None
-        _module, _reason = module, f"loaded ({module.build_info()})"
+        _module, _reason = kernels, f"loaded ({kernels.info})"
         logger.info("native scan kernels %s", _reason)
-        return module
+        return kernels
 
 
 def native_status() -> str:
     """``"loaded (<what the build uses>)"``, ``"not loaded yet"``, or why the kernels are
     unavailable."""
     return _reason
+
+
+# ---------------------------------------------------------------------------------------------
+# calls
+def _p(t: Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+class Kernels:
+    """Tensor-level entry points of the compiled kernels (all tensors contiguous, on CPU, one
+    dtype, float32 or float64; shapes as in :mod:`lipschitz_rnn.models._fused`)."""
+
+    def __init__(self, lib: ctypes.CDLL) -> None:
+        self._lib = lib
+        self.info: str = lib.lrnn_info().decode()
+        self._parallel = bool(lib.lrnn_parallel_blocks())
+
+    def _blocks(self, B: int) -> int:
+        """Row blocks for a batch of ``B``: one per torch thread, at least 8 rows each."""
+        if not self._parallel:
+            return 1
+        return max(1, min(torch.get_num_threads(), B // _MIN_ROWS))
+
+    @staticmethod
+    def _shapes(name: str, *pairs: tuple[Tensor, tuple[int, ...]]) -> None:
+        for t, shape in pairs:
+            if tuple(t.shape) != shape:
+                raise ValueError(f"native {name}: shape {tuple(t.shape)} where {shape} expected")
+
+    def _fn(self, name: str, *tensors: Tensor):
+        dtype = tensors[0].dtype
+        for t in tensors:
+            if t.dtype != dtype or dtype not in _SUFFIX:
+                raise TypeError(f"native {name}: float32 or float64 tensors of one dtype expected")
+            if t.device.type != "cpu" or not t.is_contiguous():
+                raise ValueError(f"native {name}: contiguous CPU tensors expected")
+        return getattr(self._lib, f"lrnn_{name}_{_SUFFIX[dtype]}")
+
+    def euler_forward(self, u, h0, AWt, eps: float, save: bool):
+        """``(hs, S)``: states and, if ``save``, the tanh values (else None)."""
+        T, B, H = u.shape
+        self._shapes("euler_forward", (h0, (B, H)), (AWt, (H, 2 * H)))
+        fn = self._fn("euler_forward", u, h0, AWt)
+        hs = torch.empty_like(u)
+        S = torch.empty_like(u) if save else None
+        fn(T, B, H, _p(u), _p(h0), _p(AWt), float(eps), _p(hs), _p(S), self._blocks(B))
+        return hs, S
+
+    def euler_backward(self, G, S, M, eps: float):
+        """``(EQ, dh0)``: ``EQ[t] = [e_t | q_t]`` (T, B, 2H) and the initial-state gradient."""
+        T, B, H = G.shape
+        self._shapes("euler_backward", (S, (T, B, H)), (M, (2 * H, H)))
+        fn = self._fn("euler_backward", G, S, M)
+        EQ = G.new_empty(T, B, 2 * H)
+        dh0 = G.new_empty(B, H)
+        fn(T, B, H, _p(G), _p(S), _p(M), float(eps), _p(EQ), _p(dh0), self._blocks(B))
+        return EQ, dh0
+
+    def two_stage_forward(self, u, h0, AWt, a: float, b: float, heun: bool, save: bool):
+        """``(hs, S1, Y, S2)`` if ``save``, else ``(hs,)``."""
+        T, B, H = u.shape
+        self._shapes("two_stage_forward", (h0, (B, H)), (AWt, (H, 2 * H)))
+        fn = self._fn("two_stage_forward", u, h0, AWt)
+        hs = torch.empty_like(u)
+        S1, Y, S2 = (torch.empty_like(u) for _ in range(3)) if save else (None, None, None)
+        args = (_p(u), _p(h0), _p(AWt), float(a), float(b), int(heun))
+        fn(T, B, H, *args, _p(hs), _p(S1), _p(Y), _p(S2), self._blocks(B))
+        return (hs, S1, Y, S2) if save else (hs,)
+
+    def two_stage_backward(self, G, S1, S2, M2, M1, b: float, beta2: float, c_h: float, r: float):
+        """``(EQ1, EQ2, du, dh0)``; see the kernel's comment."""
+        T, B, H = G.shape
+        self._shapes(
+            "two_stage_backward", (S1, (T, B, H)), (S2, (T, B, H)), (M2, (2 * H, H)), (M1, (2 * H, H))
+        )
+        fn = self._fn("two_stage_backward", G, S1, S2, M2, M1)
+        EQ1, EQ2 = G.new_empty(T, B, 2 * H), G.new_empty(T, B, 2 * H)
+        du, dh0 = torch.empty_like(G), G.new_empty(B, H)
+        args = (_p(G), _p(S1), _p(S2), _p(M2), _p(M1), float(b), float(beta2), float(c_h), float(r))
+        fn(T, B, H, *args, _p(EQ1), _p(EQ2), _p(du), _p(dh0), self._blocks(B))
+        return EQ1, EQ2, du, dh0
