@@ -516,3 +516,19 @@ def test_native_compiler_failure_falls_back(monkeypatch, tmp_path):
     with pytest.warns(RuntimeWarning, match="false failed"):
         assert _native.load() is None
     assert list(tmp_path.iterdir()) == []  # the failed build left nothing behind
+
+
+@pytest.mark.skipif(not _can_build_native(), reason="no C++ toolchain")
+def test_native_build_without_openmp(monkeypatch, tmp_path):
+    # a compiler without OpenMP: the build falls back to serial row blocks, same results
+    cxx = tmp_path / "cxx-no-openmp"
+    cxx.write_text('#!/bin/sh\ncase "$*" in *-fopenmp*) exit 1;; esac\nexec c++ "$@"\n')
+    cxx.chmod(0o755)
+    monkeypatch.setenv("CXX", str(cxx))
+    monkeypatch.setenv("LIPSCHITZ_RNN_KERNEL_DIR", str(tmp_path / "kernels"))
+    kernels = _native._open(_native._build())
+    assert kernels._blocks(64) == 1
+    u, h0, A, W = (x.detach() for x in scan_inputs(5, 37, 6))
+    AWt = torch.cat([A, W], 0).t().contiguous()
+    hs, S1, Y, S2 = kernels.two_stage_forward(u, h0, AWt, 0.05, 0.1, False, True)
+    assert torch.allclose(hs, reference_scan(u, h0, A, W, 0.1, "rk2"), rtol=0, atol=1e-12)

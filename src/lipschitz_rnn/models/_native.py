@@ -107,17 +107,29 @@ def _cache_dir() -> Path:
 
 
 def _build() -> Path:
-    """The compiled library, from the cache or built now (atomically: temp file, then rename)."""
+    """The compiled library, from the cache or built now. Tries with OpenMP (parallel row
+    blocks) first and without it if that fails (serial blocks, the BLAS's own threads)."""
     cxx = _compiler()
-    flags = ["-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-fopenmp"]
+    base = ["-O3", "-march=native", "-std=c++17", "-shared", "-fPIC"]
     libs = ["-ldl"]
     if _libmvec():
-        flags.append("-DLRNN_LIBMVEC")
+        base.append("-DLRNN_LIBMVEC")
         libs.insert(0, "-lmvec")
+    errors = []
+    for flags in ([*base, "-fopenmp"], base):
+        try:
+            return _build_with(cxx, flags, libs)
+        except RuntimeError as exc:
+            errors.append(str(exc))
+    raise RuntimeError(" / ".join(errors))
+
+
+def _build_with(cxx: str, flags: list[str], libs: list[str]) -> Path:
+    """One build into the cache (atomically: temp file, then rename), keyed by source, command
+    line and CPU; an existing build is reused."""
+    command = " ".join([cxx, *flags, *libs])
     key = hashlib.sha256(
-        b"\0".join(
-            [_SOURCE.read_bytes(), " ".join([cxx, *flags, *libs]).encode(), _cpu_key().encode()]
-        )
+        b"\0".join([_SOURCE.read_bytes(), command.encode(), _cpu_key().encode()])
     ).hexdigest()[:16]
     out = _cache_dir() / f"lipschitz_scan-{key}.so"
     if out.exists():
@@ -127,14 +139,17 @@ def _build() -> Path:
     os.close(fd)
     try:
         logger.info("building the native scan kernels: %s", out)
-        proc = subprocess.run(
-            [cxx, *flags, "-o", tmp, str(_SOURCE), *libs],
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
+        try:
+            proc = subprocess.run(
+                [cxx, *flags, "-o", tmp, str(_SOURCE), *libs],
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise RuntimeError(f"{cxx} could not run: {exc}") from exc
         if proc.returncode != 0:
-            raise RuntimeError(f"{cxx} failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
+            raise RuntimeError(f"{cxx} failed ({proc.returncode}): {proc.stderr.strip()[-1500:]}")
         os.replace(tmp, out)
     finally:
         if os.path.exists(tmp):
