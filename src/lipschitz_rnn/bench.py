@@ -36,8 +36,11 @@ Columns of a row (a dict):
   the input. It is the memory that grows with T (e.g. fused euler: u, the states and the tanh
   values, 3 T*B*H floats; the plain loop: per-step states and tanh outputs plus the stacked
   output, also 3 T*B*H), not the process peak (torch's CPU allocations are invisible to
-  tracemalloc and ``ru_maxrss`` is a process-lifetime high-water mark). On CUDA, ``peak_mb`` adds
-  ``torch.cuda.max_memory_allocated`` during forward+backward above the memory held before.
+  tracemalloc and ``ru_maxrss`` is a process-lifetime high-water mark).
+* ``peak_mb``: peak memory of one forward+backward above what was held before it (the work
+  buffers of the backward included). On CUDA, ``torch.cuda.max_memory_allocated``; on CPU (with
+  ``memory=True``), the resident high-water mark of the step in a fresh process
+  (:func:`cpu_peak_mb`).
 
 :func:`epoch_estimate` times full training steps (layer + linear readout + cross-entropy + Adam)
 and extrapolates one sMNIST epoch (469 batches of 128, T = 784); it is an extrapolation from
@@ -65,6 +68,7 @@ __all__ = [
     "format_table",
     "format_epoch",
     "reuse_freed_memory",
+    "cpu_peak_mb",
 ]
 
 FULL_GRID: tuple[tuple[int, int, int], ...] = tuple(
@@ -211,6 +215,7 @@ def run_bench(
     dtype: torch.dtype = torch.float32,
     quick: bool = False,
     seed: int = 0,
+    memory: bool = False,
     progress: Callable[[str], None] | None = None,
 ) -> list[dict]:
     """Time forward+backward of ``models`` on ``grid``; one dict per (shape, model).
@@ -224,6 +229,7 @@ def run_bench(
             ``"lipschitz-loop"``.
         solver, eps: of the Lipschitz layers.
         input_size: features per step (1 as in sequential MNIST).
+        memory: also measure ``peak_mb`` on CPU (one fresh process per row, after the timing).
         progress: called with a short message before each shape (e.g. a CLI status line).
 
     Returns the rows described in the module docstring.
@@ -273,7 +279,84 @@ def run_bench(
                 row["peak_mb"] = _cuda_peak_mb(steps[n], device)
             rows.append(row)
         del layers, steps
+    if memory and device.type == "cpu":
+        for row in rows:
+            if progress is not None:
+                progress(f"peak memory {row['model']} T={row['T']} B={row['B']} H={row['H']}")
+            spec = {
+                "model": row["model"], "T": row["T"], "B": row["B"], "H": row["H"],
+                "solver": solver, "eps": eps, "input_size": input_size,
+                "dtype": str(dtype).removeprefix("torch."), "seed": seed,
+                "threads": torch.get_num_threads(),
+            }
+            row["peak_mb"] = cpu_peak_mb(spec)
     return rows
+
+
+def cpu_peak_mb(spec: dict) -> float | None:
+    """Peak resident memory (MiB) of one forward+backward of ``spec["model"]``, measured in a
+    fresh Python process: the kernel's resident high-water mark (``VmHWM``, reset through
+    ``/proc/self/clear_refs``) during the step, minus the resident size just before it (layer,
+    input and everything imported already in place; a warm-up step of the native kernels' build
+    runs first and is freed). None where Linux's ``/proc`` interface is unavailable."""
+    import json
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = f"{tmp}/peak.json"
+        code = "import sys; from lipschitz_rnn.bench import _peak_child; _peak_child(*sys.argv[1:])"
+        proc = subprocess.run(
+            [sys.executable, "-c", code, json.dumps(spec), out], capture_output=True, text=True
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"peak-memory child failed: {proc.stderr.strip()[-2000:]}")
+        with open(out) as fh:
+            return json.load(fh)["peak_mb"]
+
+
+def _proc_status_kb(field: str) -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+def _peak_child(spec_json: str, out_path: str) -> None:
+    """Entry point of :func:`cpu_peak_mb`'s child process; writes ``{"peak_mb": ...}``."""
+    import gc
+    import json
+
+    spec = json.loads(spec_json)
+    torch.set_num_threads(spec["threads"])
+    torch.manual_seed(spec["seed"])
+    dtype = getattr(torch, spec["dtype"])
+    model = spec["model"]
+    x = torch.randn(spec["T"], spec["B"], spec["input_size"], dtype=dtype)
+    layer = _build(model, spec["input_size"], spec["H"], spec["solver"], spec["eps"], "cpu", dtype)
+    step = _fwd_bwd(layer, x, "torch" if model.endswith("-torch") else "auto")
+    if model == "lipschitz-fused":
+        from .models import _native
+
+        _native.load()  # build/load the kernels outside the measurement
+    gc.collect()
+    peak = None
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")  # reset the peak resident size (VmHWM) to the current one
+        before = _proc_status_kb("VmRSS")
+        step()
+        peak = (_proc_status_kb("VmHWM") - before) / 1024.0
+    except (OSError, KeyError):
+        pass
+    tmp = out_path + ".tmp"
+    with open(tmp, "w") as fh:
+        json.dump({"peak_mb": peak}, fh)
+    import os
+
+    os.replace(tmp, out_path)
 
 
 _GEMM = "__gemm_probe__"

@@ -344,6 +344,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             repeats=args.repeats,
             solver=args.solver,
             models=models,
+            memory=not args.no_memory,
             progress=lambda m: status.update(f"timing {m} ..."),
         )
         epoch = (
@@ -473,6 +474,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="kernels of the fused Lipschitz path on CPU (default: native where it builds)",
     )
     s.add_argument("--solver", default="euler", choices=["euler", "rk2", "heun"])
+    s.add_argument(
+        "--no-memory",
+        action="store_true",
+        help="skip the CPU peak-memory column (one fresh process per row)",
+    )
     s.add_argument(
         "--models",
         default=None,
