@@ -537,3 +537,12 @@ def test_native_build_without_openmp(monkeypatch, tmp_path):
     AWt = torch.cat([A, W], 0).t().contiguous()
     hs, S1, Y, S2 = kernels.two_stage_forward(u, h0, AWt, 0.05, 0.1, False, True)
     assert torch.allclose(hs, reference_scan(u, h0, A, W, 0.1, "rk2"), rtol=0, atol=1e-12)
+
+
+def test_native_not_attempted_off_linux(monkeypatch):
+    monkeypatch.setattr(_native, "_module", _native._UNSET)
+    monkeypatch.setattr(_native.sys, "platform", "darwin")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing the user could fix: no warning
+        assert _native.load() is None
+    assert "Linux only" in _native.native_status()

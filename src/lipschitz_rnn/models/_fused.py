@@ -26,9 +26,10 @@ of operations; the native ones differ in how they run it:
 * one product per stage, ``h [A^T | W^T]`` forward and ``[e | q] [c A; c W]`` backward, with the
   element-wise work (tanh, update, adjoint) done row by row while the row is in cache; ``tanh``
   from glibc's vector math library (libmvec) where available;
-* backward stores ``[e_t | q_t]`` of every step (T, B, 2H) and forms ``[dA; dW]`` as one GEMM over
-  all T*B rows (plus the ``y`` stage for rk2/heun); ``du`` is the ``q`` half (a strided view for
-  euler). This costs one extra T*B*H array over the PyTorch kernels' blocked accumulation.
+* backward accumulates ``[dA; dW] = sum [e_t | q_t]^T h_{t-1}`` (plus the ``y`` stage for
+  rk2/heun) per thread with one GEMM per block of steps (about 512 KiB of rows, copied into small
+  contiguous buffers while hot), then sums the threads' partial sums: nothing of size T is
+  allocated besides ``du``.
 
 With ``checkpoint_every`` the native forward runs without saving and the backward is the PyTorch
 blocked recomputation below. CUDA tensors always use the PyTorch kernels.
@@ -515,27 +516,20 @@ def _two_stage_backward(G, u, h0, A, W, hs, saved, eps, solver, every, needs):
 
 
 def _native_backward(native, G, h0, A, W, hs, saved, eps, solver, needs):
-    """Backward with the native kernels: the recurrent adjoint per step in C++ (row blocks in
-    parallel), then the weight gradients as one large GEMM over all steps."""
+    """Backward with the native kernels: the recurrent adjoint per step and the weight gradients
+    per block of steps, in C++ (row blocks in parallel)."""
     _, _, need_w = needs
     H = hs.shape[-1]
-    G = G.contiguous()
+    G, h0 = G.contiguous(), h0.contiguous()
     AW = torch.cat([A, W], 0)  # (2H, H)
-    dAW = G.new_zeros(2 * H, H) if need_w else None
     if solver == "euler":
-        EQ, dh0 = native.euler_backward(G, saved[0], AW * eps, eps)  # EQ[t] = [e_t | q_t]
-        du = EQ[..., H:]
-        if need_w:  # [dA; dW] = sum_t [e_t | q_t]^T h_{t-1}
-            _accumulate_wgrad_prev(dAW, EQ, hs, h0, 0)
+        du, dh0, dAW = native.euler_backward(G, saved[0], AW * eps, eps, hs, h0, need_w)
     else:
         a, c_h, c_y, b = _two_stage(solver, eps)
         S1, Y, S2 = saved
-        EQ1, EQ2, du, dh0 = native.two_stage_backward(
-            G, S1, S2, AW * a, AW * b, b, a * c_y / b, c_h, b / a
+        du, dh0, dAW = native.two_stage_backward(
+            G, S1, S2, Y, AW * a, AW * b, b, a * c_y / b, c_h, b / a, hs, h0, need_w
         )
-        if need_w:  # [dA; dW] = sum_t [e2 | q2]^T y_t + [e1 | q1]^T h_{t-1}
-            _accumulate_wgrad(dAW, EQ2, Y)
-            _accumulate_wgrad_prev(dAW, EQ1, hs, h0, 0)
     dA, dW = (dAW[:H], dAW[H:]) if need_w else (None, None)
     return du, dh0, dA, dW
 

@@ -52,9 +52,9 @@ _reason: str = "not loaded yet"
 _i64, _ptr, _f64, _int = ctypes.c_int64, ctypes.c_void_p, ctypes.c_double, ctypes.c_int
 _SIGNATURES = {
     "euler_forward": [_i64] * 3 + [_ptr] * 3 + [_f64] + [_ptr] * 2 + [_int],
-    "euler_backward": [_i64] * 3 + [_ptr] * 3 + [_f64] + [_ptr] * 2 + [_int],
+    "euler_backward": [_i64] * 3 + [_ptr] * 3 + [_f64] + [_ptr] * 5 + [_int],
     "two_stage_forward": [_i64] * 3 + [_ptr] * 3 + [_f64, _f64, _int] + [_ptr] * 4 + [_int],
-    "two_stage_backward": [_i64] * 3 + [_ptr] * 5 + [_f64] * 4 + [_ptr] * 4 + [_int],
+    "two_stage_backward": [_i64] * 3 + [_ptr] * 6 + [_f64] * 4 + [_ptr] * 5 + [_int],
 }
 _SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
 
@@ -197,9 +197,11 @@ def load() -> Kernels | None:
         if os.environ.get("LIPSCHITZ_RNN_NATIVE", "1").strip().lower() in ("0", "false", "no"):
             _module, _reason = None, "disabled by LIPSCHITZ_RNN_NATIVE"
             return None
+        if not sys.platform.startswith("linux"):  # nothing to fix for the user: no warning
+            _module, _reason = None, f"native kernels are built on Linux only, not {sys.platform}"
+            logger.info("%s; the fused scan uses its PyTorch kernels", _reason)
+            return None
         try:
-            if not sys.platform.startswith("linux"):
-                raise OSError(f"native kernels are built on Linux only, not {sys.platform}")
             kernels = _open(_build())
         except Exception as exc:  # noqa: BLE001 - any failure means: use the PyTorch kernels
             _module, _reason = None, f"{type(exc).__name__}: {str(exc).strip()[:2000]}"
@@ -267,15 +269,17 @@ class Kernels:
         fn(T, B, H, _p(u), _p(h0), _p(AWt), float(eps), _p(hs), _p(S), self._blocks(B))
         return hs, S
 
-    def euler_backward(self, G, S, M, eps: float):
-        """``(EQ, dh0)``: ``EQ[t] = [e_t | q_t]`` (T, B, 2H) and the initial-state gradient."""
+    def euler_backward(self, G, S, M, eps: float, hs, h0, need_w: bool):
+        """``(du, dh0, dAW)``: input and initial-state gradients and, if ``need_w``, the stacked
+        ``[dA; dW]`` (2H, H) (else None)."""
         T, B, H = G.shape
-        self._shapes("euler_backward", (S, (T, B, H)), (M, (2 * H, H)))
-        fn = self._fn("euler_backward", G, S, M)
-        EQ = G.new_empty(T, B, 2 * H)
-        dh0 = G.new_empty(B, H)
-        fn(T, B, H, _p(G), _p(S), _p(M), float(eps), _p(EQ), _p(dh0), self._blocks(B))
-        return EQ, dh0
+        self._shapes("euler_backward", (S, (T, B, H)), (M, (2 * H, H)), (hs, (T, B, H)), (h0, (B, H)))
+        fn = self._fn("euler_backward", G, S, M, hs, h0)
+        du, dh0 = torch.empty_like(G), G.new_empty(B, H)
+        n = self._blocks(B)
+        parts = G.new_zeros(n, 2 * H, H) if need_w else None
+        fn(T, B, H, _p(G), _p(S), _p(M), float(eps), _p(hs), _p(h0), _p(du), _p(dh0), _p(parts), n)
+        return du, dh0, (parts.sum(0) if need_w else None)
 
     def two_stage_forward(self, u, h0, AWt, a: float, b: float, heun: bool, save: bool):
         """``(hs, S1, Y, S2)`` if ``save``, else ``(hs,)``."""
@@ -288,15 +292,22 @@ class Kernels:
         fn(T, B, H, *args, _p(hs), _p(S1), _p(Y), _p(S2), self._blocks(B))
         return (hs, S1, Y, S2) if save else (hs,)
 
-    def two_stage_backward(self, G, S1, S2, M2, M1, b: float, beta2: float, c_h: float, r: float):
-        """``(EQ1, EQ2, du, dh0)``; see the kernel's comment."""
+    def two_stage_backward(
+        self, G, S1, S2, Y, M2, M1, b: float, beta2: float, c_h: float, r: float, hs, h0,
+        need_w: bool,
+    ):
+        """``(du, dh0, dAW)`` as :meth:`euler_backward`; see the kernel's comment."""
         T, B, H = G.shape
+        full, mats = (T, B, H), (2 * H, H)
         self._shapes(
-            "two_stage_backward", (S1, (T, B, H)), (S2, (T, B, H)), (M2, (2 * H, H)), (M1, (2 * H, H))
+            "two_stage_backward", (S1, full), (S2, full), (Y, full), (M2, mats), (M1, mats),
+            (hs, full), (h0, (B, H)),
         )
-        fn = self._fn("two_stage_backward", G, S1, S2, M2, M1)
-        EQ1, EQ2 = G.new_empty(T, B, 2 * H), G.new_empty(T, B, 2 * H)
+        fn = self._fn("two_stage_backward", G, S1, S2, Y, M2, M1, hs, h0)
         du, dh0 = torch.empty_like(G), G.new_empty(B, H)
-        args = (_p(G), _p(S1), _p(S2), _p(M2), _p(M1), float(b), float(beta2), float(c_h), float(r))
-        fn(T, B, H, *args, _p(EQ1), _p(EQ2), _p(du), _p(dh0), self._blocks(B))
-        return EQ1, EQ2, du, dh0
+        n = self._blocks(B)
+        parts = G.new_zeros(n, 2 * H, H) if need_w else None
+        coef = (float(b), float(beta2), float(c_h), float(r))
+        ins = (_p(G), _p(S1), _p(S2), _p(Y), _p(M2), _p(M1))
+        fn(T, B, H, *ins, *coef, _p(hs), _p(h0), _p(du), _p(dh0), _p(parts), n)
+        return du, dh0, (parts.sum(0) if need_w else None)

@@ -63,6 +63,27 @@ inline void gemm_rows(int rows, int n, int k, const double* X, int ldx, const do
   g_dgemm(&N, &N, &n, &rows, &k, &one, Y, &ldy, X, &ldx, &beta, C, &ldc);
 }
 
+// C (n x m, row-major) += X^T Y for row-major X (rows x n, ld ldx) and Y (rows x m, ld ldy):
+// the weight-gradient sum over a block of rows (column-major: C^T = Y^T X, i.e. N x T).
+inline void gemm_tn_acc(int rows, int n, int m, const float* X, int ldx, const float* Y, int ldy,
+                        float* C) {
+  const char N = 'N', Tr = 'T';
+  const float one = 1.0f;
+  g_sgemm(&N, &Tr, &m, &n, &rows, &one, Y, &ldy, X, &ldx, &one, C, &m);
+}
+inline void gemm_tn_acc(int rows, int n, int m, const double* X, int ldx, const double* Y,
+                        int ldy, double* C) {
+  const char N = 'N', Tr = 'T';
+  const double one = 1.0;
+  g_dgemm(&N, &Tr, &m, &n, &rows, &one, Y, &ldy, X, &ldx, &one, C, &m);
+}
+
+// Steps per weight-gradient block: about 512 KiB of [e | q] rows (stays in L2 for the GEMM).
+inline int64_t wgrad_block_steps(int64_t b, int64_t H, int64_t T, size_t itemsize) {
+  const int64_t per_step = std::max<int64_t>(1, b * 2 * H * static_cast<int64_t>(itemsize));
+  return std::max<int64_t>(1, std::min<int64_t>(T, (int64_t(1) << 19) / per_step));
+}
+
 // tanh in place: libmvec's vector tanh (<= 4 ulp) where built with it, else std::tanh.
 inline void tanh_inplace(float* x, int64_t n) {
   int64_t i = 0;
@@ -103,20 +124,20 @@ class BlasThreads {
   bool active_ = false;
 };
 
-// fn(r0, r1) over nblocks row blocks of a batch of B. Several blocks run in an OpenMP parallel
+// fn(r0, r1, block index) over nblocks row blocks of a batch of B. Several blocks run in an OpenMP parallel
 // region (the OpenMP runtime already loaded by torch: libgomp.so.1 is shared by soname, so its
 // threads are torch's intra-op threads and nothing else spins on the cores meanwhile), each with
 // its BLAS pinned to one thread. One block leaves the BLAS its own threads.
 template <typename F>
 void for_blocks(int64_t B, int nblocks, const F& fn) {
   if (nblocks <= 1) {
-    fn(0, B);
+    fn(0, B, 0);
     return;
   }
 #pragma omp parallel for num_threads(nblocks) schedule(static, 1)
   for (int i = 0; i < nblocks; ++i) {
     BlasThreads pin(1);
-    fn(B * i / nblocks, B * (i + 1) / nblocks);
+    fn(B * i / nblocks, B * (i + 1) / nblocks, i);
   }
 }
 
@@ -153,31 +174,46 @@ void euler_forward(int64_t r0, int64_t r1, int64_t T, int64_t B, int64_t H, cons
 
 // Backward of euler_forward with the scaled adjoint e_t = eps dL/dh_t:
 //     e_t = eps G_t + c_t,  q_t = e_t (1 - s_t^2),  c_{t-1} = e_t + [e_t | q_t] [eps A; eps W]
-// EQ[t] = [e_t | q_t] (T, B, 2H) is kept for the weight gradients (one large GEMM outside) and
-// q_t = dL/du_t; dh0 = c_{-1} / eps.
+// du_t = q_t; dh0 = c_{-1} / eps; and, if dAW is not null, [dA; dW] = sum_t [e_t | q_t]^T h_{t-1}
+// accumulated into dAW (2H x H) by one GEMM per block of steps from the block's rows of
+// [e | q] and h_{t-1}, copied into small contiguous buffers (nothing of size T is stored).
 template <typename scalar_t>
 void euler_backward(int64_t r0, int64_t r1, int64_t T, int64_t B, int64_t H, const scalar_t* G,
-                    const scalar_t* S, const scalar_t* M, scalar_t eps, scalar_t* EQ,
-                    scalar_t* dh0) {
+                    const scalar_t* S, const scalar_t* M, scalar_t eps, const scalar_t* hs,
+                    const scalar_t* h0, scalar_t* du, scalar_t* dh0, scalar_t* dAW) {
   const int64_t b = r1 - r0;
-  std::vector<scalar_t> C(b * H, scalar_t(0));
+  const int64_t k = wgrad_block_steps(b, H, T, sizeof(scalar_t));
+  std::vector<scalar_t> C(b * H, scalar_t(0)), EQ(k * b * 2 * H), HP(dAW ? k * b * H : 0);
+  int64_t slot = 0;
   for (int64_t t = T - 1; t >= 0; --t) {
     const int64_t off = (t * B + r0) * H;
-    scalar_t* EQt = EQ + 2 * off;
+    scalar_t* EQt = EQ.data() + slot * b * 2 * H;
     for (int64_t i = 0; i < b; ++i) {
       scalar_t* e = EQt + i * 2 * H;
       scalar_t* q = e + H;
       scalar_t* c = C.data() + i * H;
       const scalar_t* g = G + off + i * H;
       const scalar_t* s = S + off + i * H;
+      scalar_t* dui = du + off + i * H;
       for (int64_t j = 0; j < H; ++j) {
         const scalar_t ej = eps * g[j] + c[j];
+        const scalar_t qj = ej * (scalar_t(1) - s[j] * s[j]);
         e[j] = ej;
-        q[j] = ej * (scalar_t(1) - s[j] * s[j]);
+        q[j] = qj;
+        dui[j] = qj;
         c[j] = ej;
       }
     }
     gemm_rows(b, H, 2 * H, EQt, 2 * H, M, H, scalar_t(1), C.data(), H);
+    if (dAW != nullptr) {
+      const scalar_t* hprev = t > 0 ? hs + ((t - 1) * B + r0) * H : h0 + r0 * H;
+      std::memcpy(HP.data() + slot * b * H, hprev, b * H * sizeof(scalar_t));
+    }
+    if (++slot == k || t == 0) {
+      if (dAW != nullptr)
+        gemm_tn_acc(slot * b, 2 * H, H, EQ.data(), 2 * H, HP.data(), H, dAW);
+      slot = 0;
+    }
   }
   for (int64_t i = 0; i < b * H; ++i) dh0[r0 * H + i] = C[i] / eps;
 }
@@ -234,23 +270,27 @@ void two_stage_forward(int64_t r0, int64_t r1, int64_t T, int64_t B, int64_t H,
 //     e2 = b G_t + carry,                          q2 = e2 (1 - s2^2)
 //     e1 = (a c_y / b) e2 + [e2 | q2] [a A; a W],  q1 = e1 (1 - s1^2)
 //     carry' = c_h e2 + (b / a) e1 + [e1 | q1] [b A; b W]
-// EQ1[t] = [e1 | q1], EQ2[t] = [e2 | q2] (T, B, 2H); du = q1 + q2; dh0 = carry_{-1} / b.
+// du = q1 + q2; dh0 = carry_{-1} / b; and, if dAW is not null,
+// [dA; dW] = sum_t [e2 | q2]^T y_t + [e1 | q1]^T h_{t-1}, one GEMM per block of steps (the two
+// stages' rows interleaved in the block buffers).
 template <typename scalar_t>
 void two_stage_backward(int64_t r0, int64_t r1, int64_t T, int64_t B, int64_t H,
                         const scalar_t* G, const scalar_t* S1, const scalar_t* S2,
-                        const scalar_t* M2, const scalar_t* M1, scalar_t bcoef, scalar_t beta2,
-                        scalar_t c_h, scalar_t r, scalar_t* EQ1, scalar_t* EQ2, scalar_t* du,
-                        scalar_t* dh0) {
+                        const scalar_t* Y, const scalar_t* M2, const scalar_t* M1, scalar_t bcoef,
+                        scalar_t beta2, scalar_t c_h, scalar_t r, const scalar_t* hs,
+                        const scalar_t* h0, scalar_t* du, scalar_t* dh0, scalar_t* dAW) {
   const int64_t b = r1 - r0;
-  std::vector<scalar_t> C(b * H, scalar_t(0)), E1(b * H);
+  const int64_t k = std::max<int64_t>(1, wgrad_block_steps(b, H, T, sizeof(scalar_t)) / 2);
+  std::vector<scalar_t> C(b * H, scalar_t(0)), EQ(2 * k * b * 2 * H), HP(dAW ? 2 * k * b * H : 0);
+  int64_t slot = 0;
   for (int64_t t = T - 1; t >= 0; --t) {
     const int64_t off = (t * B + r0) * H;
-    scalar_t* EQ2t = EQ2 + 2 * off;
-    scalar_t* EQ1t = EQ1 + 2 * off;
+    scalar_t* EQ2t = EQ.data() + (2 * slot) * b * 2 * H;
+    scalar_t* EQ1t = EQ2t + b * 2 * H;
     for (int64_t i = 0; i < b; ++i) {
       scalar_t* e2 = EQ2t + i * 2 * H;
       scalar_t* q2 = e2 + H;
-      scalar_t* e1 = E1.data() + i * H;
+      scalar_t* e1 = EQ1t + i * 2 * H;
       const scalar_t* g = G + off + i * H;
       const scalar_t* s2 = S2 + off + i * H;
       const scalar_t* c = C.data() + i * H;
@@ -261,24 +301,34 @@ void two_stage_backward(int64_t r0, int64_t r1, int64_t T, int64_t B, int64_t H,
         e1[j] = beta2 * ej;
       }
     }
-    gemm_rows(b, H, 2 * H, EQ2t, 2 * H, M2, H, scalar_t(1), E1.data(), H);
+    gemm_rows(b, H, 2 * H, EQ2t, 2 * H, M2, H, scalar_t(1), EQ1t, 2 * H);  // e1 += [e2|q2] M2
     for (int64_t i = 0; i < b; ++i) {
-      const scalar_t* e1 = E1.data() + i * H;
-      scalar_t* eq1 = EQ1t + i * 2 * H;
+      scalar_t* e1 = EQ1t + i * 2 * H;
+      scalar_t* q1 = e1 + H;
       const scalar_t* e2 = EQ2t + i * 2 * H;
       const scalar_t* q2 = e2 + H;
       const scalar_t* s1 = S1 + off + i * H;
       scalar_t* dui = du + off + i * H;
       scalar_t* c = C.data() + i * H;
       for (int64_t j = 0; j < H; ++j) {
-        const scalar_t q1 = e1[j] * (scalar_t(1) - s1[j] * s1[j]);
-        eq1[j] = e1[j];
-        eq1[H + j] = q1;
-        dui[j] = q1 + q2[j];
+        const scalar_t q1j = e1[j] * (scalar_t(1) - s1[j] * s1[j]);
+        q1[j] = q1j;
+        dui[j] = q1j + q2[j];
         c[j] = c_h * e2[j] + r * e1[j];
       }
     }
     gemm_rows(b, H, 2 * H, EQ1t, 2 * H, M1, H, scalar_t(1), C.data(), H);
+    if (dAW != nullptr) {
+      scalar_t* hp = HP.data() + (2 * slot) * b * H;
+      std::memcpy(hp, Y + off, b * H * sizeof(scalar_t));  // stage 2 ran at y_t
+      const scalar_t* hprev = t > 0 ? hs + ((t - 1) * B + r0) * H : h0 + r0 * H;
+      std::memcpy(hp + b * H, hprev, b * H * sizeof(scalar_t));  // stage 1 at h_{t-1}
+    }
+    if (++slot == k || t == 0) {
+      if (dAW != nullptr)
+        gemm_tn_acc(2 * slot * b, 2 * H, H, EQ.data(), 2 * H, HP.data(), H, dAW);
+      slot = 0;
+    }
   }
   for (int64_t i = 0; i < b * H; ++i) dh0[r0 * H + i] = C[i] / bcoef;
 }
@@ -324,34 +374,40 @@ int lrnn_parallel_blocks() {
   void lrnn_euler_forward_##suffix(int64_t T, int64_t B, int64_t H, const scalar_t* u,          \
                                    const scalar_t* h0, const scalar_t* AWt, double eps,         \
                                    scalar_t* hs, scalar_t* S, int nblocks) {                    \
-    for_blocks(B, nblocks, [&](int64_t r0, int64_t r1) {                                         \
+    for_blocks(B, nblocks, [&](int64_t r0, int64_t r1, int64_t) {                                \
       euler_forward<scalar_t>(r0, r1, T, B, H, u, h0, AWt, static_cast<scalar_t>(eps), hs, S);  \
     });                                                                                          \
   }                                                                                              \
   void lrnn_euler_backward_##suffix(int64_t T, int64_t B, int64_t H, const scalar_t* G,         \
                                     const scalar_t* S, const scalar_t* M, double eps,           \
-                                    scalar_t* EQ, scalar_t* dh0, int nblocks) {                 \
-    for_blocks(B, nblocks, [&](int64_t r0, int64_t r1) {                                         \
-      euler_backward<scalar_t>(r0, r1, T, B, H, G, S, M, static_cast<scalar_t>(eps), EQ, dh0);  \
+                                    const scalar_t* hs, const scalar_t* h0, scalar_t* du,       \
+                                    scalar_t* dh0, scalar_t* dAW, int nblocks) {                \
+    for_blocks(B, nblocks, [&](int64_t r0, int64_t r1, int64_t i) {                              \
+      scalar_t* part = dAW ? dAW + i * 2 * H * H : nullptr;                                      \
+      euler_backward<scalar_t>(r0, r1, T, B, H, G, S, M, static_cast<scalar_t>(eps), hs, h0, du, \
+                               dh0, part);                                                       \
     });                                                                                          \
   }                                                                                              \
   void lrnn_two_stage_forward_##suffix(int64_t T, int64_t B, int64_t H, const scalar_t* u,      \
                                        const scalar_t* h0, const scalar_t* AWt, double a,       \
                                        double b, int heun, scalar_t* hs, scalar_t* S1,          \
                                        scalar_t* Y, scalar_t* S2, int nblocks) {                \
-    for_blocks(B, nblocks, [&](int64_t r0, int64_t r1) {                                         \
+    for_blocks(B, nblocks, [&](int64_t r0, int64_t r1, int64_t) {                                \
       two_stage_forward<scalar_t>(r0, r1, T, B, H, u, h0, AWt, static_cast<scalar_t>(a),        \
                                   static_cast<scalar_t>(b), heun != 0, hs, S1, Y, S2);           \
     });                                                                                          \
   }                                                                                              \
   void lrnn_two_stage_backward_##suffix(                                                         \
       int64_t T, int64_t B, int64_t H, const scalar_t* G, const scalar_t* S1, const scalar_t* S2, \
-      const scalar_t* M2, const scalar_t* M1, double b, double beta2, double c_h, double r,     \
-      scalar_t* EQ1, scalar_t* EQ2, scalar_t* du, scalar_t* dh0, int nblocks) {                 \
-    for_blocks(B, nblocks, [&](int64_t r0, int64_t r1) {                                         \
-      two_stage_backward<scalar_t>(r0, r1, T, B, H, G, S1, S2, M2, M1, static_cast<scalar_t>(b), \
-                                   static_cast<scalar_t>(beta2), static_cast<scalar_t>(c_h),    \
-                                   static_cast<scalar_t>(r), EQ1, EQ2, du, dh0);                 \
+      const scalar_t* Y, const scalar_t* M2, const scalar_t* M1, double b, double beta2,         \
+      double c_h, double r, const scalar_t* hs, const scalar_t* h0, scalar_t* du, scalar_t* dh0, \
+      scalar_t* dAW, int nblocks) {                                                              \
+    for_blocks(B, nblocks, [&](int64_t r0, int64_t r1, int64_t i) {                              \
+      scalar_t* part = dAW ? dAW + i * 2 * H * H : nullptr;                                      \
+      two_stage_backward<scalar_t>(r0, r1, T, B, H, G, S1, S2, Y, M2, M1,                        \
+                                   static_cast<scalar_t>(b), static_cast<scalar_t>(beta2),       \
+                                   static_cast<scalar_t>(c_h), static_cast<scalar_t>(r), hs, h0, \
+                                   du, dh0, part);                                               \
     });                                                                                          \
   }
 
