@@ -31,8 +31,10 @@ of operations; the native ones differ in how they run it:
   contiguous buffers while hot), then sums the threads' partial sums: nothing of size T is
   allocated besides ``du``.
 
-With ``checkpoint_every`` the native forward runs without saving and the backward is the PyTorch
-blocked recomputation below. CUDA tensors always use the PyTorch kernels.
+With ``checkpoint_every`` the native forward runs without saving; the backward rebuilds the stage
+values of a block of steps with the PyTorch recomputation below (large GEMMs) and runs the native
+kernels on that block, handing the adjoint to the block before. CUDA tensors always use the
+PyTorch kernels.
 
 Forward (PyTorch kernels)
 -------------------------
@@ -515,22 +517,41 @@ def _two_stage_backward(G, u, h0, A, W, hs, saved, eps, solver, every, needs):
     return du, dh0, dA, dW
 
 
-def _native_backward(native, G, h0, A, W, hs, saved, eps, solver, needs):
+def _native_backward(native, G, u, h0, A, W, hs, saved, eps, solver, every, needs):
     """Backward with the native kernels: the recurrent adjoint per step and the weight gradients
-    per block of steps, in C++ (row blocks in parallel)."""
+    per block of steps, in C++ (row blocks in parallel). With ``every`` set, the stage values are
+    rebuilt block by block (:class:`_Recompute`) and the kernels run one block at a time,
+    handing the adjoint from block to block."""
     _, _, need_w = needs
-    H = hs.shape[-1]
+    T, B, H = hs.shape
     G, h0 = G.contiguous(), h0.contiguous()
     AW = torch.cat([A, W], 0)  # (2H, H)
+    parts = native.wgrad_buffer(B, H, G) if need_w else None
+    du = torch.empty_like(G)
     if solver == "euler":
-        du, dh0, dAW = native.euler_backward(G, saved[0], AW * eps, eps, hs, h0, need_w)
+        M, scale = AW * eps, eps
     else:
         a, c_h, c_y, b = _two_stage(solver, eps)
-        S1, Y, S2 = saved
-        du, dh0, dAW = native.two_stage_backward(
-            G, S1, S2, Y, AW * a, AW * b, b, a * c_y / b, c_h, b / a, hs, h0, need_w
-        )
-    dA, dW = (dAW[:H], dAW[H:]) if need_w else (None, None)
+        M2, M1, scale = AW * a, AW * b, b
+    k = _block_steps(T, B, H, G.element_size(), every) if every is not None else T
+    recompute = _Recompute(solver, eps, A, W, hs, h0, u, k) if every is not None else None
+    carry = None
+    for t0, t1 in _blocks(T, k):
+        stage = recompute(t0, t1) if recompute is not None else tuple(x[t0:t1] for x in saved)
+        block = (G[t0:t1],)
+        states = (hs[t0:t1], h0 if t0 == 0 else hs[t0 - 1])
+        out = {"carry": carry, "du": du[t0:t1], "parts": parts}
+        if solver == "euler":
+            _, carry = native.euler_backward(*block, stage[0], M, eps, *states, **out)
+        else:
+            S1, Y, S2 = stage
+            coef = (b, a * c_y / b, c_h, b / a)
+            _, carry = native.two_stage_backward(*block, S1, S2, Y, M2, M1, *coef, *states, **out)
+    dh0 = carry.div_(scale)
+    dA = dW = None
+    if need_w:
+        dAW = parts.sum(0)
+        dA, dW = dAW[:H], dAW[H:]
     return du, dh0, dA, dW
 
 
@@ -554,7 +575,7 @@ class _LipschitzScan(torch.autograd.Function):
         native = _native_kernels(u)
         hs, acts = _forward(u, h0, A, W, eps, solver, save=every is None, native=native)
         ctx.save_for_backward(u, h0, A, W, hs, *acts)
-        ctx.native = native if every is None else None
+        ctx.native = native
         ctx.eps = eps
         ctx.solver = solver
         ctx.every = every
@@ -569,7 +590,7 @@ class _LipschitzScan(torch.autograd.Function):
         needs = (need_u, need_h0, need_A or need_W)
         if ctx.native is not None:
             du, dh0, dA, dW = _native_backward(
-                ctx.native, G, h0, A, W, hs, acts, ctx.eps, ctx.solver, needs
+                ctx.native, G, u, h0, A, W, hs, acts, ctx.eps, ctx.solver, ctx.every, needs
             )
         elif ctx.solver == "euler":
             du, dh0, dA, dW = _euler_backward(G, u, h0, A, W, hs, acts, ctx.eps, ctx.every, needs)

@@ -52,9 +52,9 @@ _reason: str = "not loaded yet"
 _i64, _ptr, _f64, _int = ctypes.c_int64, ctypes.c_void_p, ctypes.c_double, ctypes.c_int
 _SIGNATURES = {
     "euler_forward": [_i64] * 3 + [_ptr] * 3 + [_f64] + [_ptr] * 2 + [_int],
-    "euler_backward": [_i64] * 3 + [_ptr] * 3 + [_f64] + [_ptr] * 5 + [_int],
+    "euler_backward": [_i64] * 3 + [_ptr] * 3 + [_f64] + [_ptr] * 6 + [_int],
     "two_stage_forward": [_i64] * 3 + [_ptr] * 3 + [_f64, _f64, _int] + [_ptr] * 4 + [_int],
-    "two_stage_backward": [_i64] * 3 + [_ptr] * 6 + [_f64] * 4 + [_ptr] * 5 + [_int],
+    "two_stage_backward": [_i64] * 3 + [_ptr] * 6 + [_f64] * 4 + [_ptr] * 6 + [_int],
 }
 _SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
 
@@ -269,17 +269,40 @@ class Kernels:
         fn(T, B, H, _p(u), _p(h0), _p(AWt), float(eps), _p(hs), _p(S), self._blocks(B))
         return hs, S
 
-    def euler_backward(self, G, S, M, eps: float, hs, h0, need_w: bool):
-        """``(du, dh0, dAW)``: input and initial-state gradients and, if ``need_w``, the stacked
-        ``[dA; dW]`` (2H, H) (else None)."""
+    def wgrad_buffer(self, B: int, H: int, like: Tensor) -> Tensor:
+        """Zeroed per-thread partial sums of ``[dA; dW]``, (blocks, 2H, H), for the backward
+        calls of one batch to accumulate into (sum over dim 0 at the end)."""
+        return like.new_zeros(self._blocks(B), 2 * H, H)
+
+    def _backward_common(self, name, G, hs, h0, carry, du, parts):
         T, B, H = G.shape
-        self._shapes("euler_backward", (S, (T, B, H)), (M, (2 * H, H)), (hs, (T, B, H)), (h0, (B, H)))
-        fn = self._fn("euler_backward", G, S, M, hs, h0)
-        du, dh0 = torch.empty_like(G), G.new_empty(B, H)
-        n = self._blocks(B)
-        parts = G.new_zeros(n, 2 * H, H) if need_w else None
-        fn(T, B, H, _p(G), _p(S), _p(M), float(eps), _p(hs), _p(h0), _p(du), _p(dh0), _p(parts), n)
-        return du, dh0, (parts.sum(0) if need_w else None)
+        self._shapes(name, (hs, (T, B, H)), (h0, (B, H)))
+        if carry is not None:
+            self._shapes(name, (carry, (B, H)))
+        du = torch.empty_like(G) if du is None else du
+        self._shapes(name, (du, (T, B, H)))
+        if parts is not None and not (parts.dim() == 3 and 1 <= parts.shape[0] <= B):
+            raise ValueError(f"native {name}: parts must be (blocks <= B, 2H, H)")
+        if parts is not None:
+            self._shapes(name, (parts, (parts.shape[0], 2 * H, H)))
+        n = parts.shape[0] if parts is not None else self._blocks(B)
+        extra = [t for t in (carry, du, parts) if t is not None]
+        return du, G.new_empty(B, H), n, extra
+
+    def euler_backward(self, G, S, M, eps: float, hs, h0, *, carry=None, du=None, parts=None):
+        """Backward over steps T-1..0 of ``G``'s sequence (or block, ``hs``/``h0`` being its
+        states and the state entering it) from the scaled adjoint ``carry`` (None: zero).
+        Returns ``(du, carry_out)`` (``dL/dh0 = carry_out / eps`` at the sequence's start) and
+        adds the block's ``[dA; dW]`` to ``parts`` (see :meth:`wgrad_buffer`) if given."""
+        T, B, H = G.shape
+        self._shapes("euler_backward", (S, (T, B, H)), (M, (2 * H, H)))
+        du, out, n, extra = self._backward_common("euler_backward", G, hs, h0, carry, du, parts)
+        fn = self._fn("euler_backward", G, S, M, hs, h0, *extra)
+        fn(
+            T, B, H, _p(G), _p(S), _p(M), float(eps), _p(hs), _p(h0), _p(carry), _p(du),
+            _p(out), _p(parts), n,
+        )
+        return du, out
 
     def two_stage_forward(self, u, h0, AWt, a: float, b: float, heun: bool, save: bool):
         """``(hs, S1, Y, S2)`` if ``save``, else ``(hs,)``."""
@@ -293,21 +316,20 @@ class Kernels:
         return (hs, S1, Y, S2) if save else (hs,)
 
     def two_stage_backward(
-        self, G, S1, S2, Y, M2, M1, b: float, beta2: float, c_h: float, r: float, hs, h0,
-        need_w: bool,
+        self, G, S1, S2, Y, M2, M1, b: float, beta2: float, c_h: float, r: float, hs, h0, *,
+        carry=None, du=None, parts=None,
     ):
-        """``(du, dh0, dAW)`` as :meth:`euler_backward`; see the kernel's comment."""
+        """As :meth:`euler_backward` for rk2/heun (``dL/dh0 = carry_out / b``)."""
         T, B, H = G.shape
         full, mats = (T, B, H), (2 * H, H)
         self._shapes(
-            "two_stage_backward", (S1, full), (S2, full), (Y, full), (M2, mats), (M1, mats),
-            (hs, full), (h0, (B, H)),
+            "two_stage_backward", (S1, full), (S2, full), (Y, full), (M2, mats), (M1, mats)
         )
-        fn = self._fn("two_stage_backward", G, S1, S2, Y, M2, M1, hs, h0)
-        du, dh0 = torch.empty_like(G), G.new_empty(B, H)
-        n = self._blocks(B)
-        parts = G.new_zeros(n, 2 * H, H) if need_w else None
+        du, out, n, extra = self._backward_common(
+            "two_stage_backward", G, hs, h0, carry, du, parts
+        )
+        fn = self._fn("two_stage_backward", G, S1, S2, Y, M2, M1, hs, h0, *extra)
         coef = (float(b), float(beta2), float(c_h), float(r))
         ins = (_p(G), _p(S1), _p(S2), _p(Y), _p(M2), _p(M1))
-        fn(T, B, H, *ins, *coef, _p(hs), _p(h0), _p(du), _p(dh0), _p(parts), n)
-        return du, dh0, (parts.sum(0) if need_w else None)
+        fn(T, B, H, *ins, *coef, _p(hs), _p(h0), _p(carry), _p(du), _p(out), _p(parts), n)
+        return du, out

@@ -124,10 +124,10 @@ class BlasThreads {
   bool active_ = false;
 };
 
-// fn(r0, r1, block index) over nblocks row blocks of a batch of B. Several blocks run in an OpenMP parallel
-// region (the OpenMP runtime already loaded by torch: libgomp.so.1 is shared by soname, so its
-// threads are torch's intra-op threads and nothing else spins on the cores meanwhile), each with
-// its BLAS pinned to one thread. One block leaves the BLAS its own threads.
+// fn(r0, r1, block index) over nblocks row blocks of a batch of B. Several blocks run in an
+// OpenMP parallel region (the OpenMP runtime already loaded by torch: libgomp.so.1 is shared by
+// soname, so its threads are torch's intra-op threads and nothing else spins on the cores
+// meanwhile), each with its BLAS pinned to one thread. One block leaves the BLAS its threads.
 template <typename F>
 void for_blocks(int64_t B, int nblocks, const F& fn) {
   if (nblocks <= 1) {
@@ -141,8 +141,8 @@ void for_blocks(int64_t B, int nblocks, const F& fn) {
   }
 }
 
-// One stage's element-wise part for row i: zw <- tanh(zw + u) (in place), returns nothing; the
-// caller combines Z[:, :H] and zw.
+// One stage's element-wise part for one row: zw <- tanh(zw + u) in place; the caller combines
+// Z[:, :H] and zw.
 template <typename scalar_t>
 inline void stage_tanh(scalar_t* zw, const scalar_t* u, int64_t H) {
   for (int64_t j = 0; j < H; ++j) zw[j] += u[j];
@@ -174,16 +174,21 @@ void euler_forward(int64_t r0, int64_t r1, int64_t T, int64_t B, int64_t H, cons
 
 // Backward of euler_forward with the scaled adjoint e_t = eps dL/dh_t:
 //     e_t = eps G_t + c_t,  q_t = e_t (1 - s_t^2),  c_{t-1} = e_t + [e_t | q_t] [eps A; eps W]
-// du_t = q_t; dh0 = c_{-1} / eps; and, if dAW is not null, [dA; dW] = sum_t [e_t | q_t]^T h_{t-1}
+// Runs steps T-1..0 of a sequence (or of one block of it: hs and h0 then point at the block's
+// states and the state entering it) starting from the carry c_{T-1} (carry_in; null: zero) and
+// returns c_{-1} in carry_out (dL/dh0 = c_{-1} / eps at the sequence's start).
+// du_t = q_t; and, if dAW is not null, [dA; dW] = sum_t [e_t | q_t]^T h_{t-1}
 // accumulated into dAW (2H x H) by one GEMM per block of steps from the block's rows of
 // [e | q] and h_{t-1}, copied into small contiguous buffers (nothing of size T is stored).
 template <typename scalar_t>
 void euler_backward(int64_t r0, int64_t r1, int64_t T, int64_t B, int64_t H, const scalar_t* G,
                     const scalar_t* S, const scalar_t* M, scalar_t eps, const scalar_t* hs,
-                    const scalar_t* h0, scalar_t* du, scalar_t* dh0, scalar_t* dAW) {
+                    const scalar_t* h0, const scalar_t* carry_in, scalar_t* du,
+                    scalar_t* carry_out, scalar_t* dAW) {
   const int64_t b = r1 - r0;
   const int64_t k = wgrad_block_steps(b, H, T, sizeof(scalar_t));
   std::vector<scalar_t> C(b * H, scalar_t(0)), EQ(k * b * 2 * H), HP(dAW ? k * b * H : 0);
+  if (carry_in != nullptr) std::memcpy(C.data(), carry_in + r0 * H, b * H * sizeof(scalar_t));
   int64_t slot = 0;
   for (int64_t t = T - 1; t >= 0; --t) {
     const int64_t off = (t * B + r0) * H;
@@ -215,7 +220,7 @@ void euler_backward(int64_t r0, int64_t r1, int64_t T, int64_t B, int64_t H, con
       slot = 0;
     }
   }
-  for (int64_t i = 0; i < b * H; ++i) dh0[r0 * H + i] = C[i] / eps;
+  std::memcpy(carry_out + r0 * H, C.data(), b * H * sizeof(scalar_t));
 }
 
 // Two-stage schemes: y = h + a f(h); rk2 h' = h + b f(y) (b = eps), heun h' = h + b (f(h) + f(y))
@@ -270,7 +275,8 @@ void two_stage_forward(int64_t r0, int64_t r1, int64_t T, int64_t B, int64_t H,
 //     e2 = b G_t + carry,                          q2 = e2 (1 - s2^2)
 //     e1 = (a c_y / b) e2 + [e2 | q2] [a A; a W],  q1 = e1 (1 - s1^2)
 //     carry' = c_h e2 + (b / a) e1 + [e1 | q1] [b A; b W]
-// du = q1 + q2; dh0 = carry_{-1} / b; and, if dAW is not null,
+// Carries in and out as euler_backward (dL/dh0 = carry_{-1} / b). du = q1 + q2; and, if dAW is
+// not null,
 // [dA; dW] = sum_t [e2 | q2]^T y_t + [e1 | q1]^T h_{t-1}, one GEMM per block of steps (the two
 // stages' rows interleaved in the block buffers).
 template <typename scalar_t>
@@ -278,10 +284,12 @@ void two_stage_backward(int64_t r0, int64_t r1, int64_t T, int64_t B, int64_t H,
                         const scalar_t* G, const scalar_t* S1, const scalar_t* S2,
                         const scalar_t* Y, const scalar_t* M2, const scalar_t* M1, scalar_t bcoef,
                         scalar_t beta2, scalar_t c_h, scalar_t r, const scalar_t* hs,
-                        const scalar_t* h0, scalar_t* du, scalar_t* dh0, scalar_t* dAW) {
+                        const scalar_t* h0, const scalar_t* carry_in, scalar_t* du,
+                        scalar_t* carry_out, scalar_t* dAW) {
   const int64_t b = r1 - r0;
   const int64_t k = std::max<int64_t>(1, wgrad_block_steps(b, H, T, sizeof(scalar_t)) / 2);
   std::vector<scalar_t> C(b * H, scalar_t(0)), EQ(2 * k * b * 2 * H), HP(dAW ? 2 * k * b * H : 0);
+  if (carry_in != nullptr) std::memcpy(C.data(), carry_in + r0 * H, b * H * sizeof(scalar_t));
   int64_t slot = 0;
   for (int64_t t = T - 1; t >= 0; --t) {
     const int64_t off = (t * B + r0) * H;
@@ -330,7 +338,7 @@ void two_stage_backward(int64_t r0, int64_t r1, int64_t T, int64_t B, int64_t H,
       slot = 0;
     }
   }
-  for (int64_t i = 0; i < b * H; ++i) dh0[r0 * H + i] = C[i] / bcoef;
+  std::memcpy(carry_out + r0 * H, C.data(), b * H * sizeof(scalar_t));
 }
 
 }  // namespace
@@ -380,12 +388,13 @@ int lrnn_parallel_blocks() {
   }                                                                                              \
   void lrnn_euler_backward_##suffix(int64_t T, int64_t B, int64_t H, const scalar_t* G,         \
                                     const scalar_t* S, const scalar_t* M, double eps,           \
-                                    const scalar_t* hs, const scalar_t* h0, scalar_t* du,       \
-                                    scalar_t* dh0, scalar_t* dAW, int nblocks) {                \
+                                    const scalar_t* hs, const scalar_t* h0,                     \
+                                    const scalar_t* carry_in, scalar_t* du, scalar_t* carry_out, \
+                                    scalar_t* dAW, int nblocks) {                               \
     for_blocks(B, nblocks, [&](int64_t r0, int64_t r1, int64_t i) {                              \
       scalar_t* part = dAW ? dAW + i * 2 * H * H : nullptr;                                      \
-      euler_backward<scalar_t>(r0, r1, T, B, H, G, S, M, static_cast<scalar_t>(eps), hs, h0, du, \
-                               dh0, part);                                                       \
+      euler_backward<scalar_t>(r0, r1, T, B, H, G, S, M, static_cast<scalar_t>(eps), hs, h0,     \
+                               carry_in, du, carry_out, part);                                   \
     });                                                                                          \
   }                                                                                              \
   void lrnn_two_stage_forward_##suffix(int64_t T, int64_t B, int64_t H, const scalar_t* u,      \
@@ -400,14 +409,14 @@ int lrnn_parallel_blocks() {
   void lrnn_two_stage_backward_##suffix(                                                         \
       int64_t T, int64_t B, int64_t H, const scalar_t* G, const scalar_t* S1, const scalar_t* S2, \
       const scalar_t* Y, const scalar_t* M2, const scalar_t* M1, double b, double beta2,         \
-      double c_h, double r, const scalar_t* hs, const scalar_t* h0, scalar_t* du, scalar_t* dh0, \
-      scalar_t* dAW, int nblocks) {                                                              \
+      double c_h, double r, const scalar_t* hs, const scalar_t* h0, const scalar_t* carry_in,    \
+      scalar_t* du, scalar_t* carry_out, scalar_t* dAW, int nblocks) {                           \
     for_blocks(B, nblocks, [&](int64_t r0, int64_t r1, int64_t i) {                              \
       scalar_t* part = dAW ? dAW + i * 2 * H * H : nullptr;                                      \
       two_stage_backward<scalar_t>(r0, r1, T, B, H, G, S1, S2, Y, M2, M1,                        \
                                    static_cast<scalar_t>(b), static_cast<scalar_t>(beta2),       \
                                    static_cast<scalar_t>(c_h), static_cast<scalar_t>(r), hs, h0, \
-                                   du, dh0, part);                                               \
+                                   carry_in, du, carry_out, part);                               \
     });                                                                                          \
   }
 
