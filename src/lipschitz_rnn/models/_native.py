@@ -235,8 +235,9 @@ class Kernels:
 
     def __init__(self, lib: ctypes.CDLL) -> None:
         self._lib = lib
-        self.info: str = lib.lrnn_info().decode()
         self._parallel = bool(lib.lrnn_parallel_blocks())
+        blocks = "row blocks on OpenMP threads" if self._parallel else "one row block"
+        self.info: str = f"{lib.lrnn_info().decode()}, {blocks}"
 
     def _blocks(self, B: int) -> int:
         """Row blocks for a batch of ``B``: one per torch thread, at least 8 rows each."""
