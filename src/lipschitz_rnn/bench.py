@@ -168,6 +168,11 @@ def _activation_bytes(layer: nn.Module, x: torch.Tensor) -> int:
     return sum(seen.values())
 
 
+def _backend_for(model: str) -> str:
+    """The fused-kernel backend a bench row runs under (``lipschitz-fused-torch``: PyTorch)."""
+    return "torch" if model == "lipschitz-fused-torch" else "auto"
+
+
 def _fwd_bwd(layer: nn.Module, x: torch.Tensor, backend: str = "auto") -> Callable[[], None]:
     from .models import fused_backend
 
@@ -248,10 +253,7 @@ def run_bench(
         torch.manual_seed(seed)
         x = torch.randn(T, B, input_size, device=device, dtype=dtype)
         layers = {n: _build(n, input_size, H, solver, eps, device, dtype) for n in models}
-        steps = {
-            n: _fwd_bwd(layer, x, "torch" if n.endswith("-torch") else "auto")
-            for n, layer in layers.items()
-        }
+        steps = {n: _fwd_bwd(layer, x, _backend_for(n)) for n, layer in layers.items()}
         steps[_GEMM] = _gemm_probe(T, B, H, device, dtype)
         times = _interleaved_times(steps, repeats, device)
         gemm_times = times.pop(_GEMM)
@@ -329,6 +331,8 @@ def _peak_child(spec_json: str, out_path: str) -> None:
     import gc
     import json
 
+    from ._io import write_json
+
     spec = json.loads(spec_json)
     torch.set_num_threads(spec["threads"])
     torch.manual_seed(spec["seed"])
@@ -336,7 +340,7 @@ def _peak_child(spec_json: str, out_path: str) -> None:
     model = spec["model"]
     x = torch.randn(spec["T"], spec["B"], spec["input_size"], dtype=dtype)
     layer = _build(model, spec["input_size"], spec["H"], spec["solver"], spec["eps"], "cpu", dtype)
-    step = _fwd_bwd(layer, x, "torch" if model.endswith("-torch") else "auto")
+    step = _fwd_bwd(layer, x, _backend_for(model))
     if model == "lipschitz-fused":
         from .models import _native
 
@@ -351,12 +355,7 @@ def _peak_child(spec_json: str, out_path: str) -> None:
         peak = (_proc_status_kb("VmHWM") - before) / 1024.0
     except (OSError, KeyError):
         pass
-    tmp = out_path + ".tmp"
-    with open(tmp, "w") as fh:
-        json.dump({"peak_mb": peak}, fh)
-    import os
-
-    os.replace(tmp, out_path)
+    write_json(out_path, {"peak_mb": peak})
 
 
 _GEMM = "__gemm_probe__"
