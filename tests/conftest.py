@@ -1,7 +1,10 @@
 import pytest
 import torch
+from fused_helpers import can_build_native
 
 from lipschitz_rnn import cli
+from lipschitz_rnn.models import _native
+from lipschitz_rnn.models.fused import fused_backend
 
 
 @pytest.fixture(autouse=True)
@@ -15,3 +18,14 @@ def _no_process_settings(monkeypatch):
     # the CLI's process-wide CPU settings (glibc malloc options, flush-denormal) cannot be undone;
     # keep them out of the test process so every test sees torch's defaults
     monkeypatch.setattr(cli, "_process_settings", lambda: "process settings skipped in tests")
+
+
+@pytest.fixture(params=["native", "torch"])
+def backend(request):
+    """Runs the test with each kernel backend of the fused scan."""
+    if request.param == "native" and _native.load() is None:
+        if can_build_native():
+            pytest.fail(f"native kernels failed to build: {_native.native_status()}")
+        pytest.skip("no C++ toolchain for the native kernels")
+    with fused_backend(request.param):
+        yield request.param

@@ -1,79 +1,28 @@
-"""The fused Lipschitz scan (models/_fused.py) against the plain per-step autograd loop."""
+"""The fused Lipschitz scan (models/fused.py) against the plain per-step autograd loop."""
 
 import copy
-import shutil
-import sys
-import warnings
 
 import pytest
 import torch
+from fused_helpers import (
+    SOLVERS,
+    assert_rel_close,
+    make_pair,
+    run_layer,
+    scan_inputs,
+)
 
 from lipschitz_rnn import LipschitzRNN
-from lipschitz_rnn.models import (
-    _fused,
-    _native,
+from lipschitz_rnn.models import _fused_kernels
+from lipschitz_rnn.models import fused as fused_module
+from lipschitz_rnn.models.fused import (
+    fused_available,
     fused_checkpointing,
     fused_disabled,
     lipschitz_scan,
+    reference_scan,
 )
-from lipschitz_rnn.models._fused import fused_available, fused_backend, reference_scan
 
-SOLVERS = ["euler", "rk2", "heun"]
-# max |a - b| <= TOL * max |b|, per tensor
-TOL = {torch.float32: 1e-6, torch.float64: 1e-12}
-
-
-def assert_rel_close(a, b, dtype, what=""):
-    assert a.shape == b.shape, what
-    scale = b.abs().max().clamp_min(1e-30)
-    err = (a - b).abs().max() / scale
-    assert err <= TOL[dtype], f"{what}: relative error {err:.3g} > {TOL[dtype]}"
-
-
-def scan_inputs(T, B, H, dtype=torch.float64, scale=0.5, requires_grad=True):
-    u = torch.randn(T, B, H, dtype=dtype)
-    h0 = torch.randn(B, H, dtype=dtype)
-    A = torch.randn(H, H, dtype=dtype) * scale
-    W = torch.randn(H, H, dtype=dtype) * scale
-    return [x.requires_grad_(requires_grad) for x in (u, h0, A, W)]
-
-
-def make_pair(solver, dtype, **kw):
-    fused = LipschitzRNN(
-        3, 6, solver=solver, eps=0.1, init_std=4.0, dtype=dtype, **kw
-    )
-    plain = copy.deepcopy(fused)
-    plain.use_fused = False
-    fused.use_fused = True
-    return fused, plain
-
-
-def run_layer(rnn, x, h0, wo, wh):
-    x = x.detach().clone().requires_grad_()
-    h0 = h0.detach().clone().requires_grad_()
-    out, h_n = rnn(x, h0)
-    loss = (out * wo).sum() + (h_n * wh).sum()
-    params = [p for _, p in sorted(rnn.named_parameters())]
-    grads = torch.autograd.grad(loss, [x, h0, *params])
-    return out.detach(), h_n.detach(), grads
-
-
-def _can_build_native() -> bool:
-    return sys.platform.startswith("linux") and shutil.which("c++") is not None
-
-
-@pytest.fixture(params=["native", "torch"])
-def backend(request):
-    """Runs the test with each kernel backend of the fused scan."""
-    if request.param == "native" and _native.load() is None:
-        if _can_build_native():
-            pytest.fail(f"native kernels failed to build: {_native.native_status()}")
-        pytest.skip("no C++ toolchain for the native kernels")
-    with fused_backend(request.param):
-        yield request.param
-
-
-# (T, B, num_layers, bidirectional, batch_first)
 LAYER_CASES = [
     (1, 1, 1, False, False),
     (9, 4, 1, False, False),
@@ -106,13 +55,13 @@ def test_layer_fused_equals_plain(backend, solver, dtype, T, B, L, bidir, bf):
 
 def test_layer_uses_fused_path(monkeypatch):
     calls = []
-    orig = _fused.lipschitz_scan
+    orig = fused_module.lipschitz_scan
 
     def spy(*a, **k):
         calls.append(a[-1])
         return orig(*a, **k)
 
-    monkeypatch.setattr(_fused, "lipschitz_scan", spy)
+    monkeypatch.setattr(fused_module, "lipschitz_scan", spy)
     rnn = LipschitzRNN(2, 4, num_layers=2, bidirectional=True, solver="rk2")
     rnn(torch.randn(5, 3, 2))
     assert calls == ["rk2"] * 4
@@ -241,13 +190,13 @@ def test_no_grad_path_stores_nothing(solver, monkeypatch):
     inputs = scan_inputs(7, 3, 4)
     ref = lipschitz_scan(*inputs, 0.2, solver).detach()
     flags = []
-    orig = _fused._forward
+    orig = _fused_kernels.forward
 
     def spy(*a, save, native=None):
         flags.append(save)
         return orig(*a, save=save, native=native)
 
-    monkeypatch.setattr(_fused, "_forward", spy)
+    monkeypatch.setattr(_fused_kernels, "forward", spy)
     with _CountSaved() as counter, torch.no_grad():
         hs = lipschitz_scan(*inputs, 0.2, solver)
     assert counter.count == 0 and flags == [False]
@@ -292,7 +241,7 @@ def test_backward_blocks(solver, monkeypatch):
     G = torch.randn(10, 3, 4, dtype=torch.float64)
     ref = torch.autograd.grad(reference_scan(*inputs, 0.2, solver), inputs, G)
     for block_steps in (1, 3, 4):
-        monkeypatch.setattr(_fused, "_BLOCK_BYTES", block_steps * 3 * 4 * 8)
+        monkeypatch.setattr(_fused_kernels, "BLOCK_BYTES", block_steps * 3 * 4 * 8)
         got = torch.autograd.grad(lipschitz_scan(*inputs, 0.2, solver), inputs, G)
         for a, b in zip(got, ref, strict=True):
             assert_rel_close(a, b, torch.float64)
@@ -306,7 +255,7 @@ def test_checkpointing_context_in_layer():
         gf = torch.autograd.grad(fused(x)[0].square().sum(), list(fused.parameters()))
     for a, b in zip(gf, gp, strict=True):
         assert_rel_close(a, b, torch.float32)
-    assert _fused._CHECKPOINT.get() is None
+    assert fused_module._CHECKPOINT.get() is None
 
 
 def test_fused_available():
@@ -379,25 +328,6 @@ def test_cuda_matches_cpu(solver):
     assert (out_f.cpu() - out_p).abs().max() <= 1e-5 * out_p.abs().max()
 
 
-def test_bench_smoke():
-    from lipschitz_rnn.bench import epoch_estimate, format_epoch, format_table, run_bench
-
-    rows = run_bench("cpu", grid=[(6, 2, 4)], repeats=1, solver="rk2")
-    assert [r["model"] for r in rows] == ["lipschitz-fused", "lipschitz-loop", "nn.RNN", "nn.LSTM"]
-    for r in rows:
-        assert r["seconds"] > 0 and r["gflop"] > 0 and r["saved_mb"] > 0
-    assert rows[1]["speedup_vs_loop"] == pytest.approx(1.0)
-    assert "lipschitz-fused" in format_table(rows)
-    (row,) = run_bench("cpu", grid=[(50, 16, 32)], repeats=1, models=("lipschitz-fused",), memory=True)
-    # one fresh process; at least the step's outputs and saved values (u, hs, tanh: 3*T*B*H floats)
-    if sys.platform.startswith("linux"):
-        assert row["peak_mb"] >= 3 * 50 * 16 * 32 * 4 / 2**20
-    assert "peak MB" in format_table([row])
-    ep = epoch_estimate("cpu", T=5, B=3, H=4, batches=10, repeats=1)
-    assert ep[0]["epoch_s"] == pytest.approx(10 * ep[0]["per_batch_s"])
-    assert "extrapolated" in format_epoch(ep)
-
-
 def _rel_err(a, b):
     return ((a.double() - b).abs().max() / b.abs().max()).item()
 
@@ -425,124 +355,3 @@ def test_long_float32_sequence_as_accurate_as_plain(backend, solver):
         assert err_f <= 3 * err_p + 2e-7, f"tensor {i}: fused {err_f:.2g}, plain {err_p:.2g}"
 
 
-# --- the native CPU kernels ------------------------------------------------------------------
-@pytest.mark.skipif(not _can_build_native(), reason="no C++ toolchain")
-def test_native_kernels_build_here():
-    assert _native.load() is not None, _native.native_status()
-    assert _native.native_status().startswith("loaded (")
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("solver", SOLVERS)
-@pytest.mark.parametrize("threads", [1, 3])
-def test_native_row_blocks_equal_reference(backend, solver, dtype, threads):
-    # B = 37 rows split into uneven blocks run by several threads (3 > cores is fine): every
-    # output and gradient equals the plain autograd recurrence in float64 (1e-12). float32 results
-    # are held against the float64 recurrence of the same inputs, to 2e-6: the weight gradients
-    # sum 13 * 37 * 2 products, and float32 orderings of that sum measured up to 1.0e-6 from the
-    # exact value (both backends, on the worst seed tried; the plain loop 1.6e-7 there).
-    torch.manual_seed(11)
-    T, B, H = 13, 37, 20
-    inputs = scan_inputs(T, B, H, dtype=dtype, scale=0.3)
-    G = torch.randn(T, B, H, dtype=dtype)
-    prev = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        hs = lipschitz_scan(*inputs, 0.1, solver)
-        got = torch.autograd.grad(hs, inputs, G)
-    finally:
-        torch.set_num_threads(prev)
-    exact = [x.detach().double().requires_grad_() for x in inputs]
-    ref_hs = reference_scan(*exact, 0.1, solver)
-    ref = torch.autograd.grad(ref_hs, exact, G.double())
-    tol = 2e-6 if dtype == torch.float32 else TOL[dtype]
-    for name, a, b in zip(["hs", "du", "dh0", "dA", "dW"], [hs, *got], [ref_hs, *ref], strict=True):
-        assert a.dtype == dtype
-        err = ((a.double() - b).abs().max() / b.abs().max()).item()
-        assert err <= tol, f"{name}: relative error {err:.3g} > {tol}"
-
-
-def test_backend_selection_and_fallback(monkeypatch):
-    with pytest.raises(ValueError, match="backend must be one of"):
-        with fused_backend("cuda-graphs"):
-            pass
-    inputs = scan_inputs(6, 4, 5)
-    with fused_backend("torch"):
-        ref = lipschitz_scan(*inputs, 0.1, "rk2")
-    # a failed build: one warning, "auto" falls back to the PyTorch kernels, "native" says why
-    monkeypatch.setattr(_native, "_module", _native._UNSET)
-
-    def broken_build():
-        raise OSError("no compiler here")
-
-    monkeypatch.setattr(_native, "_build", broken_build)
-    with pytest.warns(RuntimeWarning, match="no compiler here"):
-        assert _native.load() is None
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # cached: no second warning
-        assert _native.load() is None
-        assert torch.equal(lipschitz_scan(*inputs, 0.1, "rk2"), ref)
-    with fused_backend("native"), pytest.raises(RuntimeError, match="no compiler here"):
-        lipschitz_scan(*inputs, 0.1, "rk2")
-
-
-def test_native_disabled_by_environment(monkeypatch):
-    monkeypatch.setattr(_native, "_module", _native._UNSET)
-    monkeypatch.setenv("LIPSCHITZ_RNN_NATIVE", "0")
-    assert _native.load() is None
-    assert "LIPSCHITZ_RNN_NATIVE" in _native.native_status()
-
-
-@pytest.mark.skipif(not _can_build_native(), reason="no C++ toolchain")
-def test_native_build_is_cached_and_atomic(monkeypatch, tmp_path):
-    monkeypatch.setenv("LIPSCHITZ_RNN_KERNEL_DIR", str(tmp_path / "kernels"))
-    path = _native._build()
-    assert path.parent == tmp_path / "kernels" and path.suffix == ".so"
-    stamp = path.stat().st_mtime_ns
-    assert _native._build() == path and path.stat().st_mtime_ns == stamp  # reused, not rebuilt
-    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temp files left
-    kernels = _native._open(path)
-    u, h0, A, W = (x.detach() for x in scan_inputs(4, 9, 3))
-    AWt = torch.cat([A, W], 0).t().contiguous()
-    hs, S = kernels.euler_forward(u, h0, AWt, 0.1, True)
-    assert torch.allclose(hs, reference_scan(u, h0, A, W, 0.1, "euler"), rtol=0, atol=1e-12)
-    with pytest.raises(ValueError, match="shape"):
-        kernels.euler_forward(u, h0[:2], AWt, 0.1, False)
-    with pytest.raises(TypeError, match="float32 or float64"):
-        kernels.euler_forward(u, h0.float(), AWt, 0.1, False)
-    with pytest.raises(ValueError, match="contiguous"):
-        kernels.euler_forward(u.transpose(1, 2).contiguous().transpose(1, 2), h0, AWt, 0.1, False)
-
-
-def test_native_compiler_failure_falls_back(monkeypatch, tmp_path):
-    monkeypatch.setattr(_native, "_module", _native._UNSET)
-    monkeypatch.setenv("LIPSCHITZ_RNN_KERNEL_DIR", str(tmp_path))
-    monkeypatch.setenv("CXX", "false")  # a "compiler" that always fails
-    with pytest.warns(RuntimeWarning, match="false failed"):
-        assert _native.load() is None
-    assert list(tmp_path.iterdir()) == []  # the failed build left nothing behind
-
-
-@pytest.mark.skipif(not _can_build_native(), reason="no C++ toolchain")
-def test_native_build_without_openmp(monkeypatch, tmp_path):
-    # a compiler without OpenMP: the build falls back to serial row blocks, same results
-    cxx = tmp_path / "cxx-no-openmp"
-    cxx.write_text('#!/bin/sh\ncase "$*" in *-fopenmp*) exit 1;; esac\nexec c++ "$@"\n')
-    cxx.chmod(0o755)
-    monkeypatch.setenv("CXX", str(cxx))
-    monkeypatch.setenv("LIPSCHITZ_RNN_KERNEL_DIR", str(tmp_path / "kernels"))
-    kernels = _native._open(_native._build())
-    assert kernels._blocks(64) == 1
-    u, h0, A, W = (x.detach() for x in scan_inputs(5, 37, 6))
-    AWt = torch.cat([A, W], 0).t().contiguous()
-    hs, S1, Y, S2 = kernels.two_stage_forward(u, h0, AWt, 0.05, 0.1, False, True)
-    assert torch.allclose(hs, reference_scan(u, h0, A, W, 0.1, "rk2"), rtol=0, atol=1e-12)
-
-
-def test_native_not_attempted_off_linux(monkeypatch):
-    monkeypatch.setattr(_native, "_module", _native._UNSET)
-    monkeypatch.setattr(_native.sys, "platform", "darwin")
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # nothing the user could fix: no warning
-        assert _native.load() is None
-    assert "Linux only" in _native.native_status()

@@ -9,21 +9,24 @@ For the continuous-time unit ``dh/dt = A h + tanh(W h + U x + b)`` the paper (Er
 
 For the discrete unit, the step ``eps`` must also keep the solver stable on the linear part:
 ``|R(eps lambda)| < 1`` for every eigenvalue ``lambda`` of ``A``, where ``R`` is the solver's
-stability polynomial (Euler ``1 + z``; RK2 and Heun ``1 + z + z^2/2``). ``max_stable_eps`` is the
-largest ``eps`` such that every step in ``(0, eps)`` is stable: the smallest positive root in
-``e`` of ``|R(e lambda)|^2 = 1`` over all eigenvalues (0 when some ``Re lambda >= 0``).
+stability polynomial (Euler ``1 + z``; RK2 and Heun ``1 + z + z^2/2``; derived from the scheme's
+tableau in :mod:`lipschitz_rnn.models.solvers`). ``max_stable_eps`` is the largest ``eps`` such
+that every step in ``(0, eps)`` is stable: the smallest positive root in ``e`` of
+``|R(e lambda)|^2 = 1`` over all eigenvalues (0 when some ``Re lambda >= 0``).
 
 All quantities are computed in float64.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 from torch import nn
+
+from .models.lipschitz import LipschitzRNNCell
+from .models.solvers import STABILITY_POLYNOMIALS, max_stable_step
 
 __all__ = [
     "StabilityCertificate",
@@ -32,13 +35,6 @@ __all__ = [
     "max_stable_step",
     "STABILITY_POLYNOMIALS",
 ]
-
-#: Coefficients (lowest degree first) of each solver's stability polynomial R(z).
-STABILITY_POLYNOMIALS: dict[str, tuple[float, ...]] = {
-    "euler": (1.0, 1.0),
-    "rk2": (1.0, 1.0, 0.5),
-    "heun": (1.0, 1.0, 0.5),
-}
 
 
 @dataclass(frozen=True)
@@ -85,34 +81,6 @@ class StabilityCertificate:
             f" eps {self.eps:g} inside: {yn(self.eps_stable)}",
         ]
         return "\n".join(lines)
-
-
-def _smallest_positive_root(coeffs_high_first: np.ndarray) -> float:
-    roots = np.roots(coeffs_high_first)
-    pos = [r.real for r in roots if abs(r.imag) <= 1e-9 * max(1.0, abs(r)) and r.real > 1e-15]
-    return min(pos) if pos else math.inf
-
-
-def max_stable_step(eigenvalues, solver: str) -> float:
-    """Largest ``eps`` with ``|R(e lambda)| < 1`` for all ``e`` in ``(0, eps)`` and all eigenvalues.
-
-    ``eigenvalues`` is a sequence of complex numbers. Returns 0.0 if an eigenvalue has
-    ``Re lambda >= 0`` (no positive step is stable) and ``inf`` for an empty sequence.
-    """
-    if solver not in STABILITY_POLYNOMIALS:
-        raise ValueError(f"solver must be one of {tuple(STABILITY_POLYNOMIALS)}, got {solver!r}")
-    c = np.asarray(STABILITY_POLYNOMIALS[solver], dtype=np.float64)
-    best = math.inf
-    for lam in np.asarray(eigenvalues, dtype=np.complex128).ravel():
-        if lam.real >= 0.0:
-            return 0.0
-        # p_k = c_k lam^k: R(e lam) = sum_k p_k e^k;  |R|^2 - 1 = sum_{j,k} p_j conj(p_k) e^{j+k} - 1
-        p = c * lam ** np.arange(len(c))
-        sq = np.convolve(p, np.conj(p)).real  # coefficients of |R(e lam)|^2, lowest first
-        sq[0] -= 1.0  # constant term is 1: it cancels, leaving e * (...)
-        poly = sq[1:]  # divide by e
-        best = min(best, _smallest_positive_root(poly[::-1]))
-    return best
 
 
 def certify_cell(cell: nn.Module) -> StabilityCertificate:
@@ -175,8 +143,6 @@ def certify(cell_or_layer: nn.Module) -> list[StabilityCertificate]:
     (one certificate per cell, in ``layer.cells`` order) or any module containing them (e.g. a
     ``SequenceModel``). Always returns a list. Raises TypeError when there is no Lipschitz cell.
     """
-    from .models.lipschitz import LipschitzRNNCell
-
     if not isinstance(cell_or_layer, nn.Module):
         raise TypeError(f"cell_or_layer must be an nn.Module, got {type(cell_or_layer).__name__}")
     cells = [m for m in cell_or_layer.modules() if isinstance(m, LipschitzRNNCell)]

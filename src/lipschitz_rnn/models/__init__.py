@@ -1,6 +1,5 @@
 """Recurrent units: the Lipschitz RNN and its peers, buildable by name."""
 
-from ._fused import fused_backend, fused_checkpointing, fused_disabled, lipschitz_scan
 from .baselines import (
     ODERNN,
     AntisymmetricRNN,
@@ -11,10 +10,18 @@ from .baselines import (
     ExpRNNCell,
     ODERNNCell,
 )
+from .fused import (
+    fused_backend,
+    fused_checkpointing,
+    fused_disabled,
+    kernel_status,
+    lipschitz_scan,
+)
 from .heads import SequenceModel
 from .lipschitz import SOLVERS, LipschitzRNN, LipschitzRNNCell
 from .parametrize import symmetric_skew
 from .registry import MODELS, build
+from .solvers import SCHEMES, max_stable_step, rk_step
 
 __all__ = [
     "LipschitzRNN",
@@ -36,4 +43,8 @@ __all__ = [
     "fused_checkpointing",
     "fused_disabled",
     "fused_backend",
+    "kernel_status",
+    "SCHEMES",
+    "rk_step",
+    "max_stable_step",
 ]

@@ -18,7 +18,6 @@ Analysis code (Lyapunov exponents, certificates) uses the same three pieces.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -26,23 +25,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-__all__ = ["RecurrentCell", "RecurrentLayer", "check_positive_int"]
+from .._checks import check_float, check_int
 
-
-def check_positive_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be a positive int, got {type(value).__name__}")
-    if value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value}")
-    return value
-
-
-def check_positive_float(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a positive float, got {type(value).__name__}")
-    if not (0.0 < float(value) < math.inf):
-        raise ValueError(f"{name} must be a finite float > 0, got {value}")
-    return float(value)
+__all__ = ["RecurrentCell", "RecurrentLayer"]
 
 
 class RecurrentCell(nn.Module):
@@ -52,8 +37,8 @@ class RecurrentCell(nn.Module):
 
     def __init__(self, input_size: int, hidden_size: int) -> None:
         super().__init__()
-        self.input_size = check_positive_int(input_size, "input_size")
-        self.hidden_size = check_positive_int(hidden_size, "hidden_size")
+        self.input_size = check_int("input_size", input_size, ge=1)
+        self.hidden_size = check_int("hidden_size", hidden_size, ge=1)
 
     @property
     def state_size(self) -> int:
@@ -186,15 +171,11 @@ class RecurrentLayer(nn.Module):
         **cell_kwargs: Any,
     ) -> None:
         super().__init__()
-        self.input_size = check_positive_int(input_size, "input_size")
-        self.hidden_size = check_positive_int(hidden_size, "hidden_size")
-        self.num_layers = check_positive_int(num_layers, "num_layers")
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)):
-            raise TypeError(f"dropout must be a float in [0, 1), got {type(dropout).__name__}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
+        self.input_size = check_int("input_size", input_size, ge=1)
+        self.hidden_size = check_int("hidden_size", hidden_size, ge=1)
+        self.num_layers = check_int("num_layers", num_layers, ge=1)
+        self.dropout = check_float("dropout", dropout, ge=0, lt=1)
         self.batch_first = bool(batch_first)
-        self.dropout = float(dropout)
         self.bidirectional = bool(bidirectional)
         self.num_directions = 2 if bidirectional else 1
         cells = []

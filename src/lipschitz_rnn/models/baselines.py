@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._base import RecurrentCell, RecurrentLayer, check_positive_float
+from .._checks import check_float
+from ._base import RecurrentCell, RecurrentLayer
 
 __all__ = [
     "ODERNNCell",
@@ -72,7 +73,7 @@ class ODERNNCell(_InputMapCell):
         dtype=None,
     ):
         super().__init__(input_size, hidden_size)
-        self.eps = check_positive_float(eps, "eps")
+        self.eps = check_float("eps", eps, gt=0)
         fk = {"device": device, "dtype": dtype}
         self.weight_hh = nn.Parameter(
             torch.randn(hidden_size, hidden_size, **fk) * (init_std / hidden_size)
@@ -103,10 +104,8 @@ class AntisymmetricRNNCell(_InputMapCell):
         dtype=None,
     ):
         super().__init__(input_size, hidden_size)
-        self.eps = check_positive_float(eps, "eps")
-        if not gamma >= 0:
-            raise ValueError(f"gamma must be >= 0, got {gamma}")
-        self.gamma = float(gamma)
+        self.eps = check_float("eps", eps, gt=0)
+        self.gamma = check_float("gamma", gamma, ge=0)
         self.gated = bool(gated)
         fk = {"device": device, "dtype": dtype}
         n_maps = 2 if gated else 1
@@ -149,7 +148,7 @@ class CoRNNCell(_InputMapCell):
         dtype=None,
     ):
         super().__init__(input_size, hidden_size)
-        self.dt = check_positive_float(dt, "dt")
+        self.dt = check_float("dt", dt, gt=0)
         self.gamma = float(gamma)
         self.epsilon = float(epsilon)
         fk = {"device": device, "dtype": dtype}

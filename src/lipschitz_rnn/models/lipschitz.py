@@ -5,13 +5,10 @@ Continuous-time unit::
     dh/dt = f(h, x) = A h + tanh(W h + U x + b)
 
 with ``A = S(M_A; beta, gamma_A)`` and ``W = S(M_W; beta, gamma_W)`` from the symmetric-skew
-parametrisation (see :mod:`lipschitz_rnn.models.parametrize`), discretised with step ``eps``:
-
-* ``"euler"``: ``h' = h + eps f(h, x)``
-* ``"rk2"`` (explicit midpoint): ``h' = h + eps f(h + (eps/2) f(h, x), x)``
-* ``"heun"`` (explicit trapezoid): ``h' = h + (eps/2) (f(h, x) + f(h + eps f(h, x), x))``
-
-The input is held constant over a step.
+parametrisation (see :mod:`lipschitz_rnn.models.parametrize`), discretised with step ``eps`` by
+one of the schemes of :mod:`lipschitz_rnn.models.solvers` (``"euler"``, ``"rk2"`` explicit
+midpoint, ``"heun"`` explicit trapezoid), the input held constant over a step. Dense input runs
+through the fused scan of :mod:`lipschitz_rnn.models.fused`.
 """
 
 from __future__ import annotations
@@ -22,32 +19,25 @@ import warnings
 import torch
 from torch import Tensor, nn
 
-from ._base import RecurrentCell, RecurrentLayer, check_positive_float
+from .._checks import check_choice, check_float
+from . import fused
+from ._base import RecurrentCell, RecurrentLayer
+from .fused import stacked_step
 from .parametrize import check_beta_gamma, symmetric_skew
+from .solvers import SOLVERS, max_stable_step, rk_step
 
 __all__ = ["LipschitzRNNCell", "LipschitzRNN", "SOLVERS", "lipschitz_step", "stacked_step"]
 
-SOLVERS = ("euler", "rk2", "heun")
-
 
 def lipschitz_step(h: Tensor, u: Tensor, A: Tensor, W: Tensor, eps: float, solver: str) -> Tensor:
-    """One discrete step of the Lipschitz unit on row-major batches.
-
-    ``h`` is (B, H), ``u = x U^T + b`` is (B, H). Written as plainly as the formulas; layers use
-    the equivalent fused form in :meth:`LipschitzRNNCell.step`.
-    """
+    """One discrete step of the Lipschitz unit on row-major batches: ``h`` (B, H) and the
+    projected input ``u = x U^T + b`` (B, H). Layers use :func:`stacked_step`, the same step with
+    one product per stage."""
 
     def f(z: Tensor) -> Tensor:
         return z @ A.T + torch.tanh(z @ W.T + u)
 
-    if solver == "euler":
-        return h + eps * f(h)
-    if solver == "rk2":
-        return h + eps * f(h + 0.5 * eps * f(h))
-    if solver == "heun":
-        k1 = f(h)
-        return h + 0.5 * eps * (k1 + f(h + eps * k1))
-    raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
+    return rk_step(f, h, eps, solver)
 
 
 class LipschitzRNNCell(RecurrentCell):
@@ -95,18 +85,14 @@ class LipschitzRNNCell(RecurrentCell):
         dtype=None,
     ) -> None:
         super().__init__(input_size, hidden_size)
-        if solver not in SOLVERS:
-            raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
-        self.solver = solver
-        self.eps = check_positive_float(eps, "eps")
+        self.solver = check_choice("solver", solver, SOLVERS)
+        self.eps = check_float("eps", eps, gt=0)
         check_beta_gamma(beta, gamma_A, gamma_name="gamma_A")
         check_beta_gamma(beta, gamma_W, gamma_name="gamma_W")
         self.beta = float(beta)
         self.gamma_A = float(gamma_A)
         self.gamma_W = float(gamma_W)
-        if isinstance(init_std, bool) or not isinstance(init_std, (int, float)) or init_std < 0:
-            raise ValueError(f"init_std must be a float >= 0, got {init_std!r}")
-        self.init_std = float(init_std)
+        self.init_std = check_float("init_std", init_std, ge=0)
         fk = {"device": device, "dtype": dtype}
         self.M_A = nn.Parameter(torch.empty(hidden_size, hidden_size, **fk))
         self.M_W = nn.Parameter(torch.empty(hidden_size, hidden_size, **fk))
@@ -130,10 +116,9 @@ class LipschitzRNNCell(RecurrentCell):
                 nn.init.uniform_(self.bias_ih, -bound, bound)
 
     def _warn_if_unstable_step(self) -> None:
-        from ..stability import certify_cell  # local import: stability depends on models
-
-        cert = certify_cell(self)
-        if not cert.eps_stable:
+        with torch.no_grad():
+            eig = torch.linalg.eigvals(self.A.detach().to("cpu", torch.float64)).numpy()
+        if not self.eps < max_stable_step(eig, self.solver):
             warnings.warn(
                 f"LipschitzRNNCell: eps={self.eps} lies outside the {self.solver} stability region "
                 "of the linear part A at construction (see lipschitz_rnn.stability.certify)",
@@ -169,25 +154,6 @@ class LipschitzRNNCell(RecurrentCell):
         return stacked_step(h, u, ctx[2], self.eps, self.solver)
 
 
-def stacked_step(h: Tensor, u: Tensor, AWt: Tensor, eps: float, solver: str) -> Tensor:
-    """:func:`lipschitz_step` with one product ``h @ [A; W]^T`` per stage (``AWt`` built once per
-    sequence): the generic scan's step, also the differentiable reference of the fused scan."""
-    H = h.shape[-1]
-
-    def f(z: Tensor) -> Tensor:
-        zz = z @ AWt
-        return zz[:, :H] + torch.tanh(zz[:, H:] + u)
-
-    if solver == "euler":
-        return h + eps * f(h)
-    if solver == "rk2":
-        return h + eps * f(h + (0.5 * eps) * f(h))
-    if solver == "heun":
-        k1 = f(h)
-        return h + (0.5 * eps) * (k1 + f(h + eps * k1))
-    raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
-
-
 class LipschitzRNN(RecurrentLayer):
     r"""A (multi-layer, optionally bidirectional) Lipschitz RNN with torch.nn.RNN's interface.
 
@@ -211,15 +177,12 @@ class LipschitzRNN(RecurrentLayer):
 
     def _run_direction(self, cell, x, h0, batch_sizes, reverse):
         u = cell.input_projection(x)
-        if batch_sizes is None and self.use_fused:
-            from ._fused import fused_available, lipschitz_scan
-
-            if fused_available(cell.solver, u):
-                if reverse:
-                    u = u.flip(0)
-                hs = lipschitz_scan(u, h0, cell.A, cell.W, cell.eps, cell.solver)
-                last = hs[-1]
-                if reverse:
-                    hs = hs.flip(0)
-                return hs, last
+        if batch_sizes is None and self.use_fused and fused.fused_available(cell.solver, u):
+            if reverse:
+                u = u.flip(0)
+            hs = fused.lipschitz_scan(u, h0, cell.A, cell.W, cell.eps, cell.solver)
+            last = hs[-1]
+            if reverse:
+                hs = hs.flip(0)
+            return hs, last
         return cell.scan(u, h0, cell.recurrence(), batch_sizes, reverse)

@@ -15,19 +15,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .._checks import check_float
+
 __all__ = ["symmetric_skew", "check_beta_gamma"]
 
 
 def check_beta_gamma(beta: float, gamma: float, *, gamma_name: str = "gamma") -> None:
-    """Raise ValueError unless ``0 <= beta <= 1`` and ``gamma >= 0`` (both finite numbers)."""
-    if isinstance(beta, bool) or not isinstance(beta, (int, float)):
-        raise TypeError(f"beta must be a float in [0, 1], got {type(beta).__name__}")
-    if not 0.0 <= float(beta) <= 1.0:
-        raise ValueError(f"beta must lie in [0, 1], got {beta}")
-    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)):
-        raise TypeError(f"{gamma_name} must be a float >= 0, got {type(gamma).__name__}")
-    if not (float(gamma) >= 0.0 and float(gamma) < float("inf")):
-        raise ValueError(f"{gamma_name} must be a finite float >= 0, got {gamma}")
+    """TypeError/ValueError unless ``0 <= beta <= 1`` and ``gamma >= 0`` (both finite numbers)."""
+    check_float("beta", beta, ge=0, le=1)
+    check_float(gamma_name, gamma, ge=0)
 
 
 def symmetric_skew(M: Tensor, beta: float, gamma: float) -> Tensor:
