@@ -1,23 +1,27 @@
-"""Forward+backward of the Lipschitz layer at the sequential-MNIST shape, against baselines.
+"""Forward+backward of the Lipschitz layer at the sequential-MNIST shape, in a plain script.
 
-Rows (all in the same run, interleaved, median of repeats):
-  layer      -- LipschitzRNN as users call it (the fused path when it is available)
-  layer-plain -- LipschitzRNN with the fused path off (the generic per-step scan)
-  naive-loop -- a plain per-step loop of the same unit written here from the formulas
-  nn.RNN     -- torch.nn.RNN(tanh) of the same size
+This script changes no process setting (no malloc tuning, no flush-to-zero): it measures what a
+user's own training script gets. Rows (all in the same run, interleaved, median of repeats):
 
-Usage: python benchmarks/bench_core.py [--T 784 --batch 128 --hidden 128 --repeats 7]
+  layer        -- LipschitzRNN as users call it (the fused path when it is available)
+  layer-plain  -- LipschitzRNN with the fused path off (the generic per-step scan)
+  naive-loop   -- the paper authors' style of reference loop: per step, the input projection,
+                  A and W products, tanh and the update, each as separate autograd ops
+  nn.RNN       -- torch.nn.RNN(tanh) of the same size
+
+Usage: python benchmarks/bench_core.py [--T 784 --batch 128 --hidden 128 --repeats 7 --solver euler]
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 
 from lipschitz_rnn import LipschitzRNN
+from lipschitz_rnn.bench import time_interleaved
+from lipschitz_rnn.models.solvers import rk_step
 
 
 def naive_loop(rnn: LipschitzRNN):
@@ -29,8 +33,7 @@ def naive_loop(rnn: LipschitzRNN):
         outs = []
         for t in range(x.shape[0]):
             u = x[t] @ cell.weight_ih.T + cell.bias_ih
-            f = h @ A.T + torch.tanh(h @ W.T + u)
-            h = h + cell.eps * f
+            h = rk_step(lambda z, u=u: z @ A.T + torch.tanh(z @ W.T + u), h, cell.eps, cell.solver)
             outs.append(h)
         return torch.stack(outs)
 
@@ -44,11 +47,12 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--input", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--solver", default="euler", choices=["euler", "rk2", "heun"])
     a = ap.parse_args()
     torch.manual_seed(0)
     x = torch.randn(a.T, a.batch, a.input)
-    layer = LipschitzRNN(a.input, a.hidden)
-    plain = LipschitzRNN(a.input, a.hidden)
+    layer = LipschitzRNN(a.input, a.hidden, solver=a.solver)
+    plain = LipschitzRNN(a.input, a.hidden, solver=a.solver)
     plain.load_state_dict(layer.state_dict())
     plain.use_fused = False
     ref = torch.nn.RNN(a.input, a.hidden)
@@ -59,17 +63,11 @@ def main() -> None:
         "naive-loop": lambda: loop(x),
         "nn.RNN(tanh)": lambda: ref(x)[0],
     }
-    times: dict[str, list[float]] = {k: [] for k in cases}
-    for fn in cases.values():  # warm-up
-        fn().sum().backward()
-    for _ in range(a.repeats):
-        for name, fn in cases.items():
-            t0 = time.perf_counter()
-            fn().sum().backward()
-            times[name].append(time.perf_counter() - t0)
+    steps = {name: (lambda fn=fn: fn().sum().backward()) for name, fn in cases.items()}
+    times = time_interleaved(steps, a.repeats, torch.device("cpu"))
     base = statistics.median(times["naive-loop"])
-    print(f"T={a.T} batch={a.batch} hidden={a.hidden} input={a.input} "
-          f"threads={torch.get_num_threads()} repeats={a.repeats}")
+    print(f"T={a.T} batch={a.batch} hidden={a.hidden} input={a.input} solver={a.solver} "
+          f"threads={torch.get_num_threads()} repeats={a.repeats} (plain process)")
     print(f"{'row':<14}{'s/iter':>10}{'vs naive-loop':>16}")
     for name, ts in times.items():
         m = statistics.median(ts)

@@ -51,7 +51,10 @@ def test_adding_end_to_end(tmp_path):
         "adding", task_kwargs={"length": 20}, model="odernn", model_kwargs={"eps": 0.3}, epochs=1
     )
     res = train(cfg, tmp_path / "run")
-    assert "mse" in res["test"] and res["test"]["mse"] >= 0
+    # the metric is the mean squared error itself: the same number as the loss, and the same
+    # again when the best checkpoint is re-evaluated
+    assert res["test"]["mse"] == pytest.approx(res["test"]["loss"], rel=1e-6)
+    assert evaluate_run(tmp_path / "run")["mse"] == pytest.approx(res["test"]["mse"], rel=1e-6)
 
 
 def test_training_learns_digits(tmp_path):

@@ -49,7 +49,12 @@ per-batch medians, not a measured epoch.
 
 from __future__ import annotations
 
+import gc
+import json
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -57,6 +62,10 @@ from itertools import product
 
 import torch
 from torch import nn
+
+from ._io import write_json
+from ._process import reuse_freed_memory
+from .models import LipschitzRNN, fused_backend, kernel_status
 
 __all__ = [
     "FULL_GRID",
@@ -67,8 +76,9 @@ __all__ = [
     "epoch_estimate",
     "format_table",
     "format_epoch",
-    "reuse_freed_memory",
+    "reuse_freed_memory",  # re-exported from lipschitz_rnn._process (its old place)
     "cpu_peak_mb",
+    "time_interleaved",
 ]
 
 FULL_GRID: tuple[tuple[int, int, int], ...] = tuple(
@@ -80,38 +90,12 @@ MODELS = ("lipschitz-fused", "lipschitz-loop", "nn.RNN", "nn.LSTM")
 EXTRA_MODELS = ("lipschitz-fused-torch",)
 
 
-def reuse_freed_memory() -> bool:
-    """Make glibc's malloc keep and reuse freed memory instead of returning it to the OS.
-
-    Process-wide and irreversible (opt-in; the library never calls it): disables ``mmap`` for
-    large allocations (``M_MMAP_MAX = 0``) and heap trimming (``M_TRIM_THRESHOLD`` = 2 GiB), so
-    that the large per-call tensors of an RNN (states, saved activations, gradients: 51 MB each at
-    T=784, B=H=128) stop paying fresh page faults on every call, as with jemalloc/tcmalloc. The
-    process keeps its peak heap. Returns False (and does nothing) where glibc is not available.
-    """
-    import ctypes
-    import ctypes.util
-    import sys
-
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
-    return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, (1 << 31) - 1))
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
 def _build(name: str, input_size: int, hidden: int, solver: str, eps: float, device, dtype):
-    from .models.lipschitz import LipschitzRNN
-
     if name in ("lipschitz-fused", "lipschitz-fused-torch", "lipschitz-loop"):
         with warnings.catch_warnings():  # the stability notice is irrelevant to timing
             warnings.simplefilter("ignore", RuntimeWarning)
@@ -174,8 +158,6 @@ def _backend_for(model: str) -> str:
 
 
 def _fwd_bwd(layer: nn.Module, x: torch.Tensor, backend: str = "auto") -> Callable[[], None]:
-    from .models import fused_backend
-
     params = [p for p in layer.parameters()]
 
     def step() -> None:
@@ -255,7 +237,7 @@ def run_bench(
         layers = {n: _build(n, input_size, H, solver, eps, device, dtype) for n in models}
         steps = {n: _fwd_bwd(layer, x, _backend_for(n)) for n, layer in layers.items()}
         steps[_GEMM] = _gemm_probe(T, B, H, device, dtype)
-        times = _interleaved_times(steps, repeats, device)
+        times = time_interleaved(steps, repeats, device)
         gemm_times = times.pop(_GEMM)
         gemm_rate = 2.0 * B * H * 2 * H * T / min(gemm_times) / 1e9  # best round: attainable
         loop_s = statistics.median(times["lipschitz-loop"]) if "lipschitz-loop" in times else None
@@ -301,11 +283,6 @@ def cpu_peak_mb(spec: dict) -> float | None:
     ``/proc/self/clear_refs``) during the step, minus the resident size just before it (layer,
     input and everything imported already in place; a warm-up step of the native kernels' build
     runs first and is freed). None where Linux's ``/proc`` interface is unavailable."""
-    import json
-    import subprocess
-    import sys
-    import tempfile
-
     with tempfile.TemporaryDirectory() as tmp:
         out = f"{tmp}/peak.json"
         code = "import sys; from lipschitz_rnn.bench import _peak_child; _peak_child(*sys.argv[1:])"
@@ -328,11 +305,6 @@ def _proc_status_kb(field: str) -> int:
 
 def _peak_child(spec_json: str, out_path: str) -> None:
     """Entry point of :func:`cpu_peak_mb`'s child process; writes ``{"peak_mb": ...}``."""
-    import gc
-    import json
-
-    from ._io import write_json
-
     spec = json.loads(spec_json)
     torch.set_num_threads(spec["threads"])
     torch.manual_seed(spec["seed"])
@@ -342,9 +314,7 @@ def _peak_child(spec_json: str, out_path: str) -> None:
     layer = _build(model, spec["input_size"], spec["H"], spec["solver"], spec["eps"], "cpu", dtype)
     step = _fwd_bwd(layer, x, _backend_for(model))
     if model == "lipschitz-fused":
-        from .models import _native
-
-        _native.load()  # build/load the kernels outside the measurement
+        kernel_status()  # build/load the kernels outside the measurement
     gc.collect()
     peak = None
     try:
@@ -361,10 +331,11 @@ def _peak_child(spec_json: str, out_path: str) -> None:
 _GEMM = "__gemm_probe__"
 
 
-def _interleaved_times(
+def time_interleaved(
     steps: dict[str, Callable[[], None]], repeats: int, device: torch.device
 ) -> dict[str, list[float]]:
-    """Seconds of each step over ``repeats`` round-robin rounds, after one untimed warm-up round."""
+    """Seconds of each step over ``repeats`` round-robin rounds, after one untimed warm-up round:
+    every step of a round runs under the same machine load, so ratios between them are fair."""
     times: dict[str, list[float]] = {n: [] for n in steps}
     for r in range(repeats + 1):
         for n, step in steps.items():
@@ -421,7 +392,7 @@ def epoch_estimate(
             opt.step()
 
         runs[n] = train_step
-    times = _interleaved_times(runs, repeats, device)
+    times = time_interleaved(runs, repeats, device)
     rows = []
     for n in models:
         per = statistics.median(times[n])

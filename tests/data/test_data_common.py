@@ -47,15 +47,15 @@ def test_unknown_task_lists_names():
     assert "psmnist" in str(e.value) and "digits" in str(e.value)
 
 
-@pytest.mark.parametrize("kwargs, word", [
-    ({"length": 0}, "length"),
-    ({"length": -3}, "length"),
-    ({"length": 2.5}, "length"),
-    ({"n_train": 0}, "n_train"),
-    ({"bogus": 1}, "bogus"),
+@pytest.mark.parametrize("kwargs, word, error", [
+    ({"length": 0}, "length", ValueError),
+    ({"length": -3}, "length", ValueError),
+    ({"length": 2.5}, "length", TypeError),  # a wrong type is a TypeError (one rule, _checks.py)
+    ({"n_train": 0}, "n_train", ValueError),
+    ({"bogus": 1}, "bogus", ValueError),
 ])
-def test_bad_task_kwargs(kwargs, word):
-    with pytest.raises(ValueError, match=word):
+def test_bad_task_kwargs(kwargs, word, error):
+    with pytest.raises(error, match=word):
         get_task("adding", **kwargs)
 
 

@@ -10,10 +10,10 @@ from lipschitz_rnn.data.mnist import read_idx
 
 
 def _root():
-    for cand in (os.environ.get("LIPSCHITZ_RNN_DATA"), "/work/shared/data"):
-        if cand and Path(cand).is_dir():
-            return Path(cand)
-    return None
+    """The data directory the project is pointed at (``LIPSCHITZ_RNN_DATA``; .ci/run sets it to
+    ../shared/data when that exists), else None."""
+    cand = os.environ.get("LIPSCHITZ_RNN_DATA", "").strip()
+    return Path(cand) if cand and Path(cand).is_dir() else None
 
 
 ROOT = _root()

@@ -22,13 +22,12 @@ from ._common import (
     DataNotFoundError,
     DownloadError,
     RemoteFile,
-    Task,
     download_file,
     resolve_data_dir,
 )
-from .ptb import batchify, bptt_segments
 from .registry import TASKS, get_task
 from .speech import pad_collate
+from .task import Task, batchify, bptt_segments
 
 __all__ = [
     "TASKS",

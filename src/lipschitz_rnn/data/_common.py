@@ -1,4 +1,4 @@
-"""Shared pieces of the data layer: the data directory, downloads, errors, seeding, ``Task``.
+"""Shared pieces of the data layer: the data directory, downloads, errors, seeding, splits.
 
 Data directory resolution (:func:`resolve_data_dir`): an explicit ``data_dir`` argument (CLI
 ``--data-dir``), else the environment variable ``LIPSCHITZ_RNN_DATA``, else
@@ -16,7 +16,6 @@ how to point the package at a data directory.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import gzip
 import hashlib
 import inspect
@@ -27,12 +26,13 @@ import tempfile
 import urllib.request
 import zlib
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
+
+from .._checks import check_float, check_int
 
 __all__ = [
     "DATA_ENV",
@@ -41,7 +41,6 @@ __all__ = [
     "ChecksumError",
     "DownloadError",
     "RemoteFile",
-    "Task",
     "resolve_data_dir",
     "downloads_enabled",
     "open_url",
@@ -243,7 +242,7 @@ def ensure_files(
 
 
 # --------------------------------------------------------------------------------------------
-# seeding, splits, argument checks
+# seeding and splits
 # --------------------------------------------------------------------------------------------
 def _tag(t: int | str) -> int:
     return zlib.crc32(t.encode()) if isinstance(t, str) else int(t)
@@ -260,45 +259,12 @@ def derive_seed(seed: int, *tags: int | str) -> int:
     return int(s) & ((1 << 63) - 1)
 
 
-def check_int(name: str, value: Any, *, minimum: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{name} must be an int, got {value!r}")
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def check_float(name: str, value: Any, *, low: float, high: float, closed: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)):
-        raise ValueError(f"{name} must be a number, got {value!r}")
-    v = float(value)
-    ok = (low <= v <= high) if closed else (low < v < high)
-    if not ok:
-        br = "[]" if closed else "()"
-        raise ValueError(f"{name} must be in {br[0]}{low}, {high}{br[1]}, got {value!r}")
-    return v
-
-
-def check_bool(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"{name} must be true or false, got {value!r}")
-    return value
-
-
-def check_choice(name: str, value: Any, choices: Iterable[str]) -> str:
-    choices = list(choices)
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
-    return value
-
-
 def resolve_valid_size(valid_size: Any, n: int, *, name: str = "valid_size") -> int:
     """``valid_size`` as a count: an int in [0, n - 1] or a fraction in (0, 1)."""
     if isinstance(valid_size, float):
-        frac = check_float(name, valid_size, low=0.0, high=1.0)
-        k = round(frac * n)
+        k = round(check_float(name, valid_size, gt=0, lt=1) * n)
     else:
-        k = check_int(name, valid_size, minimum=0)
+        k = check_int(name, valid_size, ge=0)
     if k > n - 1:
         raise ValueError(f"{name}={valid_size!r} leaves no training data (only {n} training items)")
     return k
@@ -322,85 +288,16 @@ def uint8_mean_std(values: np.ndarray) -> tuple[float, float]:
     return mean, (std if std > 1e-12 else 1.0)
 
 
-def check_kwargs(task: str, fn: Callable, kwargs: dict[str, Any], skip: Iterable[str]) -> None:
-    """ValueError naming any keyword ``fn`` does not take."""
-    params = [p for p in inspect.signature(fn).parameters if p not in set(skip)]
+def check_kwargs(task: str, fn: Callable, kwargs: dict[str, Any], skip: Iterable[str],
+                 options: Iterable[str] | None = None) -> None:
+    """ValueError naming any keyword that is not among ``options`` (default: ``fn``'s keywords
+    other than ``skip``)."""
+    if options is None:
+        params = [p for p in inspect.signature(fn).parameters if p not in set(skip)]
+    else:
+        params = list(options)
     bad = sorted(set(kwargs) - set(params))
     if bad:
         raise ValueError(
             f"unknown task_kwargs {bad} for task {task!r}; valid: {params if params else 'none'}"
         )
-
-
-# --------------------------------------------------------------------------------------------
-# the Task
-# --------------------------------------------------------------------------------------------
-@dataclass
-class Task:
-    """A task: its datasets and what the model and loop need to know about it.
-
-    ``kind``: ``classification`` | ``regression`` | ``language_model``. ``readout``: ``last``
-    (one prediction per sequence from the last step) or ``all`` (a prediction at every step).
-    ``metric``: ``accuracy`` | ``mse`` | ``bpc``. ``train``/``valid``/``test`` are
-    ``torch.utils.data.Dataset`` objects returning ``(x, y)`` with ``x`` of shape
-    ``(T, input_size)`` float32, except for ``language_model`` where they are 1-D ``int64`` token
-    streams (use :meth:`batchify`). ``collate_fn`` (speech) turns a list of items into a padded
-    batch. ``meta`` is JSON/TOML-serialisable (lists, numbers, strings).
-    """
-
-    name: str
-    kind: str
-    input_size: int
-    output_size: int
-    readout: str
-    metric: str
-    train: Any = field(repr=False)
-    valid: Any = field(repr=False)
-    test: Any = field(repr=False)
-    collate_fn: Callable[[list], Any] | None = field(default=None, repr=False)
-    meta: dict[str, Any] = field(default_factory=dict, repr=False)
-    description: str = ""
-
-    def meta_to_save(self) -> dict[str, Any]:
-        """A deep copy of ``meta`` (what a run should store to reproduce the data)."""
-        return _plain(self.meta)
-
-    def split(self, name: str):
-        """The dataset (or token stream) of split ``name`` (train, valid or test)."""
-        check_choice("split", name, ("train", "valid", "test"))
-        return getattr(self, name)
-
-    def batchify(self, split: str, batch_size: int) -> torch.Tensor:
-        """Language models: split ``split``'s stream into ``batch_size`` parallel streams, (N, B)."""
-        if self.kind != "language_model":
-            raise ValueError(f"batchify is for language-model tasks; task {self.name!r} is {self.kind}")
-        from .ptb import batchify
-
-        return batchify(self.split(split), batch_size)
-
-    def rng_state(self) -> dict[str, torch.Tensor]:
-        """States of the datasets' own random generators (npcifar noise), for checkpoints."""
-        out = {}
-        for s in ("train", "valid", "test"):
-            g = getattr(getattr(self, s), "generator", None)
-            if isinstance(g, torch.Generator):
-                out[s] = g.get_state()
-        return out
-
-    def set_rng_state(self, state: dict[str, torch.Tensor]) -> None:
-        for s, st in state.items():
-            getattr(self, s).generator.set_state(st)
-
-
-def _plain(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, (np.ndarray, torch.Tensor)):
-        return obj.tolist()
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if dataclasses.is_dataclass(obj):
-        return _plain(dataclasses.asdict(obj))
-    return obj

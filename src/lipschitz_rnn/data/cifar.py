@@ -32,10 +32,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .._checks import check_bool, check_int
 from ._common import (
     RemoteFile,
-    check_bool,
-    check_int,
     derive_seed,
     download_file,
     ensure_files,
@@ -201,7 +200,7 @@ def build(*, root: Path, seed: int, download: bool, variant: str, valid_size: in
           normalize: bool, split_seed: int | None) -> dict:
     """Pieces of a Task for ``scifar`` or ``npcifar`` (used by the registry)."""
     check_bool("normalize", normalize)
-    split_seed = seed if split_seed is None else check_int("split_seed", split_seed, minimum=0)
+    split_seed = seed if split_seed is None else check_int("split_seed", split_seed, ge=0)
     arrays = load_cifar10(root, download=download)
     n = arrays["train_images"].shape[0]
     n_valid = resolve_valid_size(valid_size, n)

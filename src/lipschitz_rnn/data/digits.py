@@ -12,7 +12,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ._common import check_float, check_int, make_rng
+from .._checks import check_float, check_int
+from ._common import make_rng
 
 __all__ = ["DigitsSequence", "stratified_split"]
 
@@ -48,13 +49,13 @@ def build(*, seed: int, valid_fraction: float = 0.1, test_fraction: float = 0.2,
     """Pieces of the ``digits`` Task (used by the registry)."""
     from sklearn.datasets import load_digits
 
-    valid_fraction = check_float("valid_fraction", valid_fraction, low=0.0, high=1.0)
-    test_fraction = check_float("test_fraction", test_fraction, low=0.0, high=1.0)
+    valid_fraction = check_float("valid_fraction", valid_fraction, gt=0, lt=1)
+    test_fraction = check_float("test_fraction", test_fraction, gt=0, lt=1)
     if valid_fraction + test_fraction >= 0.95:
         raise ValueError(
             f"valid_fraction + test_fraction must leave training data, got {valid_fraction} + {test_fraction}"
         )
-    split_seed = seed if split_seed is None else check_int("split_seed", split_seed, minimum=0)
+    split_seed = seed if split_seed is None else check_int("split_seed", split_seed, ge=0)
     d = load_digits()
     images, labels = d.data, d.target
     tr, va, te = stratified_split(labels, valid_fraction, test_fraction, make_rng(split_seed, "digits"))

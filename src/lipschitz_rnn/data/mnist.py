@@ -22,10 +22,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .._checks import check_bool, check_int
 from ._common import (
     RemoteFile,
-    check_bool,
-    check_int,
     ensure_files,
     make_rng,
     resolve_valid_size,
@@ -164,11 +163,13 @@ class MNISTSequence(Dataset):
 
 
 def build(*, root: Path, seed: int, download: bool, which: str, mode: str, permuted: bool,
-          valid_size: int | float, normalize: bool, split_seed: int | None,
-          perm_seed: int | None) -> dict:
-    """Pieces of a Task for one MNIST variant (used by the registry)."""
+          valid_size: int | float = 5000, normalize: bool = False, split_seed: int | None = None,
+          perm_seed: int | None = 0) -> dict:
+    """Pieces of a Task for one MNIST variant (used by the registry): ``which`` is ``"mnist"``
+    or ``"fashion"``, ``mode`` ``"pixel"`` (784 x 1) or ``"row"`` (28 x 28); ``perm_seed`` fixes
+    the pixel permutation when ``permuted``."""
     check_bool("normalize", normalize)
-    split_seed = seed if split_seed is None else check_int("split_seed", split_seed, minimum=0)
+    split_seed = seed if split_seed is None else check_int("split_seed", split_seed, ge=0)
     arrays = load_mnist(root, which, download=download)
     n = arrays["train_images"].shape[0]
     n_valid = resolve_valid_size(valid_size, n)
@@ -178,7 +179,7 @@ def build(*, root: Path, seed: int, download: bool, which: str, mode: str, permu
                   "num_test": int(arrays["test_images"].shape[0])}
     perm = None
     if permuted:
-        perm_seed = check_int("perm_seed", perm_seed, minimum=0)
+        perm_seed = check_int("perm_seed", perm_seed, ge=0)
         perm = torch.from_numpy(np.random.Generator(np.random.PCG64(perm_seed)).permutation(NUM_PIXELS))
         meta["perm_seed"] = perm_seed
         meta["permutation"] = perm.tolist()

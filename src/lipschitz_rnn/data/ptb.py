@@ -20,20 +20,19 @@ windows sees each stream in order.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ._common import RemoteFile, check_int, ensure_files
+from ._common import RemoteFile, ensure_files
+from .task import DEFAULT_BPTT, batchify, bptt_segments
 
 __all__ = ["EOS", "BOUNDARY", "DEFAULT_BPTT", "text_to_symbols", "build_vocab", "encode", "decode",
            "batchify", "bptt_segments", "load_ptb_text"]
 
 EOS = "<eos>"
 BOUNDARY = "_"
-DEFAULT_BPTT = 150
 _EOS_CHAR = "\n"  # internal stand-in for <eos> while encoding
 FOLDER = "ptb"
 SPLITS = ("train", "valid", "test")
@@ -84,31 +83,6 @@ def encode(text: str, vocab: list[str], *, split: str = "text") -> torch.Tensor:
 
 def decode(ids, vocab: list[str]) -> list[str]:
     return [vocab[int(i)] for i in ids]
-
-
-def batchify(stream: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """``(N, B)``: ``stream`` cut into ``B`` contiguous parallel streams (column ``b`` = part ``b``)."""
-    batch_size = check_int("batch_size", batch_size, minimum=1)
-    stream = torch.as_tensor(stream, dtype=torch.long).reshape(-1)
-    n = stream.numel() // batch_size
-    if n < 2:
-        raise ValueError(
-            f"batch_size={batch_size} is too large for a stream of {stream.numel()} tokens "
-            "(each parallel stream needs at least 2 tokens)"
-        )
-    return stream[: n * batch_size].view(batch_size, n).t().contiguous()
-
-
-def bptt_segments(data: torch.Tensor, bptt: int = DEFAULT_BPTT) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Consecutive ``(input, target)`` windows of a batchified ``(N, B)`` tensor.
-
-    ``input = data[s : s + L]``, ``target = data[s + 1 : s + L + 1]`` with ``s = k * bptt``;
-    the last window may be shorter. Window ``k + 1``'s input starts where window ``k``'s ended.
-    """
-    bptt = check_int("bptt", bptt, minimum=1)
-    for start in range(0, data.shape[0] - 1, bptt):
-        end = min(start + bptt, data.shape[0] - 1)
-        yield data[start:end], data[start + 1 : end + 1]
 
 
 def load_ptb_text(root: Path, *, download: bool = True) -> dict[str, str]:

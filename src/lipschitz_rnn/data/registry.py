@@ -5,10 +5,13 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
+from .._checks import check_int
 from . import cifar, digits, mnist, ptb, speech, synthetic
-from ._common import Task, check_int, check_kwargs, resolve_data_dir
+from ._common import check_kwargs, resolve_data_dir
+from .task import Task
 
 __all__ = ["TASKS", "get_task"]
 
@@ -22,37 +25,22 @@ class _Spec:
     output_size: int
     builder: Callable[..., dict]
     needs_data: bool = True
+    #: keyword options of the builder that users may set (None: every keyword of its signature)
+    options: tuple[str, ...] | None = None
 
 
-# --- builders: explicit keyword arguments are the task's task_kwargs ---------------------------
-def _smnist(*, root, seed, download, valid_size=5000, normalize=False, split_seed=None):
-    return mnist.build(root=root, seed=seed, download=download, which="mnist", mode="pixel",
-                       permuted=False, valid_size=valid_size, normalize=normalize,
-                       split_seed=split_seed, perm_seed=None)
-
-
-def _psmnist(*, root, seed, download, perm_seed=0, valid_size=5000, normalize=False, split_seed=None):
-    return mnist.build(root=root, seed=seed, download=download, which="mnist", mode="pixel",
-                       permuted=True, valid_size=valid_size, normalize=normalize,
-                       split_seed=split_seed, perm_seed=perm_seed)
-
-
-def _rmnist(*, root, seed, download, valid_size=5000, normalize=False, split_seed=None):
-    return mnist.build(root=root, seed=seed, download=download, which="mnist", mode="row",
-                       permuted=False, valid_size=valid_size, normalize=normalize,
-                       split_seed=split_seed, perm_seed=None)
-
-
-def _fmnist(*, root, seed, download, valid_size=5000, normalize=False, split_seed=None):
-    return mnist.build(root=root, seed=seed, download=download, which="fashion", mode="row",
-                       permuted=False, valid_size=valid_size, normalize=normalize,
-                       split_seed=split_seed, perm_seed=None)
-
-
-def _sfmnist(*, root, seed, download, valid_size=5000, normalize=False, split_seed=None):
-    return mnist.build(root=root, seed=seed, download=download, which="fashion", mode="pixel",
-                       permuted=False, valid_size=valid_size, normalize=normalize,
-                       split_seed=split_seed, perm_seed=None)
+# --- builders: their keyword options (beyond root/seed/download) are the task's task_kwargs ------
+_MNIST_OPTIONS = ("valid_size", "normalize", "split_seed")
+#: task name -> (data set, sequence mode, permuted, description)
+_MNIST_VARIANTS = {
+    "smnist": ("mnist", "pixel", False, "pixel-by-pixel MNIST: 784 steps x 1 input, 10 classes"),
+    "psmnist": ("mnist", "pixel", True,
+                "permuted pixel-by-pixel MNIST (fixed permutation from perm_seed): 784 x 1"),
+    "rmnist": ("mnist", "row", False, "row-by-row MNIST: 28 steps x 28 inputs, 10 classes"),
+    "fmnist": ("fashion", "row", False, "row-by-row Fashion-MNIST: 28 steps x 28 inputs, 10 classes"),
+    "sfmnist": ("fashion", "pixel", False,
+                "pixel-by-pixel Fashion-MNIST: 784 steps x 1 input, 10 classes"),
+}
 
 
 def _scifar(*, root, seed, download, valid_size=5000, normalize=False, split_seed=None):
@@ -77,16 +65,12 @@ def _ptb_char(*, root, seed, download):
 
 
 _SPECS: dict[str, _Spec] = {
-    "smnist": _Spec("pixel-by-pixel MNIST: 784 steps x 1 input, 10 classes",
-                    "classification", "last", "accuracy", 10, _smnist),
-    "psmnist": _Spec("permuted pixel-by-pixel MNIST (fixed permutation from perm_seed): 784 x 1",
-                     "classification", "last", "accuracy", 10, _psmnist),
-    "rmnist": _Spec("row-by-row MNIST: 28 steps x 28 inputs, 10 classes",
-                    "classification", "last", "accuracy", 10, _rmnist),
-    "fmnist": _Spec("row-by-row Fashion-MNIST: 28 steps x 28 inputs, 10 classes",
-                    "classification", "last", "accuracy", 10, _fmnist),
-    "sfmnist": _Spec("pixel-by-pixel Fashion-MNIST: 784 steps x 1 input, 10 classes",
-                     "classification", "last", "accuracy", 10, _sfmnist),
+    **{
+        name: _Spec(desc, "classification", "last", "accuracy", 10,
+                    partial(mnist.build, which=which, mode=mode, permuted=permuted),
+                    options=_MNIST_OPTIONS + (("perm_seed",) if permuted else ()))
+        for name, (which, mode, permuted, desc) in _MNIST_VARIANTS.items()
+    },
     "scifar": _Spec("pixel-by-pixel CIFAR-10: 1024 steps x 3 (RGB), 10 classes",
                     "classification", "last", "accuracy", 10, _scifar),
     "npcifar": _Spec("noise-padded CIFAR-10: 32 image rows (96 values) then 968 noise steps",
@@ -121,9 +105,10 @@ def get_task(name: str, *, data_dir: str | os.PathLike | Path | None = None, see
     """
     if not isinstance(name, str) or name not in _SPECS:
         raise ValueError(f"task name must be one of {sorted(_SPECS)}, got {name!r}")
-    seed = check_int("seed", seed, minimum=0)
+    seed = check_int("seed", seed, ge=0)
     spec = _SPECS[name]
-    check_kwargs(name, spec.builder, task_kwargs, skip=("root", "seed", "download"))
+    check_kwargs(name, spec.builder, task_kwargs, skip=("root", "seed", "download"),
+                 options=spec.options)
     ctx: dict = {"seed": seed}
     if spec.needs_data:
         ctx.update(root=resolve_data_dir(data_dir), download=download)

@@ -38,12 +38,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .._checks import check_bool, check_choice, check_float, check_int
 from ._common import (
     DataNotFoundError,
-    check_bool,
-    check_choice,
-    check_float,
-    check_int,
     ensure_files,
     make_rng,
     missing_error,
@@ -301,10 +298,10 @@ def build(*, root: Path, seed: int, download: bool, source: str = "auto",
     check_bool("include_sa", include_sa)
     check_bool("normalize", normalize)
     if max_utterances is not None:
-        max_utterances = check_int("max_utterances", max_utterances, minimum=1)
+        max_utterances = check_int("max_utterances", max_utterances, ge=1)
     if valid_fraction is not None:
-        valid_fraction = check_float("valid_fraction", valid_fraction, low=0.0, high=1.0)
-    split_seed = seed if split_seed is None else check_int("split_seed", split_seed, minimum=0)
+        valid_fraction = check_float("valid_fraction", valid_fraction, gt=0, lt=1)
+    split_seed = seed if split_seed is None else check_int("split_seed", split_seed, ge=0)
     if source == "auto":
         if (root / "timit").is_dir():
             source = "timit"

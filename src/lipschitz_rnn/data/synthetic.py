@@ -22,7 +22,8 @@ import torch
 from torch.nn import functional as F
 from torch.utils.data import Dataset
 
-from ._common import check_int, make_rng
+from .._checks import check_int
+from ._common import make_rng
 
 __all__ = ["AddingDataset", "CopyDataset", "COPY_ALPHABET", "COPY_BLANK", "COPY_DELIMITER",
            "COPY_SYMBOLS", "COPY_IGNORE"]
@@ -87,14 +88,14 @@ class CopyDataset(Dataset):
 
 
 def _sizes(n_train, n_valid, n_test) -> dict[str, int]:
-    return {"train": check_int("n_train", n_train, minimum=1),
-            "valid": check_int("n_valid", n_valid, minimum=1),
-            "test": check_int("n_test", n_test, minimum=1)}
+    return {"train": check_int("n_train", n_train, ge=1),
+            "valid": check_int("n_valid", n_valid, ge=1),
+            "test": check_int("n_test", n_test, ge=1)}
 
 
 def build_adding(*, seed: int, length: int = 200, n_train: int = 10_000, n_valid: int = 1_000,
                  n_test: int = 1_000) -> dict:
-    length = check_int("length", length, minimum=2)
+    length = check_int("length", length, ge=2)
     sizes = _sizes(n_train, n_valid, n_test)
     out = {s: AddingDataset(n, length, make_rng(seed, "adding", s)) for s, n in sizes.items()}
     meta = {"length": length, "seed": seed, **{f"n_{s}": n for s, n in sizes.items()},
@@ -104,7 +105,7 @@ def build_adding(*, seed: int, length: int = 200, n_train: int = 10_000, n_valid
 
 def build_copy(*, seed: int, length: int = 100, n_train: int = 10_000, n_valid: int = 1_000,
                n_test: int = 1_000) -> dict:
-    length = check_int("length", length, minimum=1)
+    length = check_int("length", length, ge=1)
     sizes = _sizes(n_train, n_valid, n_test)
     out = {s: CopyDataset(n, length, make_rng(seed, "copy", s)) for s, n in sizes.items()}
     meta = {"delay": length, "sequence_length": length + 2 * COPY_SEQ, "seed": seed,

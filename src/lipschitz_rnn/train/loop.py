@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from .._io import atomic_write_text, load_checkpoint, save_checkpoint, write_json
-from ..models import SequenceModel, build
+from ..models import LipschitzRNNCell, SequenceModel, build
 from .config import TrainConfig
 from .tasks import TaskRunner
 
@@ -156,8 +156,6 @@ def _write_metrics(out: Path, records: list[dict]) -> None:
 
 
 def _lipschitz_eigs(model: nn.Module) -> list[dict] | None:
-    from ..models import LipschitzRNNCell
-
     cells = [m for m in model.modules() if isinstance(m, LipschitzRNNCell)]
     if not cells:
         return None

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..analysis import lyapunov_spectrum
+from ..data import get_task
 from .config import TrainConfig
 
 LN2 = math.log(2.0)
@@ -42,8 +44,6 @@ def _detach_state(h):
 
 class TaskRunner:
     def __init__(self, config: TrainConfig, *, data_dir=None, device: torch.device):
-        from ..data import get_task
-
         self.config = config
         self.device = device
         self.task = get_task(config.task, data_dir=data_dir, seed=config.seed, **config.task_kwargs)
@@ -219,8 +219,6 @@ class TaskRunner:
         return _to_time_major(batch[0])
 
     def lyapunov_summary(self, model: nn.Module) -> dict[str, Any]:
-        from ..analysis import lyapunov_spectrum
-
         inputs = self.sample_inputs("valid", self.config.lyapunov_batch).to(self.device)
         k = self.config.lyapunov_k or None
         spec = lyapunov_spectrum(model, inputs, k=k)

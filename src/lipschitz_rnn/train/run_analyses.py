@@ -1,4 +1,7 @@
-"""Analyses of a trained run directory: Lyapunov spectrum, Hessian spectrum, robustness, comparison.
+"""Analyses of run directories: Lyapunov spectrum, Hessian spectrum, robustness, comparison.
+
+(The analyses themselves, for any module, are in :mod:`lipschitz_rnn.analysis`; this module
+loads a run's best checkpoint and data, runs them, and writes the results into the run.)
 
 Each writes its JSON (and a PNG) into the run directory, atomically, and returns the dict.
 """
@@ -10,6 +13,16 @@ from pathlib import Path
 from typing import Any
 
 from .._io import atomic_write_text, write_json
+from ..analysis import (
+    compare_table,
+    hessian_spectrum,
+    input_noise_curve,
+    lyapunov_spectrum,
+    plot_curves,
+    plot_density,
+    weight_noise_curve,
+)
+from ..analysis.lyapunov import plot_evolution, plot_spectrum
 from .loop import load_run
 from .tasks import analysis_batches, loss_function, metric_function
 
@@ -48,8 +61,6 @@ def lyapunov_run(
     data_dir=None,
 ) -> dict[str, Any]:
     """Spectrum of the best checkpoint driven by the task's test inputs; writes lyapunov.json/png."""
-    from ..analysis.lyapunov import lyapunov_spectrum, plot_spectrum
-
     run = _run_dir(run_dir)
     _, runner, model = load_run(run, data_dir=data_dir)
     inputs = runner.sample_inputs("test", batch)
@@ -73,8 +84,6 @@ def lyapunov_run(
 
 def lyapunov_evolution(run_dir) -> Path:
     """Plot the spectra logged by ``train --lyapunov-every`` to lyapunov_evolution.png."""
-    from ..analysis.lyapunov import plot_evolution
-
     run = Path(run_dir)
     path = run / "metrics.jsonl"
     if not path.is_file():
@@ -103,8 +112,6 @@ def hessian_run(
     **kw,
 ) -> dict[str, Any]:
     """Hessian spectrum of the test loss at the best checkpoint; writes hessian.json/png."""
-    from ..analysis.hessian import hessian_spectrum, plot_density
-
     run = _run_dir(run_dir)
     _, runner, model = load_run(run, data_dir=data_dir)
     batches = analysis_batches(runner, "test", n_batches, batch_size)
@@ -130,8 +137,6 @@ def robustness_run(
     data_dir=None,
 ) -> dict[str, Any]:
     """Test metric under input and relative weight noise; writes robustness.json/png."""
-    from ..analysis.robustness import input_noise_curve, plot_curves, weight_noise_curve
-
     run = _run_dir(run_dir)
     _, runner, model = load_run(run, data_dir=data_dir)
     batches = analysis_batches(runner, "test", n_batches, batch_size)
@@ -170,8 +175,6 @@ def compare_runs(run_dirs, out: str | Path | None = None) -> tuple[str, str]:
 
     Writes ``compare.md`` and ``compare.csv`` into ``out`` when given. Returns (markdown, csv).
     """
-    from ..analysis.compare import compare_table
-
     if not run_dirs:
         raise ValueError("run_dirs is empty: give at least one run directory")
     rows = []

@@ -1,0 +1,116 @@
+"""What the commands share: the console, process settings, the training front-end."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+
+from rich.console import Console
+
+from .. import _process
+
+console = Console()
+
+
+def data_dir_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data-dir",
+        default=None,
+        help="data directory (default: $LIPSCHITZ_RNN_DATA, else ~/.cache/lipschitz_rnn)",
+    )
+
+
+class StopOnSigint:
+    """First Ctrl-C asks the loop to stop at the next step (it then saves a checkpoint)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def __enter__(self):
+        self._old = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:  # second Ctrl-C: give up at once
+            raise KeyboardInterrupt
+        self.requested = True
+        console.print("[yellow]stopping after this step (Ctrl-C again to abort)...[/]")
+
+    def __exit__(self, *exc):
+        signal.signal(signal.SIGINT, self._old)
+        return False
+
+    def __call__(self) -> bool:
+        return self.requested
+
+
+def process_settings() -> str:
+    """Process-wide CPU settings for training and benchmarking (the CLI owns the process; the
+    library never changes them): see :func:`lipschitz_rnn._process.configure_process`."""
+    return _process.configure_process()
+
+
+def run_training(config, out, *, data_dir=None, resume=False, force=False) -> dict:
+    """Train with a tqdm progress bar and Ctrl-C handling; print a summary."""
+    from tqdm import tqdm
+
+    from ..train.loop import train
+
+    process_settings()
+    bar = {"bar": None, "epoch": None}
+
+    def progress(p) -> None:
+        if bar["epoch"] != p.epoch:
+            if bar["bar"] is not None:
+                bar["bar"].close()
+            bar["bar"] = tqdm(
+                total=p.steps_per_epoch,
+                desc=f"epoch {p.epoch}",
+                unit="batch",
+                initial=p.step - 1,
+                leave=False,
+                dynamic_ncols=True,
+                disable=None,
+            )  # no bar when stderr is not a terminal
+            bar["epoch"] = p.epoch
+        b = bar["bar"]
+        b.update(1)
+        b.set_postfix(
+            loss=f"{p.loss:.4f}", **{p.metric_name: f"{p.metric:.4f}"}, seq_s=f"{p.seq_per_s:.0f}"
+        )
+
+    def epoch_end(rec: dict) -> None:
+        if bar["bar"] is not None:
+            bar["bar"].close()
+            bar["bar"] = None
+            bar["epoch"] = None
+        parts = [f"epoch {rec['epoch']:3d}"]
+        for k, v in rec.items():
+            if k in ("epoch", "lyapunov"):
+                continue
+            parts.append(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}")
+        if "lyapunov" in rec:
+            parts.append(f"lambda_max {rec['lyapunov']['max']:.4f}")
+        console.print("  ".join(parts))
+
+    with StopOnSigint() as stop:
+        results = train(
+            config,
+            out,
+            data_dir=data_dir,
+            resume=resume,
+            force=force,
+            progress=progress,
+            should_stop=stop,
+            epoch_end=epoch_end,
+        )
+    if bar["bar"] is not None:
+        bar["bar"].close()
+    console.print(
+        f"[bold]test[/] {json.dumps(results['test'])}  "
+        f"(best valid epoch {results['best_valid']['epoch']}, "
+        f"{results['num_parameters']} parameters, {results['wall_time_s']:.1f} s)"
+    )
+    console.print(f"run directory: {out}")
+    return results

@@ -1,0 +1,132 @@
+"""Analyses of run directories: ``lyapunov``, ``hessian``, ``robustness``, ``compare``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rich.table import Table
+
+from ._common import console, data_dir_arg
+
+
+def _cmd_lyapunov(args: argparse.Namespace) -> int:
+    from ..train.run_analyses import lyapunov_evolution, lyapunov_run
+
+    if args.evolution:
+        path = lyapunov_evolution(args.run_dir)
+        console.print(f"wrote {path}")
+        return 0
+    d = lyapunov_run(
+        args.run_dir,
+        batch=args.batch,
+        steps=args.steps,
+        k=args.k,
+        warmup=args.warmup,
+        data_dir=args.data_dir,
+    )
+    s = d["summary"]
+    console.print(
+        f"max exponent {s['max_exponent']:.5f}   positive exponents {s['num_positive']}   "
+        f"Kaplan-Yorke dimension {s['kaplan_yorke_dimension']:.3f}"
+    )
+    console.print(f"wrote {Path(args.run_dir) / 'lyapunov.json'} and lyapunov.png")
+    return 0
+
+
+def _cmd_hessian(args: argparse.Namespace) -> int:
+    from ..train.run_analyses import hessian_run
+
+    d = hessian_run(
+        args.run_dir,
+        n_batches=args.batches,
+        batch_size=args.batch_size,
+        top_k=args.top_k,
+        density=not args.no_density,
+        seed=args.seed,
+        data_dir=args.data_dir,
+    )
+    console.print(
+        f"lambda_max {d['eigenvalues'][0]:.5g}   lambda_min {d['min_eigenvalue']:.5g}   "
+        f"trace {d['trace']:.5g} +- {d['trace_stderr']:.2g}   condition {d['condition_number']}"
+    )
+    console.print(f"wrote {Path(args.run_dir) / 'hessian.json'}")
+    return 0
+
+
+def _cmd_robustness(args: argparse.Namespace) -> int:
+    from ..train.run_analyses import robustness_run
+
+    kw = {}
+    if args.input_sigmas:
+        kw["input_sigmas"] = args.input_sigmas
+    if args.weight_sigmas:
+        kw["weight_sigmas"] = args.weight_sigmas
+    d = robustness_run(
+        args.run_dir,
+        seeds=tuple(range(args.seeds)),
+        n_batches=args.batches,
+        batch_size=args.batch_size,
+        data_dir=args.data_dir,
+        **kw,
+    )
+    for kind, c in d["curves"].items():
+        table = Table(title=f"{kind} noise ({d['metric']})")
+        table.add_column("sigma")
+        table.add_column("mean +- std")
+        for s_, m, sd in zip(c["sigmas"], c["mean"], c["std"], strict=True):
+            table.add_row(f"{s_:g}", f"{m:.4f} +- {sd:.4f}")
+        console.print(table)
+    console.print(f"wrote {Path(args.run_dir) / 'robustness.json'}")
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from ..train.run_analyses import compare_runs
+
+    md, _ = compare_runs(args.run_dirs, out=args.out)
+    console.print(md)
+    if args.out:
+        console.print(f"wrote {Path(args.out) / 'compare.md'} and compare.csv")
+    return 0
+
+
+def add_commands(sub) -> None:
+    s = sub.add_parser("lyapunov", help="Lyapunov spectrum of a run's best checkpoint")
+    s.add_argument("run_dir")
+    s.add_argument("--batch", type=int, default=16, help="test sequences driving the network")
+    s.add_argument("--steps", type=int, default=None, help="time steps (default: whole sequence)")
+    s.add_argument("--k", type=int, default=None, help="exponents (default: the full spectrum)")
+    s.add_argument("--warmup", type=int, default=0)
+    s.add_argument(
+        "--evolution",
+        action="store_true",
+        help="plot the spectra logged during training (train --lyapunov-every)",
+    )
+    data_dir_arg(s)
+    s.set_defaults(func=_cmd_lyapunov)
+
+    s = sub.add_parser("hessian", help="Hessian spectrum of a run's test loss")
+    s.add_argument("run_dir")
+    s.add_argument("--batches", type=int, default=2)
+    s.add_argument("--batch-size", type=int, default=64)
+    s.add_argument("--top-k", type=int, default=1)
+    s.add_argument("--no-density", action="store_true")
+    s.add_argument("--seed", type=int, default=0)
+    data_dir_arg(s)
+    s.set_defaults(func=_cmd_hessian)
+
+    s = sub.add_parser("robustness", help="test metric under input and weight noise")
+    s.add_argument("run_dir")
+    s.add_argument("--input-sigmas", type=float, nargs="+")
+    s.add_argument("--weight-sigmas", type=float, nargs="+")
+    s.add_argument("--seeds", type=int, default=3, help="number of noise seeds")
+    s.add_argument("--batches", type=int, default=4)
+    s.add_argument("--batch-size", type=int, default=256)
+    data_dir_arg(s)
+    s.set_defaults(func=_cmd_robustness)
+
+    s = sub.add_parser("compare", help="Table-3-style comparison of runs (markdown and CSV)")
+    s.add_argument("run_dirs", nargs="+")
+    s.add_argument("--out", default=None, help="folder for compare.md and compare.csv")
+    s.set_defaults(func=_cmd_compare)

@@ -1,0 +1,152 @@
+"""Commands that build and train: ``models``, ``presets``, ``train``, ``evaluate``, ``certify``,
+``quickstart``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from rich.table import Table
+
+from ._common import console, data_dir_arg, run_training
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from ..models import MODELS
+
+    table = Table(title="models (lipschitz_rnn.models.build)")
+    table.add_column("name")
+    table.add_column("description")
+    for name, (_, desc) in MODELS.items():
+        table.add_row(name, desc)
+    console.print(table)
+    return 0
+
+
+def _cmd_presets(args: argparse.Namespace) -> int:
+    from ..train.config import list_presets
+
+    table = Table(title="presets (lipschitz-rnn train --preset NAME)")
+    table.add_column("name", no_wrap=True)
+    table.add_column("description")
+    for name, desc in list_presets().items():
+        table.add_row(name, desc)
+    console.print(table)
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from ..train.config import parse_set, resolve_config
+
+    if args.resume:
+        run_training(None, args.resume, data_dir=args.data_dir, resume=True)
+        return 0
+    if args.out is None:
+        raise ValueError("--out RUN_DIR is required (or --resume RUN_DIR)")
+    if args.preset is None and (args.task is None or args.model is None):
+        raise ValueError("give --task and --model, or --preset")
+    overrides = parse_set(args.set or [])
+    if args.lyapunov_every is not None:
+        overrides["lyapunov_every"] = args.lyapunov_every
+    config = resolve_config(
+        task=args.task, model=args.model, preset=args.preset, overrides=overrides
+    )
+    _check_names(config)
+    run_training(config, args.out, data_dir=args.data_dir, force=args.force)
+    return 0
+
+
+def _check_names(config) -> None:
+    from ..data import TASKS
+    from ..models import MODELS
+
+    if config.task not in TASKS:
+        raise ValueError(f"--task must be one of {sorted(TASKS)}, got {config.task!r}")
+    if config.model not in MODELS:
+        raise ValueError(f"--model must be one of {sorted(MODELS)}, got {config.model!r}")
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from ..train.loop import evaluate_run
+
+    res = evaluate_run(args.run_dir, data_dir=args.data_dir, split=args.split)
+    console.print(json.dumps(res))
+    return 0
+
+
+def _cmd_certify(args: argparse.Namespace) -> int:
+    from ..stability import certify
+    from ..train.loop import load_run
+
+    _, _, model = load_run(args.run_dir, data_dir=args.data_dir, which=args.checkpoint)
+    for cert in certify(model):
+        console.print(str(cert))
+    return 0
+
+
+def _cmd_quickstart(args: argparse.Namespace) -> int:
+    from ..stability import certify
+    from ..train.config import resolve_config
+    from ..train.loop import load_run
+
+    overrides = {"seed": args.seed}
+    if args.epochs is not None:
+        overrides["epochs"] = args.epochs
+    config = resolve_config(preset="digits-lipschitz", overrides=overrides)
+    console.print(f"[bold]quick start[/]: {config.description}")
+    results = run_training(config, args.out, force=True)
+    acc = results["test"]["accuracy"]
+    console.print(f"[bold green]test accuracy {100 * acc:.2f}%[/]")
+    _, _, model = load_run(args.out)
+    console.print("[bold]stability certificate of the trained layer[/]")
+    for cert in certify(model):
+        console.print(str(cert))
+    return 0
+
+
+def add_commands(sub) -> None:
+    s = sub.add_parser("models", help="list the models of the registry")
+    s.set_defaults(func=_cmd_models)
+    s = sub.add_parser("presets", help="list the training presets")
+    s.set_defaults(func=_cmd_presets)
+
+    s = sub.add_parser("train", help="train a model on a task")
+    s.add_argument("--task")
+    s.add_argument("--model")
+    s.add_argument("--preset")
+    s.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a setting (model.eps=0.1, task.length=200, lr=0.001, ...)",
+    )
+    s.add_argument("--out", help="run directory")
+    s.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+    s.add_argument("--force", action="store_true", help="overwrite an existing run directory")
+    s.add_argument(
+        "--lyapunov-every",
+        type=int,
+        default=None,
+        metavar="E",
+        help="log a Lyapunov spectrum summary every E epochs",
+    )
+    data_dir_arg(s)
+    s.set_defaults(func=_cmd_train)
+
+    s = sub.add_parser("evaluate", help="re-compute a run's test metrics from its best checkpoint")
+    s.add_argument("run_dir")
+    s.add_argument("--split", default="test", choices=["train", "valid", "test"])
+    data_dir_arg(s)
+    s.set_defaults(func=_cmd_evaluate)
+
+    s = sub.add_parser("certify", help="stability certificate of a run's Lipschitz cells")
+    s.add_argument("run_dir")
+    s.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    data_dir_arg(s)
+    s.set_defaults(func=_cmd_certify)
+
+    s = sub.add_parser("quickstart", help="train a Lipschitz RNN on bundled digits (no download)")
+    s.add_argument("--out", default="runs/quickstart", help="run directory")
+    s.add_argument("--epochs", type=int, default=None, help="override the number of epochs")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=_cmd_quickstart)
