@@ -231,7 +231,7 @@ def _p(t: Tensor | None) -> int | None:
 
 class Kernels:
     """Tensor-level entry points of the compiled kernels (all tensors contiguous, on CPU, one
-    dtype, float32 or float64; shapes as in :mod:`lipschitz_rnn.models._fused`)."""
+    dtype, float32 or float64; shapes as in :mod:`lipschitz_rnn.models.fused`)."""
 
     def __init__(self, lib: ctypes.CDLL) -> None:
         self._lib = lib
