@@ -1,46 +1,15 @@
 """MNIST-family loaders on tiny idx files written in the real format."""
 
-import gzip
 import hashlib
 import io
 
 import numpy as np
 import pytest
 import torch
+from formats import N_TEST, N_TRAIN, idx_bytes, write_mnist
 
 from lipschitz_rnn.data import DataNotFoundError, _common, get_task, mnist
 from lipschitz_rnn.data.mnist import read_idx
-
-N_TRAIN, N_TEST = 12, 5
-
-
-def idx_bytes(arr):
-    arr = np.asarray(arr, np.uint8)
-    header = bytes([0, 0, 8, arr.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
-    return header + arr.tobytes()
-
-
-def make_images(n, offset):
-    # image k: pixel p = (7 p + k + offset) mod 256, so pixel 0 identifies the image
-    p = np.arange(784)
-    return np.stack([(7 * p + k + offset) % 256 for k in range(n)]).astype(np.uint8).reshape(n, 28, 28)
-
-
-def write_mnist(folder, *, gz=True):
-    folder.mkdir(parents=True, exist_ok=True)
-    arrays = {
-        "train-images-idx3-ubyte": make_images(N_TRAIN, 0),
-        "train-labels-idx1-ubyte": np.arange(N_TRAIN) % 10,
-        "t10k-images-idx3-ubyte": make_images(N_TEST, 100),
-        "t10k-labels-idx1-ubyte": (np.arange(N_TEST) + 3) % 10,
-    }
-    for name, a in arrays.items():
-        data = idx_bytes(a)
-        if gz:
-            (folder / f"{name}.gz").write_bytes(gzip.compress(data))
-        else:
-            (folder / name).write_bytes(data)
-    return arrays
 
 
 @pytest.mark.parametrize("gz", [True, False])

@@ -6,21 +6,9 @@ import math
 
 import pytest
 import torch
+from formats import TEXTS, write_ptb
 
 from lipschitz_rnn.data import DataNotFoundError, _common, batchify, bptt_segments, get_task, ptb
-
-TEXTS = {
-    "train": " the cat sat \n a dog ran \n",
-    "valid": " the dog \n",
-    "test": " a cat \n\n",
-}
-
-
-def write_ptb(root, texts=TEXTS):
-    folder = root / "ptb"
-    folder.mkdir(parents=True, exist_ok=True)
-    for s, t in texts.items():
-        (folder / f"ptb.{s}.txt").write_text(t)
 
 
 def test_symbols_and_vocab():

@@ -19,6 +19,12 @@ def _root():
 ROOT = _root()
 
 
+@pytest.fixture(autouse=True)
+def _verify(monkeypatch):
+    # the real files are canonical: verify them as users' runs do
+    monkeypatch.setenv("LIPSCHITZ_RNN_VERIFY_DATA", "1")
+
+
 def need(sub):
     if ROOT is None or not (ROOT / sub).is_dir():
         pytest.skip(f"no real {sub}/ data (set LIPSCHITZ_RNN_DATA)")

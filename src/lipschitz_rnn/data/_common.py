@@ -11,6 +11,13 @@ are disabled by ``download=False`` or by the environment variable
 ``LIPSCHITZ_RNN_NO_DOWNLOAD=1``; :func:`open_url` is the single network entry point (tests
 replace it). When files are still missing, one :class:`DataNotFoundError` says where, what, and
 how to point the package at a data directory.
+
+Local files are verified like downloads where the canonical checksum is known
+(:func:`verify_local`): the first time a file is used, its checksum is computed and the result
+remembered (by path, size and modification time) in ``verified.json`` of the user cache folder
+(``$LIPSCHITZ_RNN_CACHE``, else ``~/.cache/lipschitz_rnn``), so later loads cost nothing.
+``LIPSCHITZ_RNN_VERIFY_DATA=0`` skips the check (e.g. for a deliberately trimmed copy). A file
+that fails the check or cannot be read raises :class:`DataCorruptError` naming it.
 """
 
 from __future__ import annotations
@@ -19,11 +26,14 @@ import contextlib
 import gzip
 import hashlib
 import inspect
+import json
 import logging
 import os
+import pickle
 import shutil
 import tempfile
 import urllib.request
+import wave
 import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -38,6 +48,7 @@ __all__ = [
     "DATA_ENV",
     "NO_DOWNLOAD_ENV",
     "DataNotFoundError",
+    "DataCorruptError",
     "ChecksumError",
     "DownloadError",
     "RemoteFile",
@@ -51,6 +62,8 @@ log = logging.getLogger(__name__)
 
 DATA_ENV = "LIPSCHITZ_RNN_DATA"
 NO_DOWNLOAD_ENV = "LIPSCHITZ_RNN_NO_DOWNLOAD"
+VERIFY_ENV = "LIPSCHITZ_RNN_VERIFY_DATA"
+CACHE_ENV = "LIPSCHITZ_RNN_CACHE"
 DEFAULT_DATA_DIR = Path("~/.cache/lipschitz_rnn")
 _CHUNK = 1 << 20
 
@@ -64,6 +77,10 @@ class DataNotFoundError(FileNotFoundError):
 
 class ChecksumError(ValueError):
     """Downloaded bytes do not match the published checksum."""
+
+
+class DataCorruptError(ValueError):
+    """A local data file is damaged: unreadable, truncated, or not the canonical content."""
 
 
 class DownloadError(OSError):
@@ -135,6 +152,69 @@ def verify_file(path: Path, remote: RemoteFile) -> None:
         if got != want.lower():
             what = " of the gunzipped bytes" if remote.check_gunzipped else ""
             raise ChecksumError(f"{algo} mismatch{what}: expected {want}, got {got}")
+
+
+def _verified_cache() -> Path:
+    base = os.environ.get(CACHE_ENV, "").strip()
+    return Path(base or DEFAULT_DATA_DIR).expanduser() / "verified.json"
+
+
+def _file_key(path: Path) -> str:
+    st = path.stat()
+    return f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+
+
+def verify_local(path: Path, remote: RemoteFile) -> None:
+    """Verify a local file against ``remote``'s checksums, once per version of the file.
+
+    Raises :class:`DataCorruptError` naming ``path`` on a mismatch or a read error. Skipped
+    when ``$LIPSCHITZ_RNN_VERIFY_DATA`` is false or ``remote`` has no checksum.
+    """
+    flag = os.environ.get(VERIFY_ENV, "1").strip().lower()
+    if flag in ("0", "false", "no", "off") or (remote.sha256 is None and remote.md5 is None):
+        return
+    cache = _verified_cache()
+    key = _file_key(path)
+    try:
+        known = json.loads(cache.read_text()) if cache.is_file() else {}
+    except (OSError, ValueError):
+        known = {}
+    if known.get(key) == (remote.sha256 or remote.md5):
+        return
+    try:
+        verify_file(path, remote)
+    except ChecksumError as e:
+        raise DataCorruptError(
+            f"{path} is damaged or not the canonical file ({e}); delete it to download it "
+            "again, or replace it (LIPSCHITZ_RNN_VERIFY_DATA=0 skips this check)"
+        ) from None
+    known[key] = remote.sha256 or remote.md5
+    try:  # the record is a convenience: an unwritable cache only costs a re-check next time
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".verified.", dir=cache.parent)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(known, fh)
+        os.replace(tmp, cache)
+    except OSError as e:
+        log.debug("could not record the verification in %s: %s", cache, e)
+
+
+@contextlib.contextmanager
+def reading(path: Path, keep: tuple[type[BaseException], ...] = ()):
+    """Turn any error while reading ``path`` into a :class:`DataCorruptError` naming it (errors
+    of the types in ``keep`` pass unchanged)."""
+    try:
+        yield
+    except (DataCorruptError, DataNotFoundError, *keep):
+        raise
+    except (OSError, EOFError, zlib.error, ValueError, IndexError, KeyError,
+            pickle.UnpicklingError, wave.Error, UnicodeDecodeError) as e:
+        detail = str(e).removeprefix(f"{path}: ").removeprefix(f"{path}") or type(e).__name__
+        if not isinstance(e, ValueError):
+            detail = f"{type(e).__name__}: {detail}"
+        raise DataCorruptError(
+            f"{path} is damaged ({detail}); delete it to download it again, or replace it"
+        ) from e
 
 
 def download_file(remote: RemoteFile, dest: str | os.PathLike) -> Path:

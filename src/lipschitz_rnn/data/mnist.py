@@ -27,9 +27,11 @@ from ._common import (
     RemoteFile,
     ensure_files,
     make_rng,
+    reading,
     resolve_valid_size,
     split_train_valid,
     uint8_mean_std,
+    verify_local,
 )
 
 __all__ = ["MNISTSequence", "read_idx", "load_mnist", "FILES"]
@@ -83,6 +85,11 @@ def _find(directory: Path, name: str) -> Path | None:
 def read_idx(path: str | Path) -> np.ndarray:
     """Read an idx file (gzipped if the name ends in ``.gz``) of uint8 data."""
     path = Path(path)
+    with reading(path):
+        return _parse_idx(path)
+
+
+def _parse_idx(path: Path) -> np.ndarray:
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rb") as f:
         buf = f.read()
@@ -121,7 +128,12 @@ def load_mnist(root: Path, which: str = "mnist", *, download: bool = True) -> di
         remotes=remotes,
         expected_text=[f"{n}.gz (or uncompressed {n})" for n in FILES.values()],
     )
-    out = {k: read_idx(_find(directory, n)) for k, n in FILES.items()}
+    out = {}
+    for k, n in FILES.items():
+        path = _find(directory, n)
+        gz = path.suffix == ".gz"
+        verify_local(path, RemoteFile(urls=(), sha256=src["sha256"][n], check_gunzipped=gz))
+        out[k] = read_idx(path)
     for split in ("train", "test"):
         im, lb = out[f"{split}_images"], out[f"{split}_labels"]
         if im.ndim != 3 or im.shape[1:] != (28, 28):

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ._common import RemoteFile, ensure_files
+from ._common import RemoteFile, ensure_files, reading, verify_local
 from .task import DEFAULT_BPTT, batchify, bptt_segments
 
 __all__ = ["EOS", "BOUNDARY", "DEFAULT_BPTT", "text_to_symbols", "build_vocab", "encode", "decode",
@@ -91,7 +91,13 @@ def load_ptb_text(root: Path, *, download: bool = True) -> dict[str, str]:
     remotes = {f"ptb.{s}.txt": RemoteFile(urls=(_URL.format(s),), sha256=SHA256[s]) for s in SPLITS}
     ensure_files("Penn Treebank", directory, names, root=root, download=download,
                  is_present=lambda n: (directory / n).is_file(), remotes=remotes)
-    return {s: (directory / f"ptb.{s}.txt").read_text(encoding="utf-8") for s in SPLITS}
+    texts = {}
+    for s in SPLITS:
+        path = directory / f"ptb.{s}.txt"
+        verify_local(path, remotes[path.name])
+        with reading(path):
+            texts[s] = path.read_text(encoding="utf-8")
+    return texts
 
 
 def build(*, root: Path, seed: int, download: bool) -> dict:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .._checks import check_int
 from . import cifar, digits, mnist, ptb, speech, synthetic
-from ._common import check_kwargs, resolve_data_dir
+from ._common import DataCorruptError, check_kwargs, resolve_data_dir
 from .task import Task
 
 __all__ = ["TASKS", "get_task"]
@@ -112,7 +112,10 @@ def get_task(name: str, *, data_dir: str | os.PathLike | Path | None = None, see
     ctx: dict = {"seed": seed}
     if spec.needs_data:
         ctx.update(root=resolve_data_dir(data_dir), download=download)
-    parts = spec.builder(**ctx, **task_kwargs)
+    try:
+        parts = spec.builder(**ctx, **task_kwargs)
+    except DataCorruptError as e:
+        raise DataCorruptError(f"task {name!r}: {e}") from e.__cause__
     meta = {"task": name, "seed": seed, **(parts.pop("meta", None) or {})}
     given = {k: v for k, v in task_kwargs.items() if v is not None}
     if given:

@@ -44,6 +44,7 @@ from ._common import (
     ensure_files,
     make_rng,
     missing_error,
+    reading,
 )
 
 __all__ = ["SAMPLE_RATE", "N_FFT", "HOP", "N_BINS", "LOG_EPS", "read_audio", "read_sphere",
@@ -124,8 +125,14 @@ def read_sphere(path: str | Path) -> tuple[np.ndarray, int]:
 
 
 def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
-    """SPHERE or RIFF WAV, told apart by the file's first bytes."""
+    """SPHERE or RIFF WAV, told apart by the file's first bytes; a file that cannot be read
+    raises :class:`~lipschitz_rnn.data.DataCorruptError` naming it."""
     path = Path(path)
+    with reading(path):
+        return _read_audio(path)
+
+
+def _read_audio(path: Path) -> tuple[np.ndarray, int]:
     with open(path, "rb") as f:
         magic = f.read(7)
     if magic.startswith(b"NIST_1A"):
@@ -266,7 +273,8 @@ def _list_tts(root: Path, *, download: bool) -> dict[str, list[Path]]:
                  expected_text=names + ["the WAV files they list (paths relative to speech-tts/)"])
     files = {}
     for s in TSV_SPLITS:
-        with open(directory / f"{s}.tsv", newline="", encoding="utf-8") as f:
+        with reading(directory / f"{s}.tsv"), \
+                open(directory / f"{s}.tsv", newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
             if reader.fieldnames is None or "path" not in reader.fieldnames:
                 raise ValueError(f"{directory / f'{s}.tsv'}: header must include 'path' "
