@@ -12,15 +12,32 @@ import logging
 import sys
 
 from . import analysis, bench, train
-from ._common import console, process_settings, run_training
+from ._common import configure_console, console, process_settings, run_training
 
-__all__ = ["main", "build_parser", "run_training", "process_settings", "console"]
+__all__ = ["main", "build_parser", "run_training", "process_settings", "console", "EXIT_CODES"]
+
+#: exit status -> meaning (also in ``lipschitz-rnn --help``)
+EXIT_CODES = {
+    0: "success",
+    1: "an unexpected internal error (a traceback follows; please report it)",
+    2: "bad usage or input: a wrong argument or setting, missing or damaged data or checkpoint "
+    "files (the message names what and where)",
+    3: "training diverged (non-finite loss); the message names the epoch and step",
+    4: "a file could not be written (disk full, no permission); the previous version is intact",
+    130: "interrupted (Ctrl-C); a training run saved a checkpoint to --resume from",
+}
+
+
+def _exit_codes_help() -> str:
+    return "exit status:\n" + "\n".join(f"  {code:<4} {text}" for code, text in EXIT_CODES.items())
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="lipschitz-rnn",
         description="Lipschitz RNNs and recurrent networks as dynamical systems.",
+        epilog=_exit_codes_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = p.add_subparsers(dest="command", required=True)
@@ -31,11 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    configure_console()
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
     logging.captureWarnings(True)  # library warnings as one log line, not a source excerpt
+    from .._io import WriteError
     from ..train.loop import DivergenceError, RunInterrupted
 
     try:
@@ -43,9 +62,15 @@ def main(argv: list[str] | None = None) -> int:
     except RunInterrupted as e:
         console.print(f"[yellow]interrupted:[/] {e}")
         return 130
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]")
+        return 130
     except DivergenceError as e:
         console.print(f"[bold red]diverged:[/] {e}")
         return 3
+    except WriteError as e:
+        console.print(f"[bold red]error:[/] {e}")
+        return 4
     except (ValueError, TypeError, FileNotFoundError) as e:
         console.print(f"[bold red]error:[/] {e}")
         return 2

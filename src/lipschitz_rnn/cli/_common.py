@@ -3,14 +3,63 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
+import os
 import signal
+import sys
 
 from rich.console import Console
 
 from .. import _process
 
 console = Console()
+
+#: width for output that is not a terminal (log files, pipes): lines are never wrapped
+UNWRAPPED_WIDTH = 10_000
+
+
+class _Stdout(io.TextIOBase):
+    """``sys.stdout`` (looked up at every write, so captured output works), which survives a
+    closed pipe (``lipschitz-rnn ... | head``): after a BrokenPipeError output goes nowhere and
+    the command carries on (a training run still writes its results)."""
+
+    broken = False
+
+    def write(self, text: str) -> int:
+        if not _Stdout.broken:
+            try:
+                return sys.stdout.write(text)
+            except BrokenPipeError:
+                _Stdout._silence()
+        return len(text)
+
+    def flush(self) -> None:
+        if not _Stdout.broken:
+            try:
+                sys.stdout.flush()
+            except BrokenPipeError:
+                _Stdout._silence()
+
+    def isatty(self) -> bool:
+        return not _Stdout.broken and sys.stdout.isatty()
+
+    @staticmethod
+    def _silence() -> None:
+        _Stdout.broken = True
+        try:  # also silence the interpreter's final flush of stdout
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError, io.UnsupportedOperation):
+            pass
+
+
+def configure_console() -> None:
+    """Output of one command: pipe-safe, and unwrapped when stdout is not a terminal."""
+    console.file = _Stdout()
+    terminal = sys.stdout.isatty()
+    console.soft_wrap = not terminal
+    console.width = None if terminal else UNWRAPPED_WIDTH
 
 
 def data_dir_arg(parser: argparse.ArgumentParser) -> None:
@@ -51,7 +100,8 @@ def process_settings() -> str:
     return _process.configure_process()
 
 
-def run_training(config, out, *, data_dir=None, resume=False, force=False) -> dict:
+def run_training(config, out, *, data_dir=None, resume=False, force=False, overrides=None,
+                 resume_from="last") -> dict:
     """Train with a tqdm progress bar and Ctrl-C handling; print a summary."""
     from tqdm import tqdm
 
@@ -101,6 +151,8 @@ def run_training(config, out, *, data_dir=None, resume=False, force=False) -> di
             data_dir=data_dir,
             resume=resume,
             force=force,
+            overrides=overrides,
+            resume_from=resume_from,
             progress=progress,
             should_stop=stop,
             epoch_end=epoch_end,

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from rich.table import Table
 
+from ..train.run_analyses import DEFAULT_INPUT_SIGMAS, DEFAULT_WEIGHT_SIGMAS
 from ._common import console, data_dir_arg
 
 
@@ -57,19 +58,24 @@ def _cmd_hessian(args: argparse.Namespace) -> int:
 def _cmd_robustness(args: argparse.Namespace) -> int:
     from ..train.run_analyses import robustness_run
 
-    kw = {}
-    if args.input_sigmas:
-        kw["input_sigmas"] = args.input_sigmas
-    if args.weight_sigmas:
-        kw["weight_sigmas"] = args.weight_sigmas
     d = robustness_run(
         args.run_dir,
+        input_sigmas=args.input_sigmas,
+        weight_sigmas=args.weight_sigmas,
         seeds=tuple(range(args.seeds)),
         n_batches=args.batches,
         batch_size=args.batch_size,
         data_dir=args.data_dir,
-        **kw,
     )
+    sub = d["subset"]
+    seen = sub.get("sequences_used", sub.get("tokens_used"))
+    total = sub.get("sequences_total", sub.get("tokens_total"))
+    unit = "sequences" if "sequences_used" in sub else "tokens"
+    if seen < total:
+        console.print(
+            f"on the first {seen} of {total} test {unit} (--batches 0 for all): the sigma = 0 "
+            "value can differ from the run's test metric"
+        )
     for kind, c in d["curves"].items():
         table = Table(title=f"{kind} noise ({d['metric']})")
         table.add_column("sigma")
@@ -92,12 +98,15 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub) -> None:
-    s = sub.add_parser("lyapunov", help="Lyapunov spectrum of a run's best checkpoint")
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    s = sub.add_parser(
+        "lyapunov", help="Lyapunov spectrum of a run's best checkpoint", formatter_class=fmt
+    )
     s.add_argument("run_dir")
     s.add_argument("--batch", type=int, default=16, help="test sequences driving the network")
     s.add_argument("--steps", type=int, default=None, help="time steps (default: whole sequence)")
     s.add_argument("--k", type=int, default=None, help="exponents (default: the full spectrum)")
-    s.add_argument("--warmup", type=int, default=0)
+    s.add_argument("--warmup", type=int, default=0, help="steps run before averaging starts")
     s.add_argument(
         "--evolution",
         action="store_true",
@@ -106,27 +115,52 @@ def add_commands(sub) -> None:
     data_dir_arg(s)
     s.set_defaults(func=_cmd_lyapunov)
 
-    s = sub.add_parser("hessian", help="Hessian spectrum of a run's test loss")
+    s = sub.add_parser(
+        "hessian",
+        help="Hessian spectrum of a run's test loss",
+        description="Top eigenvalues (Lanczos), smallest eigenvalue, Hutchinson trace and the "
+        "spectral density (stochastic Lanczos quadrature) of the Hessian of the test loss at "
+        "the best checkpoint, matrix-free. Writes hessian.json and hessian.png into the run.",
+        formatter_class=fmt,
+    )
     s.add_argument("run_dir")
-    s.add_argument("--batches", type=int, default=2)
-    s.add_argument("--batch-size", type=int, default=64)
-    s.add_argument("--top-k", type=int, default=1)
-    s.add_argument("--no-density", action="store_true")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--batches", type=int, default=2, help="test batches the loss averages over")
+    s.add_argument("--batch-size", type=int, default=64, help="sequences per batch")
+    s.add_argument("--top-k", type=int, default=1, help="largest eigenvalues to compute")
+    s.add_argument("--no-density", action="store_true", help="skip the spectral density")
+    s.add_argument("--seed", type=int, default=0, help="seed of the random probe vectors")
     data_dir_arg(s)
     s.set_defaults(func=_cmd_hessian)
 
-    s = sub.add_parser("robustness", help="test metric under input and weight noise")
+    s = sub.add_parser(
+        "robustness",
+        help="test metric under input and weight noise",
+        description="The test metric of the best checkpoint under Gaussian input noise (std "
+        "sigma) and relative Gaussian weight noise (each parameter times 1 + sigma N(0, 1)), "
+        "mean and std over noise seeds, on the first BATCHES x BATCH_SIZE test sequences "
+        "(--batches 0: the whole test set). Writes robustness.json and robustness.png.",
+        formatter_class=fmt,
+    )
     s.add_argument("run_dir")
-    s.add_argument("--input-sigmas", type=float, nargs="+")
-    s.add_argument("--weight-sigmas", type=float, nargs="+")
+    s.add_argument(
+        "--input-sigmas", type=float, nargs="+", default=list(DEFAULT_INPUT_SIGMAS),
+        help="input noise levels",
+    )
+    s.add_argument(
+        "--weight-sigmas", type=float, nargs="+", default=list(DEFAULT_WEIGHT_SIGMAS),
+        help="relative weight noise levels",
+    )
     s.add_argument("--seeds", type=int, default=3, help="number of noise seeds")
-    s.add_argument("--batches", type=int, default=4)
-    s.add_argument("--batch-size", type=int, default=256)
+    s.add_argument(
+        "--batches", type=int, default=4, help="test batches to use (0: the whole test set)"
+    )
+    s.add_argument("--batch-size", type=int, default=256, help="sequences per batch")
     data_dir_arg(s)
     s.set_defaults(func=_cmd_robustness)
 
-    s = sub.add_parser("compare", help="Table-3-style comparison of runs (markdown and CSV)")
+    s = sub.add_parser(
+        "compare", help="Table-3-style comparison of runs (markdown and CSV)", formatter_class=fmt
+    )
     s.add_argument("run_dirs", nargs="+")
     s.add_argument("--out", default=None, help="folder for compare.md and compare.csv")
     s.set_defaults(func=_cmd_compare)

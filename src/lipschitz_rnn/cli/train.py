@@ -39,8 +39,23 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from ..train.config import parse_set, resolve_config
 
     if args.resume:
-        run_training(None, args.resume, data_dir=args.data_dir, resume=True)
+        given = [f"--{n}" for n in ("task", "model", "preset", "out") if getattr(args, n)]
+        if args.force:
+            given.append("--force")
+        if given:
+            raise ValueError(
+                f"--resume continues the run as it was configured; {', '.join(given)} cannot be "
+                "given with it (change epochs, the learning-rate schedule or what is monitored "
+                "with --set KEY=VALUE)"
+            )
+        overrides = parse_set(args.set or [])
+        if args.lyapunov_every is not None:
+            overrides["lyapunov_every"] = args.lyapunov_every
+        run_training(None, args.resume, data_dir=args.data_dir, resume=True,
+                     overrides=overrides, resume_from=args.resume_from)
         return 0
+    if args.resume_from != "last":
+        raise ValueError("--resume-from goes with --resume RUN_DIR")
     if args.out is None:
         raise ValueError("--out RUN_DIR is required (or --resume RUN_DIR)")
     if args.preset is None and (args.task is None or args.model is None):
@@ -69,7 +84,8 @@ def _check_names(config) -> None:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from ..train.loop import evaluate_run
 
-    res = evaluate_run(args.run_dir, data_dir=args.data_dir, split=args.split)
+    res = evaluate_run(args.run_dir, data_dir=args.data_dir, split=args.split,
+                       which=args.checkpoint)
     console.print(json.dumps(res))
     return 0
 
@@ -94,7 +110,7 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
         overrides["epochs"] = args.epochs
     config = resolve_config(preset="digits-lipschitz", overrides=overrides)
     console.print(f"[bold]quick start[/]: {config.description}")
-    results = run_training(config, args.out, force=True)
+    results = run_training(config, args.out, force=args.force)
     acc = results["test"]["accuracy"]
     console.print(f"[bold green]test accuracy {100 * acc:.2f}%[/]")
     _, _, model = load_run(args.out)
@@ -113,7 +129,7 @@ def add_commands(sub) -> None:
     s = sub.add_parser("train", help="train a model on a task")
     s.add_argument("--task")
     s.add_argument("--model")
-    s.add_argument("--preset")
+    s.add_argument("--preset", help="a shipped preset (lipschitz-rnn presets) or a TOML file")
     s.add_argument(
         "--set",
         action="append",
@@ -121,7 +137,19 @@ def add_commands(sub) -> None:
         help="override a setting (model.eps=0.1, task.length=200, lr=0.001, ...)",
     )
     s.add_argument("--out", help="run directory")
-    s.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+    s.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue an interrupted run; --set may change epochs, the learning-rate schedule "
+        "and what is monitored (recorded in RUN_DIR/resumes.jsonl)",
+    )
+    s.add_argument(
+        "--resume-from",
+        choices=["last", "previous"],
+        default="last",
+        help="checkpoint to continue from: the last one, or the one before it (when the last "
+        "is damaged)",
+    )
     s.add_argument("--force", action="store_true", help="overwrite an existing run directory")
     s.add_argument(
         "--lyapunov-every",
@@ -136,12 +164,20 @@ def add_commands(sub) -> None:
     s = sub.add_parser("evaluate", help="re-compute a run's test metrics from its best checkpoint")
     s.add_argument("run_dir")
     s.add_argument("--split", default="test", choices=["train", "valid", "test"])
+    s.add_argument(
+        "--checkpoint",
+        default="best",
+        choices=["best", "last", "best.prev", "last.prev"],
+        help="which checkpoint to evaluate",
+    )
     data_dir_arg(s)
     s.set_defaults(func=_cmd_evaluate)
 
     s = sub.add_parser("certify", help="stability certificate of a run's Lipschitz cells")
     s.add_argument("run_dir")
-    s.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    s.add_argument(
+        "--checkpoint", default="best", choices=["best", "last", "best.prev", "last.prev"]
+    )
     data_dir_arg(s)
     s.set_defaults(func=_cmd_certify)
 
@@ -149,4 +185,5 @@ def add_commands(sub) -> None:
     s.add_argument("--out", default="runs/quickstart", help="run directory")
     s.add_argument("--epochs", type=int, default=None, help="override the number of epochs")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--force", action="store_true", help="overwrite an existing run directory")
     s.set_defaults(func=_cmd_quickstart)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import sys
 from dataclasses import dataclass, field, fields
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 if sys.version_info >= (3, 11):
@@ -14,6 +16,8 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 import tomli_w
+
+from .._checks import check_float
 
 __all__ = ["TrainConfig", "list_presets", "load_preset", "resolve_config", "parse_set"]
 
@@ -75,13 +79,9 @@ class TrainConfig:
             pos_int(n)
         for n in ("max_batches", "lyapunov_every", "lyapunov_k", "test_every", "seed"):
             pos_int(n, allow_zero=True)
-        for n in ("lr", "momentum", "weight_decay", "lr_decay_factor", "clip_grad_norm"):
-            v = getattr(self, n)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
-                raise ValueError(f"{n} must be a number >= 0, got {v!r}")
-            setattr(self, n, float(v))
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+        for n in ("momentum", "weight_decay", "lr_decay_factor", "clip_grad_norm"):
+            setattr(self, n, check_float(n, getattr(self, n), ge=0))
+        self.lr = check_float("lr", self.lr, gt=0)
         if self.optimizer not in ("adam", "sgd"):
             raise ValueError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
         if not isinstance(self.lr_decay_epochs, list) or not all(
@@ -131,10 +131,22 @@ def list_presets() -> dict[str, str]:
 
 
 def load_preset(name: str) -> dict[str, Any]:
+    """The settings of the shipped preset ``name``, or of a TOML file when ``name`` is a path
+    (ends in ``.toml`` or names an existing file): users keep their own presets."""
     files = _preset_files()
-    if name not in files:
-        raise ValueError(f"preset must be one of {sorted(files)}, got {name!r}")
-    return tomllib.loads(files[name].read_text())
+    if name in files:
+        return tomllib.loads(files[name].read_text())
+    path = Path(name).expanduser()
+    if name.endswith(".toml") or path.is_file():
+        if not path.is_file():
+            raise FileNotFoundError(f"preset: no such file {path}")
+        try:
+            return tomllib.loads(path.read_text())
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"preset: {path} is not valid TOML: {e}") from None
+    raise ValueError(
+        f"preset must be one of {sorted(files)} or the path of a TOML file, got {name!r}"
+    )
 
 
 def parse_set(items: list[str]) -> dict[str, Any]:
@@ -165,9 +177,11 @@ def resolve_config(
     model: str | None = None,
     preset: str | None = None,
     overrides: dict[str, Any] | None = None,
+    base: dict[str, Any] | None = None,
 ) -> TrainConfig:
-    """Preset (if any), then ``task``/``model`` given explicitly, then ``overrides``."""
-    d: dict[str, Any] = TrainConfig().to_dict()
+    """Defaults (or ``base``, a configuration dict), then the preset (if any), then
+    ``task``/``model`` given explicitly, then ``overrides`` (``--set`` keys)."""
+    d: dict[str, Any] = TrainConfig().to_dict() if base is None else copy.deepcopy(base)
     if preset is not None:
         p = load_preset(preset)
         for k in ("model_kwargs", "task_kwargs"):

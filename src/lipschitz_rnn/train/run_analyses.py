@@ -9,6 +9,7 @@ Each writes its JSON (and a PNG) into the run directory, atomically, and returns
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -119,7 +120,8 @@ def hessian_run(
         model, loss_function(runner), batches, top_k=top_k, density=density, seed=seed, **kw
     )
     d = spec.to_dict()
-    d["batches"] = {"split": "test", "n_batches": len(batches), "batch_size": batch_size}
+    d["batches"] = {"split": "test", "n_batches": len(batches), "batch_size": batch_size,
+                    **_subset(runner, batches)}
     write_json(run / "hessian.json", d)
     if density and spec.density is not None:
         plot_density(spec, run / "hessian.png")
@@ -154,11 +156,21 @@ def robustness_run(
     d = {
         "metric": runner.metric_name,
         "n_examples_batches": len(batches),
+        "subset": _subset(runner, batches),
         "curves": {c.kind: c.to_dict() for c in curves},
     }
     write_json(run / "robustness.json", d)
     plot_curves(curves, run / "robustness.png")
     return d
+
+
+def _subset(runner, batches) -> dict[str, int]:
+    """How much of the test split the analysis saw (sequences; tokens for language models)."""
+    if runner.is_lm:
+        used = sum(int(y.numel()) for _, y in batches)
+        return {"tokens_used": used, "tokens_total": int(runner.task.test.numel()) - 1}
+    used = sum(int(x.shape[1]) for x, _ in batches)
+    return {"sequences_used": used, "sequences_total": len(runner.task.test)}
 
 
 def _noise_map(curve: dict | None) -> dict:
@@ -178,15 +190,29 @@ def compare_runs(run_dirs, out: str | Path | None = None) -> tuple[str, str]:
     if not run_dirs:
         raise ValueError("run_dirs is empty: give at least one run directory")
     rows = []
+    results = []
     for rd in run_dirs:
         run = Path(rd)
         res_path = run / "results.json"
         if not res_path.is_file():
             raise FileNotFoundError(f"run_dir: {run} has no results.json (unfinished run?)")
         res = json.loads(res_path.read_text())
+        results.append((run, res))
+    tasks = sorted({res.get("task", "?") for _, res in results})
+    if len(tasks) > 1:
+        warnings.warn(
+            f"compare: the runs are of different tasks {tasks}; their metrics are not comparable "
+            "(each row names its task)",
+            UserWarning,
+            stacklevel=2,
+        )
+    for run, res in results:
         metric_name, value = next((k, v) for k, v in res["test"].items() if k != "loss")
+        label = res["model"] if run.name == res["model"] else f"{res['model']} ({run.name})"
+        if len(tasks) > 1:
+            label += f" [{res.get('task', '?')}]"
         row: dict[str, Any] = {
-            "model": res["model"] if run.name == res["model"] else f"{res['model']} ({run.name})",
+            "model": label,
             "metric_name": metric_name,
             "metric": value,
         }

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._checks import check_int
 from ..analysis import lyapunov_spectrum
 from ..data import get_task
 from .config import TrainConfig
@@ -234,23 +235,25 @@ class TaskRunner:
 
 # --- analysis helpers: batches and losses in the form ``loss_fn(model(inputs), targets)`` ------
 def analysis_batches(runner: TaskRunner, split: str, n_batches: int, batch_size: int) -> list:
-    """The first ``n_batches`` batches of ``split`` as (time-major inputs, targets) pairs.
+    """The first ``n_batches`` batches of ``split`` (0: all of it) as (time-major inputs,
+    targets) pairs.
 
     For masked tasks (speech) the targets are ``(y, mask)``; for language models, consecutive
     ``bptt`` segments of ``batch_size`` streams (each segment starts from a zero state).
     """
-    if n_batches < 1 or batch_size < 1:
-        raise ValueError(f"n_batches and batch_size must be >= 1, got {n_batches}, {batch_size}")
+    n_batches = check_int("n_batches", n_batches, ge=0)
+    batch_size = check_int("batch_size", batch_size, ge=1)
     out = []
     dev = runner.device
     if runner.is_lm:
-        for i in range(min(n_batches, runner._lm_num_segments(split, batch_size))):
+        total = runner._lm_num_segments(split, batch_size)
+        for i in range(min(n_batches, total) if n_batches else total):
             x, y = runner._lm_segment(split, batch_size, i)
             out.append((x.to(dev), y.to(dev)))
         return out
     ds = getattr(runner.task, split)
     n = len(ds)
-    for i in range(0, min(n, n_batches * batch_size), batch_size):
+    for i in range(0, min(n, n_batches * batch_size) if n_batches else n, batch_size):
         batch = runner._collate(ds, torch.arange(i, min(i + batch_size, n)))
         if isinstance(batch, dict):
             out.append((batch["x"].to(dev), (batch["y"].to(dev), batch["mask"].to(dev))))

@@ -1,0 +1,258 @@
+"""The command line under faults and bad input: every failure a named message and an exit code,
+nothing half-written, nothing silently ignored."""
+
+import json
+import os
+import random
+import signal
+import stat
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from formats import write_mnist
+
+from lipschitz_rnn import _io
+from lipschitz_rnn._io import load_checkpoint
+from lipschitz_rnn.cli import EXIT_CODES, main
+
+# a tiny digits run: 2 epochs of 6 batches
+TINY = ["--task", "digits", "--model", "lipschitz", "--set", "hidden_size=8",
+        "--set", "epochs=2", "--set", "batch_size=32", "--set", "max_batches=6",
+        "--set", "model.eps=0.3"]
+
+
+def _weights(run):
+    return load_checkpoint(run / "checkpoints" / "last.pt")["model"]
+
+
+def _same_weights(a, b):
+    wa, wb = _weights(a), _weights(b)
+    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """One uninterrupted tiny run (2 epochs) shared by the tests that compare with it."""
+    out = tmp_path_factory.mktemp("ref") / "run"
+    assert main(["train", *TINY, "--out", str(out)]) == 0
+    return out
+
+
+def test_exit_codes_are_documented(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    for code in (0, 2, 3, 4, 130):
+        assert code in EXIT_CODES
+        assert f"  {code} " in text
+
+
+# --- resume with overrides ----------------------------------------------------------------------
+def test_resume_extends_a_run_and_records_it(tmp_path, reference, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--out", str(out)]) == 0
+    assert main(["train", "--resume", str(out), "--set", "epochs=3", "--set", "lr=0.002"]) == 0
+    cfg = (out / "config.toml").read_text()
+    assert "epochs = 3" in cfg and "lr = 0.002" in cfg
+    (record,) = [json.loads(line) for line in (out / "resumes.jsonl").read_text().splitlines()]
+    assert record["changed"] == {"epochs": [2, 3], "lr": [0.003, 0.002]}
+    assert record["epoch"] == 3 and record["step"] == 0
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == [1, 2, 3] and metrics[-1]["lr"] == 0.002
+    assert json.loads((out / "results.json").read_text())["epochs"] == 3
+
+
+def test_resume_refuses_settings_that_define_the_run(tmp_path, reference, capsys):
+    before = (reference / "config.toml").read_text()
+    assert main(["train", "--resume", str(reference), "--set", "hidden_size=32"]) == 2
+    out = capsys.readouterr().out
+    assert "hidden_size" in out and "define the run" in out
+    assert main(["train", "--resume", str(reference), "--set", "model.eps=0.1"]) == 2
+    assert "model.eps" in capsys.readouterr().out
+    assert main(["train", "--resume", str(reference), "--task", "adding"]) == 2
+    assert "--task" in capsys.readouterr().out
+    assert main(["train", "--resume", str(reference), "--out", str(tmp_path / "x")]) == 2
+    assert "--out" in capsys.readouterr().out
+    assert main(["train", "--resume", str(reference), "--set", "epochs=1"]) == 2
+    assert "fewer than the 2 epochs" in capsys.readouterr().out
+    assert (reference / "config.toml").read_text() == before
+    assert not (reference / "resumes.jsonl").exists()
+
+
+# --- damaged checkpoints ------------------------------------------------------------------------
+def test_truncated_last_checkpoint_names_file_and_falls_back(tmp_path, reference, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--set", "epochs=1", "--out", str(out)]) == 0
+    # extend to 2 epochs, then damage the newest checkpoint
+    assert main(["train", "--resume", str(out), "--set", "epochs=2"]) == 0
+    last = out / "checkpoints" / "last.pt"
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
+    capsys.readouterr()
+    assert main(["train", "--resume", str(out)]) == 2
+    msg = capsys.readouterr().out
+    assert str(last) in msg and "damaged" in msg and "--resume-from previous" in msg
+    # the previous checkpoint (end of epoch 1) continues to the same weights as the reference
+    assert main(["train", "--resume", str(out), "--resume-from", "previous"]) == 0
+    assert _same_weights(out, reference)
+
+
+def test_empty_best_checkpoint_on_evaluate(tmp_path, reference, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--out", str(out)]) == 0
+    best = out / "checkpoints" / "best.pt"
+    best.write_bytes(b"")
+    capsys.readouterr()
+    assert main(["evaluate", str(out)]) == 2
+    msg = capsys.readouterr().out
+    assert str(best) in msg and "empty" in msg and "--checkpoint last" in msg
+    assert main(["evaluate", str(out), "--checkpoint", "last"]) == 0
+    assert "accuracy" in capsys.readouterr().out
+
+
+# --- failed starts write nothing ----------------------------------------------------------------
+@pytest.mark.parametrize("bad", ["model.eps=0", "lr=nan", "lr=-1", "hidden_size=0"])
+def test_failed_start_leaves_nothing_behind(tmp_path, bad, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--set", bad, "--out", str(out)]) == 2
+    assert bad.split("=")[0].split(".")[-1] in capsys.readouterr().out
+    assert not out.exists()
+    assert main(["train", *TINY, "--out", str(out)]) == 0  # the corrected command just works
+
+
+def test_damaged_data_file_fails_before_writing(tmp_path, capsys):
+    write_mnist(tmp_path / "data" / "mnist")
+    bad = tmp_path / "data" / "mnist" / "t10k-labels-idx1-ubyte.gz"
+    good = bad.read_bytes()
+    bad.write_bytes(good[: len(good) // 2])
+    out = tmp_path / "run"
+    args = ["train", "--task", "rmnist", "--model", "rnn", "--set", "hidden_size=4",
+            "--set", "epochs=1", "--set", "task.valid_size=2", "--out", str(out),
+            "--data-dir", str(tmp_path / "data")]
+    assert main(args) == 2
+    msg = capsys.readouterr().out
+    assert "task 'rmnist'" in msg and "t10k-labels-idx1-ubyte.gz is damaged" in msg
+    assert not out.exists()
+    bad.write_bytes(good)
+    assert main(args) == 0
+
+
+# --- divergence ---------------------------------------------------------------------------------
+def test_divergence_before_the_first_checkpoint(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["train", *TINY, "--set", "model.eps=100000000.0", "--set", "model.init_std=10.0",
+                 "--out", str(out)])
+    assert code == 3
+    msg = capsys.readouterr().out
+    assert "epoch 1, step" in msg and "before the first checkpoint" in msg
+    assert "last.pt" not in msg
+
+
+# --- file permissions, output, presets, quick start ---------------------------------------------
+def test_run_files_respect_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        out = tmp_path / "run"
+        assert main(["train", *TINY, "--set", "epochs=1", "--out", str(out)]) == 0
+    finally:
+        os.umask(old)
+    for name in ("config.toml", "metrics.jsonl", "results.json", "checkpoints/last.pt"):
+        assert stat.S_IMODE((out / name).stat().st_mode) == 0o644, name
+
+
+def test_preset_from_a_toml_file(tmp_path):
+    preset = tmp_path / "mine.toml"
+    preset.write_text('task = "digits"\nmodel = "gru"\nhidden_size = 8\nepochs = 1\n'
+                      'max_batches = 2\n')
+    out = tmp_path / "run"
+    assert main(["train", "--preset", str(preset), "--out", str(out)]) == 0
+    assert 'model = "gru"' in (out / "config.toml").read_text()
+    assert main(["train", "--preset", str(tmp_path / "missing.toml"), "--out",
+                 str(tmp_path / "r2")]) == 2
+
+
+def test_quickstart_does_not_delete_an_existing_folder(tmp_path, capsys):
+    out = tmp_path / "qs"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert main(["quickstart", "--out", str(out), "--epochs", "1"]) == 2
+    assert "--force" in capsys.readouterr().out
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_compare_warns_on_different_tasks(tmp_path, reference, caplog):
+    other = tmp_path / "adding"
+    assert main(["train", "--task", "adding", "--model", "rnn", "--set", "hidden_size=4",
+                 "--set", "epochs=1", "--set", "max_batches=2", "--set", "task.length=10",
+                 "--set", "task.n_train=64", "--out", str(other)]) == 0
+    with pytest.warns(UserWarning, match="different tasks"):
+        from lipschitz_rnn.train.run_analyses import compare_runs
+
+        md, _ = compare_runs([reference, other])
+    assert "[digits]" in md and "[adding]" in md
+
+
+def test_output_is_not_wrapped_when_not_a_terminal(tmp_path, capsys):
+    long_dir = tmp_path / ("a-very-long-run-directory-name-" * 4)
+    assert main(["train", *TINY, "--set", "epochs=1", "--out", str(long_dir)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any(str(long_dir) in line for line in lines)  # the path was never split
+    assert any("valid_accuracy" in line and "seq_per_s" in line for line in lines)
+
+
+# --- disk full during a checkpoint write ---------------------------------------------------------
+def test_failing_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--set", "epochs=1", "--out", str(out)]) == 0
+    before = (out / "checkpoints" / "last.pt").read_bytes()
+    real_fsync = os.fsync
+    calls = {"n": 0}
+
+    def full_disk(fd):
+        calls["n"] += 1
+        if calls["n"] >= 3:  # the metrics/config writes pass, then the disk "fills up"
+            raise OSError(28, "No space left on device")
+        return real_fsync(fd)
+
+    monkeypatch.setattr(_io.os, "fsync", full_disk)
+    code = main(["train", "--resume", str(out), "--set", "epochs=2"])
+    monkeypatch.setattr(_io.os, "fsync", real_fsync)
+    assert code == 4
+    msg = capsys.readouterr().out
+    assert "No space left on device" in msg and "could not write" in msg
+    ck = out / "checkpoints"
+    assert not [p for p in ck.iterdir() if p.name.endswith(".tmp")]  # no temp file left
+    assert (ck / "last.pt").read_bytes() == before or load_checkpoint(ck / "last.pt")
+
+
+# --- kill -9 at random points, then --resume ----------------------------------------------------
+def _run(args, **kw):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "lipschitz_rnn", *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kw)
+
+
+def test_kill_at_random_points_then_resume(tmp_path):
+    args = [*TINY, "--set", "epochs=3", "--set", "max_batches=0"]
+    ref = tmp_path / "ref"
+    t0 = time.perf_counter()
+    assert _run(["train", *args, "--out", str(ref)]).wait(timeout=300) == 0
+    duration = time.perf_counter() - t0
+    for seed in range(3):
+        out = tmp_path / f"killed-{seed}"
+        proc = _run(["train", *args, "--out", str(out)])
+        time.sleep(random.Random(seed).uniform(0.2, 1.0) * duration)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+        if (out / "config.toml").is_file():
+            resumed = _run(["train", "--resume", str(out)])
+        else:  # killed before the run existed: start it again
+            resumed = _run(["train", *args, "--out", str(out)])
+        _, err = resumed.communicate(timeout=300)
+        assert resumed.returncode == 0, err.decode()[-2000:]
+        assert _same_weights(out, ref), f"seed {seed}"
+        assert json.loads((out / "results.json").read_text())["test"] == json.loads(
+            (ref / "results.json").read_text()
+        )["test"]
