@@ -1,4 +1,4 @@
-"""Shared problems and the dense reference for the Lyapunov-spectrum tests and benchmark.
+"""Shared problems and the dense reference for the Lyapunov-spectrum tests (tests/test_lyapunov.py).
 
 * maps with published spectra: Hénon, logistic, Lorenz-63 (RK4 step as a map), linear maps;
 * :func:`dense_reference`: the textbook QR method written independently of the library -- the

@@ -20,26 +20,22 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 
+import lyapunov_problems as P
 import pytest
 import torch
 from torch import nn
 
-sys.path.insert(0, os.path.dirname(__file__))
-
-import lyapunov_problems as P  # noqa: E402
-
-from lipschitz_rnn.analysis import LyapunovSpectrum, lyapunov_spectrum  # noqa: E402
-from lipschitz_rnn.analysis._qr import householder_rows, orthonormalize_rows  # noqa: E402
-from lipschitz_rnn.analysis.lyapunov import (  # noqa: E402
+from lipschitz_rnn.analysis import LyapunovSpectrum, lyapunov_spectrum
+from lipschitz_rnn.analysis._qr import householder_rows, orthonormalize_rows
+from lipschitz_rnn.analysis.lyapunov import (
     NonFiniteStateError,
     _initial_basis,
     kaplan_yorke_dimension,
     plot_evolution,
     plot_spectrum,
 )
-from lipschitz_rnn.models import (  # noqa: E402
+from lipschitz_rnn.models import (
     AntisymmetricRNNCell,
     CoRNNCell,
     ExpRNNCell,

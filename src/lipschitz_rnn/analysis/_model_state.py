@@ -2,19 +2,17 @@
 
 * :func:`materialise_batches` turns an iterable of ``(inputs, targets)`` into a list, with clear
   errors;
-* :func:`preserved_state` restores every module's train/eval flag, the LipschitzRNN ``use_fused``
-  switches and the parameters' ``.grad`` after an analysis;
-* :func:`fused_disabled` switches the fused (first-order only) Lipschitz scan off so that second
-  derivatives work;
-* :func:`atomic_savefig` writes a matplotlib figure to a PNG via a temporary file + ``os.replace``.
+* :func:`preserved_state` restores every module's train/eval flag and the parameters' ``.grad``
+  after an analysis;
+* :func:`fast_rnn_kernels_disabled` switches cuDNN and oneDNN off (no double backward / no
+  forward-mode AD there);
+* :func:`model_device`, :func:`to_device`, :func:`finite_or_none`: small conversions.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -24,12 +22,11 @@ from torch import nn
 __all__ = [
     "materialise_batches",
     "preserved_state",
-    "fused_disabled",
     "fast_rnn_kernels_disabled",
-    "atomic_savefig",
     "model_device",
     "to_device",
     "finite_or_none",
+    "nan_for_none",
 ]
 
 
@@ -59,30 +56,6 @@ def model_device(model: nn.Module) -> torch.device:
 
 def to_device(x: Any, device: torch.device) -> Any:
     return x.to(device) if isinstance(x, torch.Tensor) else x
-
-
-@contextlib.contextmanager
-def fused_disabled(model: nn.Module) -> Iterator[None]:
-    """Set ``use_fused = False`` on every submodule that has the switch; restore afterwards.
-
-    The instance attribute is removed again when the module only had the class default, so the
-    module's ``__dict__`` ends as it started.
-    """
-    saved: list[tuple[nn.Module, bool, Any]] = []
-    for mod in model.modules():
-        if hasattr(mod, "use_fused"):
-            own = "use_fused" in vars(mod)
-            saved.append((mod, own, vars(mod).get("use_fused")))
-            mod.use_fused = False
-    try:
-        yield
-    finally:
-        for mod, own, value in saved:
-            if own:
-                mod.use_fused = value
-            else:
-                with contextlib.suppress(AttributeError):
-                    delattr(mod, "use_fused")
 
 
 @contextlib.contextmanager
@@ -121,38 +94,18 @@ def preserved_state(model: nn.Module, *, eval_mode: bool = True) -> Iterator[Non
                 p.grad = g
 
 
+def nan_for_none(x: Any) -> Any:
+    """Inverse of :func:`finite_or_none` on (nested lists of) JSON values: ``None`` -> nan."""
+    if x is None:
+        return math.nan
+    if isinstance(x, (list, tuple)):
+        return [nan_for_none(v) for v in x]
+    return x
+
+
 def finite_or_none(x: Any) -> float | None:
     """``float(x)``, or ``None`` for a missing / non-finite value (strict JSON has no inf/nan)."""
     if x is None:
         return None
     x = float(x)
     return x if math.isfinite(x) else None
-
-
-def atomic_savefig(fig: Any, path: str | os.PathLike[str]) -> str:
-    """Save ``fig`` as PNG at ``path`` atomically (temporary file in the same folder, then
-    ``os.replace``). Returns the path as a string."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format="png", dpi=120, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def new_figure(nrows: int = 1, ncols: int = 1, figsize: tuple[float, float] = (6.0, 4.0)):
-    """A matplotlib Figure with an Agg canvas, without touching pyplot's global state."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=figsize)
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(nrows, ncols, squeeze=False)
-    return fig, axes

@@ -42,6 +42,8 @@ __all__ = [
     "Orthonormalizer",
     "orthonormalize_rows",
     "householder_rows",
+    "next_block",
+    "median_block",
     "REFINE_TOL",
     "FALLBACK_TOL",
     "SECOND_PASS_TOL",
@@ -164,3 +166,35 @@ class Orthonormalizer:
         if 2 * n_h >= B and B > 0:
             self.householder_mode = True
         return Vn, logd, align
+
+
+# ----------------------------------------------------------------------------------------------
+# how often: reorth_every="auto"
+# ----------------------------------------------------------------------------------------------
+#: ``reorth_every="auto"``: the basis is re-orthonormalised once its alignment (the largest
+#: ``||v_j|| / R_jj``, see :mod:`._qr`) is predicted to reach AUTO_ALIGN (one Cholesky-QR pass
+#: stays accurate to ~AUTO_ALIGN^2 * u), at most every AUTO_MAX_BLOCK steps, and before any
+#: tangent norm could leave [e^-AUTO_LOG_RANGE, e^AUTO_LOG_RANGE].
+AUTO_ALIGN = 10.0
+AUTO_MAX_BLOCK = 32
+AUTO_LOG_RANGE = 200.0
+
+
+def next_block(align: float, since: int, logd: Tensor) -> int:
+    """The next block length for ``reorth_every="auto"`` from the last block's growth."""
+    if not math.isfinite(align):
+        return 1
+    rate = math.log(max(align, 1.0)) / since  # log-alignment growth per step
+    block = AUTO_MAX_BLOCK if rate <= 1e-12 else int(math.log(AUTO_ALIGN) / rate)
+    ext = logd[torch.isfinite(logd)]
+    if ext.numel():
+        norm_rate = float(ext.abs().max()) / since  # log-norm change per step
+        if norm_rate > 0:
+            block = min(block, int(AUTO_LOG_RANGE / norm_rate))
+    return max(1, min(block, AUTO_MAX_BLOCK))
+
+
+def median_block(blocks: list[int]) -> int:
+    if not blocks:
+        return 1
+    return int(sorted(blocks)[len(blocks) // 2])

@@ -42,16 +42,17 @@ Model state
 -----------
 The computation runs in eval mode (dropout would make the operator random), with cuDNN and oneDNN
 (mkldnn) disabled (cuDNN RNNs have no double backward; the float32 CPU LSTM/GRU kernel of oneDNN has
-no forward-mode AD) and with ``use_fused = False`` on every module that has that
-switch (the fused Lipschitz scan may lack double backward). Afterwards every module's train/eval
-flag, every ``use_fused`` switch and every parameter's ``.grad`` are as before; parameters are never
+no forward-mode AD) and on the plain per-step loop of Lipschitz layers
+(:func:`lipschitz_rnn.models.fused.fused_disabled`, local to the thread): the fused scan also has
+a double backward (rebuilt from autograd ops under ``create_graph=True``), but the loop is the
+reference and every Hessian-vector product would pay that rebuild. Afterwards every module's
+train/eval flag and every parameter's ``.grad`` are as before; parameters are never
 written. Only parameters with ``requires_grad=True`` are differentiated.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -61,17 +62,16 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..models.fused import fused_disabled
 from ._model_state import (
-    atomic_savefig,
     fast_rnn_kernels_disabled,
     finite_or_none,
-    fused_disabled,
     materialise_batches,
     model_device,
-    new_figure,
     preserved_state,
     to_device,
 )
+from .plots import plot_density
 
 __all__ = ["HessianSpectrum", "SpectralDensity", "hessian_spectrum", "plot_density"]
 
@@ -395,7 +395,7 @@ def hessian_spectrum(
 
     with (
         preserved_state(model, eval_mode=True),
-        fused_disabled(model),
+        fused_disabled(),
         fast_rnn_kernels_disabled(),
     ):
         loss = _average_loss(model, loss_fn, data, weights)
@@ -443,31 +443,3 @@ def hessian_spectrum(
         num_batches=len(data),
         seed=seed,
     )
-
-
-def plot_density(
-    spectrum: HessianSpectrum, path: str | os.PathLike[str], *, title: str | None = None
-) -> str:
-    """Plot ``spectrum.density`` (log scale) with :math:`\\lambda_{\\min}`, :math:`\\lambda_{\\max}`
-    marked, to a PNG at ``path`` (written atomically). Returns the path.
-
-    Raises:
-        ValueError: the spectrum was computed without ``density=True``.
-    """
-    if spectrum.density is None:
-        raise ValueError("spectrum has no density: compute it with hessian_spectrum(density=True)")
-    grid, values = spectrum.density.grid, spectrum.density.values
-    fig, axes = new_figure()
-    ax = axes[0, 0]
-    positive = values[values > 0]
-    floor = max(float(positive.max()) * 1e-12, 1e-300) if positive.size else 1e-300
-    ax.semilogy(grid, np.maximum(values, floor), color="C0", lw=1.2, label="density")
-    ax.axvline(spectrum.lambda_max, color="C3", ls="--", lw=0.8,
-               label=f"λmax = {spectrum.lambda_max:.3g}")
-    ax.axvline(spectrum.min_eigenvalue, color="C2", ls="--", lw=0.8,
-               label=f"λmin = {spectrum.min_eigenvalue:.3g}")
-    ax.set_xlabel("eigenvalue λ")
-    ax.set_ylabel("density p(λ)")
-    ax.set_title(title or f"Hessian spectral density (P = {spectrum.num_parameters})")
-    ax.legend(loc="best", fontsize="small")
-    return atomic_savefig(fig, path)

@@ -13,9 +13,14 @@ average of ``log |det J_t|`` / ``dt``.
 * **Known units** (every cell/layer of this package, torch.nn.RNN/GRU/LSTM) propagate the tangent
   vectors with hand-written Jacobian-vector products: shared weight matrices multiply all
   ``batch * k`` tangent rows in one GEMM and no n x n Jacobian is formed (see
-  :mod:`lipschitz_rnn.analysis._tangent` for the formulas of each unit).
+  :mod:`lipschitz_rnn.analysis._units` for the formulas of each unit; the Lipschitz unit advances
+  the pair (state, tangent rows) through one step of its own Runge-Kutta scheme,
+  :func:`lipschitz_rnn.models.solvers.rk_step`).
 * **Any other map** ``step(h, x)`` uses ``torch.func.jvp`` under ``torch.func.vmap`` over the
-  tangent rows.
+  tangent rows (:mod:`lipschitz_rnn.analysis._jvp`).
+
+What differs between systems (device, per-step drive, initial state, first-call checks) lives in
+the system objects of :mod:`lipschitz_rnn.analysis._systems`; the estimator's loop is one.
 * **Re-orthonormalisation** is batched Cholesky-QR (Gram matrix, ``cholesky_ex``, triangular
   solve: GEMM-based, so it stays fast on GPUs, where batched small Householder QR is slow). The
   sequences whose tangent vectors have nearly aligned are redone more carefully -- a second
@@ -23,25 +28,27 @@ average of ``log |det J_t|`` / ``dt``.
   passes) -- and so are those where Cholesky fails; see :mod:`lipschitz_rnn.analysis._qr`.
   ``reorth_every="auto"`` re-orthonormalises only as often as the conditioning requires.
 
-Entry points: :func:`lyapunov_spectrum` -> :class:`LyapunovSpectrum`; :func:`plot_spectrum` and
-:func:`plot_evolution` write PNGs.
+Entry points: :func:`lyapunov_spectrum` -> :class:`LyapunovSpectrum`. :func:`plot_spectrum`,
+:func:`plot_evolution` (from :mod:`.plots`) and :func:`kaplan_yorke_dimension` (from
+:mod:`.features`) are re-exported here.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
-import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from ._qr import Orthonormalizer, householder_rows
-from ._tangent import TangentSystem, _CallableSystem, _LayerStack, resolve_system
+from .._checks import check_float, check_int, check_optional_int
+from ._model_state import finite_or_none, nan_for_none
+from ._qr import Orthonormalizer, householder_rows, median_block, next_block
+from ._systems import TangentSystem, resolve_system
+from .features import entropy_rate, kaplan_yorke_dimension
+from .plots import plot_evolution, plot_spectrum
 
 __all__ = [
     "LyapunovSpectrum",
@@ -63,38 +70,10 @@ class NonFiniteStateError(FloatingPointError, ValueError):
 # ----------------------------------------------------------------------------------------------
 # result
 # ----------------------------------------------------------------------------------------------
-def kaplan_yorke_dimension(exponents: Tensor) -> Tensor:
-    """Kaplan-Yorke (Lyapunov) dimension of descending exponents along the last dimension.
-
-    ``D = j + (lambda_1 + ... + lambda_j) / |lambda_{j+1}|`` with ``j`` the largest index whose
-    partial sum is >= 0; ``D = 0`` when ``lambda_1 < 0``, and ``D = k`` when all ``k`` partial
-    sums are >= 0 (with ``k < n`` computed exponents this is then only a lower bound).
-    """
-    lam = torch.as_tensor(exponents, dtype=torch.float64)
-    k = lam.shape[-1]
-    csum = lam.cumsum(-1)
-    j = (csum >= 0).sum(-1)  # partial sums of a descending sequence: >= 0 on a prefix
-    jc = j.clamp(max=k - 1)
-    s_j = torch.where(j > 0, csum.gather(-1, (j - 1).clamp(min=0).unsqueeze(-1)).squeeze(-1), 0.0)
-    nxt = lam.gather(-1, jc.unsqueeze(-1)).squeeze(-1).abs()
-    d = j.to(lam.dtype) + s_j / nxt
-    d = torch.where(j == 0, torch.zeros_like(d), d)
-    return torch.where(j >= k, torch.full_like(d, float(k)), d)
-
-
-def _entropy(exponents: Tensor) -> Tensor:
-    return exponents.clamp(min=0).sum(-1)
-
-
-def _num(x: Any) -> float | None:
-    x = float(x)
-    return x if math.isfinite(x) else None
-
-
 def _tolist(t: Tensor) -> Any:
     if t.dim() == 0:
-        return _num(t)
-    return [_tolist(r) for r in t] if t.dim() > 1 else [_num(v) for v in t.tolist()]
+        return finite_or_none(t)
+    return [_tolist(r) for r in t] if t.dim() > 1 else [finite_or_none(v) for v in t.tolist()]
 
 
 @dataclass
@@ -149,7 +128,7 @@ class LyapunovSpectrum:
 
     @property
     def entropy_rate_of_mean(self) -> float:
-        return float(_entropy(self.mean))
+        return float(entropy_rate(self.mean))
 
     @property
     def max_exponent(self) -> float:
@@ -165,8 +144,8 @@ class LyapunovSpectrum:
             "history_steps": [int(s) for s in self.history_steps.tolist()],
             "kaplan_yorke_dimension": _tolist(self.kaplan_yorke_dimension),
             "entropy_rate": _tolist(self.entropy_rate),
-            "kaplan_yorke_dimension_of_mean": _num(self.kaplan_yorke_dimension_of_mean),
-            "entropy_rate_of_mean": _num(self.entropy_rate_of_mean),
+            "kaplan_yorke_dimension_of_mean": finite_or_none(self.kaplan_yorke_dimension_of_mean),
+            "entropy_rate_of_mean": finite_or_none(self.entropy_rate_of_mean),
             "state_size": int(self.state_size),
             "k": int(self.k),
             "batch_size": self.batch_size,
@@ -183,7 +162,7 @@ class LyapunovSpectrum:
         """Inverse of :meth:`to_dict` (``None`` entries become nan; no ``final_state``)."""
 
         def t(x, dtype=torch.float64):
-            return torch.tensor(_nan_for_none(x), dtype=dtype)
+            return torch.tensor(nan_for_none(x), dtype=dtype)
 
         exps = t(d["exponents"])
         if exps.dim() == 1:
@@ -196,7 +175,7 @@ class LyapunovSpectrum:
             history=hist.reshape(-1, exps.shape[1]),
             history_steps=torch.tensor(d.get("history_steps", []), dtype=torch.int64),
             kaplan_yorke_dimension=kaplan_yorke_dimension(exps),
-            entropy_rate=_entropy(exps),
+            entropy_rate=entropy_rate(exps),
             state_size=int(d.get("state_size", exps.shape[1])),
             k=int(d.get("k", exps.shape[1])),
             steps=int(d.get("steps", 0)),
@@ -208,33 +187,9 @@ class LyapunovSpectrum:
         )
 
 
-def _nan_for_none(x: Any) -> Any:
-    if x is None:
-        return math.nan
-    if isinstance(x, (list, tuple)):
-        return [_nan_for_none(v) for v in x]
-    return x
-
-
 # ----------------------------------------------------------------------------------------------
-# argument checks
+# the estimator
 # ----------------------------------------------------------------------------------------------
-def _check_int(value: Any, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int >= {minimum}, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
-    return value
-
-
-def _check_dt(dt: Any) -> float:
-    if isinstance(dt, bool) or not isinstance(dt, (int, float)):
-        raise TypeError(f"dt must be a positive float, got {type(dt).__name__}")
-    if not (0.0 < float(dt) < math.inf):
-        raise ValueError(f"dt must be a finite float > 0, got {dt}")
-    return float(dt)
-
-
 def _initial_basis(n: int, k: int, generator: torch.Generator | None) -> Tensor:
     """The random orthonormal start (n, k), float64 on the CPU: Householder QR (signs fixed so
     that ``diag R > 0``) of an i.i.d. standard normal (n, k) matrix drawn from ``generator``
@@ -322,9 +277,6 @@ class _FiniteGuard:
         self.checked = upto
 
 
-# ----------------------------------------------------------------------------------------------
-# the estimator
-# ----------------------------------------------------------------------------------------------
 def lyapunov_spectrum(
     system: Any,
     inputs: Tensor | None = None,
@@ -401,32 +353,23 @@ def lyapunov_spectrum(
         FloatingPointError) if the state or the tangent basis becomes non-finite, naming the
         step.
     """
-    if steps is not None:
-        steps = _check_int(steps, "steps", 1)
-    warmup = _check_int(warmup, "warmup", 0)
+    steps = check_optional_int("steps", steps, ge=1)
+    warmup = check_int("warmup", warmup, ge=0)
     auto = isinstance(reorth_every, str) and reorth_every == "auto"
     if not auto:
         if isinstance(reorth_every, str):
             raise ValueError(f"reorth_every must be an int >= 1 or 'auto', got {reorth_every!r}")
-        reorth_every = _check_int(reorth_every, "reorth_every", 1)
-    dt = _check_dt(dt)
+        reorth_every = check_int("reorth_every", reorth_every, ge=1)
+    dt = check_float("dt", dt, gt=0)
     if dtype not in (torch.float32, torch.float64):
         raise TypeError(f"dtype must be torch.float64 or torch.float32, got {dtype!r}")
-    if k is not None:
-        k = _check_int(k, "k", 1)
+    k = check_optional_int("k", k, ge=1)
 
     sysm = resolve_system(system, dtype, inputs is not None)
-    if isinstance(sysm, _LayerStack):
-        device = sysm.device
-    elif isinstance(inputs, Tensor):
-        device = inputs.device
-    elif isinstance(h0, Tensor):
-        device = h0.device
-    else:
-        device = torch.device("cpu")
-
+    device = sysm.device(inputs, h0)
     with torch.no_grad():
         # ---- inputs and the number of steps
+        x, batch = None, None
         if inputs is not None:
             x = _prepare_inputs(inputs, sysm, batch_first, dtype, device)
             T, batch = x.shape[0], x.shape[1]
@@ -436,47 +379,19 @@ def lyapunov_spectrum(
                 steps = T - warmup
             elif warmup + steps > T:
                 raise ValueError(f"steps={steps} + warmup={warmup} exceeds the {T} steps of inputs")
-        else:
-            if steps is None:
-                raise ValueError("steps is required when inputs is None (an autonomous map)")
-            if sysm.tokens:
-                raise ValueError(
-                    "inputs (tokens) are required for a SequenceModel with an embedding"
-                )
-            x = None
-            batch = None
+        elif steps is None:
+            raise ValueError("steps is required when inputs is None (an autonomous map)")
+        elif sysm.tokens:
+            raise ValueError("inputs (tokens) are required for a SequenceModel with an embedding")
         total = warmup + steps
 
-        # ---- initial state
-        if h0 is None:
-            if sysm.needs_h0:
-                raise ValueError("h0 is required for a callable system (the state size is unknown)")
-            batch = batch or 1
-            h = torch.zeros(batch, sysm.n, dtype=dtype, device=device)
-        else:
-            h = sysm.flat_h0(h0, batch).to(device=device, dtype=dtype)
-            if batch is None:
-                batch = h.shape[0]
-            elif h.shape[0] == 1 and batch > 1:
-                h = h.expand(batch, -1)
-            elif h.shape[0] != batch:
-                raise ValueError(f"h0 has batch {h.shape[0]} but inputs have batch {batch}")
-            h = h.contiguous()
-        n = h.shape[1]
+        h = sysm.initial_state(h0, batch, dtype, device)
+        batch, n = h.shape
         if k is None:
             k = n
         elif k > n:
             raise ValueError(f"k={k} is larger than the state size n={n}")
-
-        # ---- per-step drive
-        if isinstance(sysm, _LayerStack):
-            if x is not None:
-                drive = sysm.drive(x[:total]).unbind(0)
-            else:
-                u0 = sysm.drive(torch.zeros(batch, sysm.input_size, dtype=dtype, device=device))
-                drive = [u0] * total
-        else:
-            drive = x[:total].unbind(0) if x is not None else [None] * total
+        drive = sysm.drive(x, total, batch, dtype, device)
 
         Q0 = _initial_basis(n, k, generator).to(device=device, dtype=dtype)
         V = Q0.mT.unsqueeze(0).expand(batch, k, n).contiguous()
@@ -489,10 +404,8 @@ def lyapunov_spectrum(
         block = 1 if auto else reorth_every
         blocks_used: list[int] = []
         for t in range(total):
-            if t == 0 and isinstance(sysm, _CallableSystem):
-                h, V = _first_call(sysm, h, drive[0], V)
-            else:
-                h, V = sysm.advance(h, drive[t], V)
+            step = sysm.first_step if t == 0 else sysm.advance
+            h, V = step(h, drive[t], V)
             guard(h, t)
             since += 1
             if since == block or t == warmup - 1 or t == total - 1:
@@ -501,7 +414,7 @@ def lyapunov_spectrum(
                 V, logd, align = ortho(V)
                 if auto:
                     blocks_used.append(since)
-                    block = _next_block(align, since, logd)
+                    block = next_block(align, since, logd)
                 if ortho.householder_count > before:
                     # log 0 = -inf is legitimate (a singular Jacobian, e.g. dead ReLU units,
                     # annihilates a direction); nan / +inf means overflow
@@ -529,180 +442,14 @@ def lyapunov_spectrum(
             history=history,
             history_steps=hsteps,
             kaplan_yorke_dimension=kaplan_yorke_dimension(exps),
-            entropy_rate=_entropy(exps),
+            entropy_rate=entropy_rate(exps),
             final_state=h.detach().to(torch.float64).cpu(),
             state_size=n,
             k=k,
             steps=steps,
             warmup=warmup,
             dt=dt,
-            reorth_every=reorth_every if not auto else _median_block(blocks_used),
+            reorth_every=reorth_every if not auto else median_block(blocks_used),
             method=sysm.method,
             householder_fallbacks=ortho.householder_count,
         )
-
-
-#: ``reorth_every="auto"``: the basis is re-orthonormalised once its alignment (the largest
-#: ``||v_j|| / R_jj``, see :mod:`._qr`) is predicted to reach AUTO_ALIGN (one Cholesky-QR pass
-#: stays accurate to ~AUTO_ALIGN^2 * u), at most every AUTO_MAX_BLOCK steps, and before any
-#: tangent norm could leave [e^-AUTO_LOG_RANGE, e^AUTO_LOG_RANGE].
-AUTO_ALIGN = 10.0
-AUTO_MAX_BLOCK = 32
-AUTO_LOG_RANGE = 200.0
-
-
-def _next_block(align: float, since: int, logd: Tensor) -> int:
-    """The next block length for ``reorth_every="auto"`` from the last block's growth."""
-    if not math.isfinite(align):
-        return 1
-    rate = math.log(max(align, 1.0)) / since  # log-alignment growth per step
-    block = AUTO_MAX_BLOCK if rate <= 1e-12 else int(math.log(AUTO_ALIGN) / rate)
-    ext = logd[torch.isfinite(logd)]
-    if ext.numel():
-        norm_rate = float(ext.abs().max()) / since  # log-norm change per step
-        if norm_rate > 0:
-            block = min(block, int(AUTO_LOG_RANGE / norm_rate))
-    return max(1, min(block, AUTO_MAX_BLOCK))
-
-
-def _median_block(blocks: list[int]) -> int:
-    if not blocks:
-        return 1
-    return int(sorted(blocks)[len(blocks) // 2])
-
-
-def _first_call(sysm: _CallableSystem, h: Tensor, x0: Any, V: Tensor) -> tuple[Tensor, Tensor]:
-    """The first step of a callable, with its errors and output shape reported clearly."""
-    try:
-        out = sysm.call(h, x0)
-    except Exception as e:
-        how = "step(h)" if sysm.one_arg else "step(h, x)"
-        raise TypeError(
-            f"system: calling the callable as {how} with h of shape {tuple(h.shape)} failed: "
-            f"{type(e).__name__}: {e}"
-        ) from e
-    if not isinstance(out, Tensor) or out.shape != h.shape:
-        got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-        raise ValueError(
-            f"system: the step function must return the next state shaped like h "
-            f"{tuple(h.shape)}, got {got}"
-        )
-    return sysm.advance(h, x0, V)
-
-
-# ----------------------------------------------------------------------------------------------
-# plots
-# ----------------------------------------------------------------------------------------------
-def _new_figure(ncols: int = 1, figsize=(6.0, 4.0)):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=figsize)
-    FigureCanvasAgg(fig)
-    return fig, fig.subplots(1, ncols, squeeze=False)[0]
-
-
-def _save_png(fig: Any, path: str | os.PathLike[str]) -> str:
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format="png", dpi=120, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def _as_exponent_matrix(spectrum: Any) -> Tensor:
-    """(batch, k) float64 from a LyapunovSpectrum, its to_dict(), or an array of exponents."""
-    if isinstance(spectrum, LyapunovSpectrum):
-        e = spectrum.exponents
-    elif isinstance(spectrum, Mapping):
-        e = torch.tensor(
-            _nan_for_none(spectrum.get("exponents", spectrum.get("mean"))), dtype=torch.float64
-        )
-    else:
-        e = torch.as_tensor(spectrum, dtype=torch.float64)
-    if e.dim() == 1:
-        e = e.unsqueeze(0)
-    if e.dim() != 2 or e.numel() == 0:
-        raise ValueError(f"spectrum: expected (k,) or (batch, k) exponents, got {tuple(e.shape)}")
-    return e.sort(-1, descending=True).values
-
-
-def plot_spectrum(spectrum: Any, path: str | os.PathLike[str], *, title: str | None = None) -> str:
-    """Plot exponent index vs value (batch mean, +-1 std band and min-max spread) to a PNG.
-
-    ``spectrum`` is a :class:`LyapunovSpectrum`, its ``to_dict()``, or a (k,) / (batch, k)
-    array. The file is written atomically (temporary file, then ``os.replace``). Returns the path.
-    """
-    e = _as_exponent_matrix(spectrum)
-    mean, idx = e.mean(0), torch.arange(1, e.shape[1] + 1)
-    std = e.std(0) if e.shape[0] > 1 else torch.zeros_like(mean)
-    fig, (ax,) = _new_figure()
-    if e.shape[0] > 1:
-        ax.fill_between(idx, e.amin(0), e.amax(0), color="C0", alpha=0.15, label="min-max")
-        ax.fill_between(idx, mean - std, mean + std, color="C0", alpha=0.3, label="±1 std")
-    ax.plot(idx, mean, "o-" if e.shape[1] <= 40 else "-", color="C0", ms=3, label="mean")
-    ax.axhline(0.0, color="k", lw=0.8, ls="--")
-    ax.set_xlabel("exponent index")
-    ax.set_ylabel("Lyapunov exponent (per unit time)")
-    ky, ent = float(kaplan_yorke_dimension(mean)), float(_entropy(mean))
-    ax.set_title(title or f"λ1 = {float(mean[0]):.4g}, KY dim = {ky:.3g}, Σλ+ = {ent:.3g}")
-    ax.legend(loc="best", fontsize="small")
-    ax.grid(alpha=0.3)
-    return _save_png(fig, path)
-
-
-def plot_evolution(
-    records: Sequence[tuple[Any, Any]], path: str | os.PathLike[str], *, title: str | None = None
-) -> str:
-    """Plot how the spectrum moved during training, to a PNG (atomically).
-
-    ``records``: a sequence of ``(epoch, exponents)`` where ``exponents`` is a (k,) list (or
-    (batch, k), averaged) or a :class:`LyapunovSpectrum` / its ``to_dict()``. Left: each epoch's
-    spectrum, coloured by epoch; right: the largest, median and smallest exponent against epoch.
-    Returns the path.
-    """
-    recs = list(records)
-    if not recs:
-        raise ValueError("records is empty: need at least one (epoch, exponents) pair")
-    epochs, spectra = [], []
-    for i, item in enumerate(recs):
-        try:
-            ep, ex = item
-        except (TypeError, ValueError):
-            raise TypeError(f"records[{i}] must be an (epoch, exponents) pair") from None
-        epochs.append(float(ep))
-        spectra.append(_as_exponent_matrix(ex).mean(0))
-    from matplotlib import cm, colormaps, colors
-
-    fig, (ax1, ax2) = _new_figure(2, figsize=(11.0, 4.0))
-    norm = colors.Normalize(
-        min(epochs), max(epochs) if max(epochs) > min(epochs) else min(epochs) + 1
-    )
-    cmap = colormaps["viridis"]
-    for ep, s in zip(epochs, spectra, strict=True):
-        ax1.plot(torch.arange(1, s.numel() + 1), s, color=cmap(norm(ep)), lw=1.2)
-    ax1.axhline(0.0, color="k", lw=0.8, ls="--")
-    ax1.set_xlabel("exponent index")
-    ax1.set_ylabel("Lyapunov exponent")
-    sm = cm.ScalarMappable(norm=norm, cmap=cmap)
-    fig.colorbar(sm, ax=ax1, label="epoch")
-    order = sorted(range(len(epochs)), key=lambda i: epochs[i])
-    xs = [epochs[i] for i in order]
-    ax2.plot(xs, [float(spectra[i][0]) for i in order], "o-", label="λ max")
-    ax2.plot(xs, [float(spectra[i].median()) for i in order], "s-", label="λ median")
-    ax2.plot(xs, [float(spectra[i][-1]) for i in order], "^-", label="λ min")
-    ax2.axhline(0.0, color="k", lw=0.8, ls="--")
-    ax2.set_xlabel("epoch")
-    ax2.legend(loc="best", fontsize="small")
-    for ax in (ax1, ax2):
-        ax.grid(alpha=0.3)
-    fig.suptitle(title or "Lyapunov spectrum during training")
-    return _save_png(fig, path)

@@ -31,7 +31,6 @@ a snapshot taken before the first perturbation.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,14 +40,13 @@ import torch
 from torch import Tensor, nn
 
 from ._model_state import (
-    atomic_savefig,
     finite_or_none,
     materialise_batches,
     model_device,
-    new_figure,
     preserved_state,
     to_device,
 )
+from .plots import plot_curves
 
 __all__ = [
     "RobustnessCurve",
@@ -352,36 +350,3 @@ def weight_noise_curve(
                           _metric_name(metric_fn), label)
         finally:
             restore()
-
-
-# --------------------------------------------------------------------------------------------
-# plot
-# --------------------------------------------------------------------------------------------
-def plot_curves(
-    curves: Sequence[RobustnessCurve],
-    path: str | os.PathLike[str],
-    *,
-    title: str | None = None,
-) -> str:
-    """Plot curves (mean ± std over seeds) to a PNG at ``path``, written atomically: one panel per
-    kind present (input noise, weight noise), one line per curve, labelled by ``curve.label``.
-    Returns the path."""
-    curves = list(curves)
-    if not curves:
-        raise ValueError("curves is empty")
-    kinds = [k for k in ("input", "weight") if any(c.kind == k for c in curves)]
-    kinds += sorted({c.kind for c in curves} - set(kinds))
-    fig, axes = new_figure(1, len(kinds), figsize=(5.0 * len(kinds), 3.8))
-    for ax, kind in zip(axes[0], kinds, strict=True):
-        for j, c in enumerate(x for x in curves if x.kind == kind):
-            ax.errorbar(c.sigmas, c.mean, yerr=c.std, marker="o", ms=3, capsize=2,
-                        color=f"C{j % 10}", label=c.label or f"curve {j}")
-        metric = next(c.metric for c in curves if c.kind == kind)
-        ax.set_xlabel("σ (absolute)" if kind == "input" else "σ (relative to tensor rms)")
-        ax.set_ylabel(metric)
-        ax.set_title(f"{kind} noise")
-        ax.grid(alpha=0.3)
-        ax.legend(loc="best", fontsize="small")
-    if title:
-        fig.suptitle(title)
-    return atomic_savefig(fig, path)

@@ -1,0 +1,355 @@
+"""Per-unit tangent maps: one recurrent layer (one direction) each.
+
+A block advances the state of one layer and pushes its tangent vectors forward:
+``tangent(h, u, V, dU) -> (h', V')`` with ``h' = F(h, u)`` and ``V' = (J V^T)^T``, ``J = dF/dh``
+(the *forward* Jacobian, never its transpose). Tangent vectors are stored as rows, ``V`` is
+(batch, k, n), so a shared matrix acts on all of them as ONE right-multiplication ``V @ M^T``
+over ``batch * k`` rows -- the same code shape as the state update; no N x N Jacobian is formed.
+``u`` is the projected input of the step and ``dU`` the tangent of ``u``: None for the first
+layer, ``dx U^T`` for deeper layers fed by the layer below (see :mod:`._systems`).
+
+Known units (column-vector maths, ``D(z) = diag(1 - tanh(z)^2)``, ``v`` a tangent of ``h``):
+
+* Lipschitz, ``f(h) = A h + tanh(W h + u)``, ``Jf(h)[v, du] = A v + D(W h + u)(W v + du)``: the
+  pair ``(h, v)`` takes one step of the cell's own scheme (:func:`models.solvers.rk_step
+  <lipschitz_rnn.models.solvers.rk_step>`) with ``(y, v) -> (f(y), Jf(y)[v, du])``, e.g. euler
+  ``v' = v + eps Jf(h)[v, du]``. Each stage is one GEMM of the state and one of the tangent rows
+  with the stacked ``[A; W]^T`` (A v and W v together).
+* ODE-RNN / antisymmetric: ``v' = v + eps D(z)(W v + du)``; gated:
+  ``v' = v + eps [s_g (1 - s_a^2) (W_a v + du_a) + s_g (1 - s_g) s_a (W_g v + du_g)]``.
+* coRNN on ``[y, z]``: ``s = D(pre)([W, W_z][v_y; v_z] + du)``,
+  ``v_z' = v_z + dt (s - gamma v_y - epsilon v_z)``, ``v_y' = v_y + dt v_z'``.
+* expRNN: ``v' = m(z) * (Q v + du)`` with ``m = sign(z)^2 [|z| + b > 0]`` (autograd's
+  derivative of modReLU).
+* torch RNN: ``v' = act'(pre) (W_hh v + du)``; GRU and LSTM by the chain rule through their
+  gates (see :class:`_GRUBlock`, :class:`_LSTMBlock`).
+
+Any other :class:`~lipschitz_rnn.models._base.RecurrentCell` (a subclass overriding ``step``
+included) goes through autograd, :func:`._jvp.jvp_rows` (:class:`_GenericCellBlock`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..models._base import RecurrentCell
+from ..models.baselines import AntisymmetricRNNCell, CoRNNCell, ExpRNNCell, ODERNNCell
+from ..models.lipschitz import LipschitzRNNCell
+from ..models.solvers import rk_step
+from ._jvp import jvp_rows
+
+__all__ = ["Block", "block_for_cell", "torch_block"]
+
+
+class Block:
+    """One layer: ``project`` (affine input map, hoistable over time) and ``tangent``.
+
+    ``out_size``: the first ``out_size`` entries of the state are the layer's output (fed to the
+    next layer). ``input_size``: features ``project`` expects (None if unknown).
+    """
+
+    state_size: int
+    out_size: int
+    input_size: int | None
+    label: str = "?"
+
+    def project(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def project_tangent(self, x: Tensor, dx: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def tangent(self, h: Tensor, u: Tensor, V: Tensor, dU: Tensor | None) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+
+def _dtanh(s: Tensor) -> Tensor:
+    return 1.0 - s * s
+
+
+class _LinearInputBlock(Block):
+    """Blocks whose input map is ``x -> x U^T + b`` with known ``U`` and ``b``."""
+
+    def __init__(self, weight_ih: Tensor, bias_ih: Tensor | None) -> None:
+        self.weight_ih = weight_ih
+        self.bias_ih = bias_ih
+        self.input_size = weight_ih.shape[1]
+
+    def project(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight_ih, self.bias_ih)
+
+    def project_tangent(self, x: Tensor, dx: Tensor) -> Tensor:
+        return dx @ self.weight_ih.T
+
+
+class _LipschitzBlock(_LinearInputBlock):
+    """The Lipschitz unit: the state and its tangent rows advance together through ONE
+    :func:`~lipschitz_rnn.models.solvers.rk_step` of the pair ``(h, V)``."""
+
+    def __init__(self, cell: LipschitzRNNCell) -> None:
+        super().__init__(cell.weight_ih, cell.bias_ih)
+        self.AWt = cell.recurrence()[2].contiguous()  # (H, 2H): z @ AWt = [z A^T | z W^T]
+        self.H = cell.hidden_size
+        self.state_size = self.out_size = self.H
+        self.eps = cell.eps
+        self.solver = cell.solver
+        self.label = f"lipschitz-{cell.solver}"
+
+    def tangent(self, h, u, V, dU):
+        H, AWt = self.H, self.AWt
+
+        def f_pair(pair: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+            # (f(y), Jf(y)[Y, dU]): one GEMM for the state, one for all batch * k tangent rows
+            y, Y = pair
+            zz = y @ AWt
+            s = torch.tanh(zz[:, H:] + u)
+            ZZ = Y @ AWt  # (B, k, 2H): [Y A^T | Y W^T]
+            w = ZZ[..., H:] if dU is None else ZZ[..., H:] + dU
+            return zz[:, :H] + s, torch.addcmul(ZZ[..., :H], _dtanh(s).unsqueeze(1), w)
+
+        return rk_step(f_pair, (h, V), self.eps, self.solver)
+
+
+class _ResidualTanhBlock(_LinearInputBlock):
+    """ODE-RNN and (ungated / gated) antisymmetric RNN: ``h' = h + eps [sigmoid(g)] tanh(a)``."""
+
+    def __init__(self, cell: ODERNNCell | AntisymmetricRNNCell) -> None:
+        super().__init__(cell.weight_ih, cell.bias_ih)
+        self.Wt = cell.recurrence()[0].contiguous()  # (H, H) or (H, 2H) for gated
+        self.H = cell.hidden_size
+        self.state_size = self.out_size = self.H
+        self.eps = cell.eps
+        self.gated = bool(getattr(cell, "gated", False))
+        name = "odernn" if isinstance(cell, ODERNNCell) else "antisymmetric"
+        self.label = name + ("-gated" if self.gated else "")
+
+    def tangent(self, h, u, V, dU):
+        eps, H = self.eps, self.H
+        z = h @ self.Wt + u
+        zv = V @ self.Wt
+        if dU is not None:
+            zv = zv + dU
+        if not self.gated:
+            s = torch.tanh(z)
+            return h + eps * s, torch.addcmul(V, (eps * _dtanh(s)).unsqueeze(1), zv)
+        sa, sg = torch.tanh(z[:, :H]), torch.sigmoid(z[:, H:])
+        ca = (eps * sg * _dtanh(sa)).unsqueeze(1)
+        cg = (eps * sg * (1.0 - sg) * sa).unsqueeze(1)
+        Vn = torch.addcmul(V, ca, zv[..., :H])
+        Vn = torch.addcmul(Vn, cg, zv[..., H:])
+        return h + eps * sg * sa, Vn
+
+
+class _CoRNNBlock(_LinearInputBlock):
+    def __init__(self, cell: CoRNNCell) -> None:
+        super().__init__(cell.weight_ih, cell.bias_ih)
+        self.Wt = cell.recurrence()[0].contiguous()  # (2H, H)
+        self.H = cell.hidden_size
+        self.state_size = 2 * self.H
+        self.out_size = self.H
+        self.dt, self.gamma, self.epsilon = cell.dt, cell.gamma, cell.epsilon
+        self.label = "cornn"
+
+    def tangent(self, h, u, V, dU):
+        H, dt, gamma, epsilon = self.H, self.dt, self.gamma, self.epsilon
+        y, z = h[:, :H], h[:, H:]
+        s = torch.tanh(h @ self.Wt + u)
+        z2 = z + dt * (s - gamma * y - epsilon * z)
+        y2 = y + dt * z2
+        sv = V @ self.Wt
+        if dU is not None:
+            sv = sv + dU
+        Vy, Vz = V[..., :H], V[..., H:]
+        Vz2 = Vz + dt * (_dtanh(s).unsqueeze(1) * sv - gamma * Vy - epsilon * Vz)
+        Vy2 = Vy + dt * Vz2
+        return torch.cat([y2, z2], -1), torch.cat([Vy2, Vz2], -1)
+
+
+class _ExpRNNBlock(_LinearInputBlock):
+    def __init__(self, cell: ExpRNNCell) -> None:
+        super().__init__(cell.weight_ih, cell.bias_ih)
+        self.Qt = cell.recurrence()[0].contiguous()
+        self.bias_mod = cell.bias_mod
+        self.H = cell.hidden_size
+        self.state_size = self.out_size = self.H
+        self.label = "exprnn"
+
+    def tangent(self, h, u, V, dU):
+        z = h @ self.Qt + u
+        zv = V @ self.Qt
+        if dU is not None:
+            zv = zv + dU
+        if self.bias_mod is None:
+            return z, zv
+        sgn = torch.sign(z)
+        m = sgn * sgn * ((z.abs() + self.bias_mod) > 0).to(z.dtype)
+        return sgn * torch.relu(z.abs() + self.bias_mod), m.unsqueeze(1) * zv
+
+
+class _GenericCellBlock(Block):
+    """Any other :class:`RecurrentCell`: its own three pieces, tangents by torch.func.jvp."""
+
+    def __init__(self, cell: RecurrentCell) -> None:
+        self.cell = cell
+        self.ctx = cell.recurrence()
+        self.state_size = cell.state_size
+        self.out_size = cell.hidden_size
+        self.input_size = cell.input_size
+        self.label = f"autograd({type(cell).__name__})"
+        self._jvp_state: dict = {}
+
+    def project(self, x):
+        return self.cell.input_projection(x)
+
+    def project_tangent(self, x, dx):
+        n_out = self.cell.input_projection(x[:1]).shape[-1]
+        return jvp_rows(self.cell.input_projection, (x,), (dx,), self._jvp_state, n_out)[1]
+
+    def tangent(self, h, u, V, dU):
+        fn = lambda hh, uu: self.cell.step(hh, uu, self.ctx)
+        return jvp_rows(fn, (h, u), (V, dU), self._jvp_state, self.state_size)
+
+
+# --- torch.nn.RNN / GRU / LSTM layers --------------------------------------------------------
+class _TorchRNNBlock(_LinearInputBlock):
+    def __init__(self, w_ih, w_hh, b_ih, b_hh, relu: bool) -> None:
+        super().__init__(w_ih, b_ih)
+        self.Whh_t = w_hh.T.contiguous()
+        self.b_hh = b_hh
+        self.relu = relu
+        self.state_size = self.out_size = w_hh.shape[1]
+        self.label = "torch-rnn-" + ("relu" if relu else "tanh")
+
+    def _pre(self, h, u):
+        pre = u + h @ self.Whh_t
+        return pre if self.b_hh is None else pre + self.b_hh
+
+    def tangent(self, h, u, V, dU):
+        pre = self._pre(h, u)
+        zv = V @ self.Whh_t
+        if dU is not None:
+            zv = zv + dU
+        if self.relu:
+            return torch.relu(pre), (pre > 0).to(pre.dtype).unsqueeze(1) * zv
+        s = torch.tanh(pre)
+        return s, _dtanh(s).unsqueeze(1) * zv
+
+
+class _GRUBlock(_LinearInputBlock):
+    """torch.nn.GRU: ``r, z = sigmoid(.)``, ``n = tanh(gi_n + r (gh_n))``, ``h' = (1-z) n + z h``."""
+
+    def __init__(self, w_ih, w_hh, b_ih, b_hh) -> None:
+        super().__init__(w_ih, b_ih)
+        self.Whh_t = w_hh.T.contiguous()  # (H, 3H)
+        self.b_hh = b_hh
+        self.H = w_hh.shape[1]
+        self.state_size = self.out_size = self.H
+        self.label = "torch-gru"
+
+    def _gates(self, h, u):
+        H = self.H
+        gh = h @ self.Whh_t
+        if self.b_hh is not None:
+            gh = gh + self.b_hh
+        r = torch.sigmoid(u[:, :H] + gh[:, :H])
+        z = torch.sigmoid(u[:, H : 2 * H] + gh[:, H : 2 * H])
+        n = torch.tanh(u[:, 2 * H :] + r * gh[:, 2 * H :])
+        return r, z, n, gh
+
+    def tangent(self, h, u, V, dU):
+        H = self.H
+        r, z, n, gh = self._gates(h, u)
+        dgh = V @ self.Whh_t  # (B, k, 3H)
+        dgi = dU
+        a_r = dgh[..., :H] if dgi is None else dgh[..., :H] + dgi[..., :H]
+        a_z = dgh[..., H : 2 * H] if dgi is None else dgh[..., H : 2 * H] + dgi[..., H : 2 * H]
+        e = lambda t: t.unsqueeze(1)
+        dr = e(r * (1.0 - r)) * a_r
+        dz = e(z * (1.0 - z)) * a_z
+        a_n = dr * e(gh[:, 2 * H :]) + e(r) * dgh[..., 2 * H :]
+        if dgi is not None:
+            a_n = a_n + dgi[..., 2 * H :]
+        dn = e(_dtanh(n)) * a_n
+        Vn = e(1.0 - z) * dn + e(h - n) * dz + e(z) * V
+        return (1.0 - z) * n + z * h, Vn
+
+
+class _LSTMBlock(_LinearInputBlock):
+    """torch.nn.LSTM on the state ``[h, c]`` (``h`` of size proj_size when projecting)."""
+
+    def __init__(self, w_ih, w_hh, b_ih, b_hh, w_hr) -> None:
+        super().__init__(w_ih, b_ih)
+        self.Whh_t = w_hh.T.contiguous()  # (P, 4H)
+        self.b_hh = b_hh
+        self.Whr_t = None if w_hr is None else w_hr.T.contiguous()  # (H, P)
+        self.H = w_hh.shape[0] // 4
+        self.P = w_hh.shape[1]
+        self.state_size = self.P + self.H
+        self.out_size = self.P
+        self.label = "torch-lstm"
+
+    def _fwd(self, h, u):
+        H, P = self.H, self.P
+        hh, c = h[:, :P], h[:, P:]
+        g = u + hh @ self.Whh_t
+        if self.b_hh is not None:
+            g = g + self.b_hh
+        i = torch.sigmoid(g[:, :H])
+        f = torch.sigmoid(g[:, H : 2 * H])
+        gg = torch.tanh(g[:, 2 * H : 3 * H])
+        o = torch.sigmoid(g[:, 3 * H :])
+        c2 = f * c + i * gg
+        tc = torch.tanh(c2)
+        h2 = o * tc
+        if self.Whr_t is not None:
+            h2 = h2 @ self.Whr_t
+        return i, f, gg, o, c, c2, tc, torch.cat([h2, c2], -1)
+
+    def tangent(self, h, u, V, dU):
+        H, P = self.H, self.P
+        i, f, gg, o, c, c2, tc, out = self._fwd(h, u)
+        dg = V[..., :P] @ self.Whh_t
+        if dU is not None:
+            dg = dg + dU
+        Vc = V[..., P:]
+        e = lambda t: t.unsqueeze(1)
+        di = e(i * (1.0 - i)) * dg[..., :H]
+        df = e(f * (1.0 - f)) * dg[..., H : 2 * H]
+        dgg = e(_dtanh(gg)) * dg[..., 2 * H : 3 * H]
+        do = e(o * (1.0 - o)) * dg[..., 3 * H :]
+        dc2 = df * e(c) + e(f) * Vc + di * e(gg) + e(i) * dgg
+        dh2 = do * e(tc) + e(o * _dtanh(tc)) * dc2
+        if self.Whr_t is not None:
+            dh2 = dh2 @ self.Whr_t
+        return out, torch.cat([dh2, dc2], -1)
+
+
+def block_for_cell(cell: RecurrentCell) -> Block:
+    """The tangent map of ``cell``: hand-written for the known units whose ``step`` is not
+    overridden, torch.func for any other cell."""
+    kind = type(cell)
+    if isinstance(cell, LipschitzRNNCell) and kind.step is LipschitzRNNCell.step:
+        return _LipschitzBlock(cell)
+    if isinstance(cell, ODERNNCell) and kind.step is ODERNNCell.step:
+        return _ResidualTanhBlock(cell)
+    if isinstance(cell, AntisymmetricRNNCell) and kind.step is AntisymmetricRNNCell.step:
+        return _ResidualTanhBlock(cell)
+    if isinstance(cell, CoRNNCell) and kind.step is CoRNNCell.step:
+        return _CoRNNBlock(cell)
+    if isinstance(cell, ExpRNNCell) and kind.step is ExpRNNCell.step:
+        return _ExpRNNBlock(cell)
+    return _GenericCellBlock(cell)
+
+
+def torch_block(mode: str, w_ih: Tensor, w_hh: Tensor, b_ih, b_hh, w_hr=None) -> Block:
+    """The tangent map of one layer of ``torch.nn.RNN``/``GRU``/``LSTM`` (``mode`` as in
+    ``nn.RNNBase.mode``; ``w_hr`` the LSTM projection or None)."""
+    if mode in ("RNN_TANH", "RNN_RELU"):
+        return _TorchRNNBlock(w_ih, w_hh, b_ih, b_hh, relu=mode == "RNN_RELU")
+    if mode == "GRU":
+        return _GRUBlock(w_ih, w_hh, b_ih, b_hh)
+    if mode == "LSTM":
+        return _LSTMBlock(w_ih, w_hh, b_ih, b_hh, w_hr)
+    raise TypeError(f"system: unsupported torch RNN mode {mode!r}")
