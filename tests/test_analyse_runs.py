@@ -80,6 +80,9 @@ def test_hessian_robustness_compare(runs, tmp_path, capsys):
         # sigma = 0 reproduces the clean metric of the same test batch exactly
         assert r["curves"]["input"]["mean"][0] == r["curves"]["input"]["clean"]
         assert r["curves"]["weight"]["std"][0] == 0.0
+        # every curve is labelled with the task's metric, not the function's name
+        assert r["metric"] == "accuracy"
+        assert {c["metric"] for c in r["curves"].values()} == {"accuracy"}
         assert 0 <= clean["test"]["accuracy"] <= 1
     assert main(["compare", *map(str, runs.values()), "--out", str(tmp_path)]) == 0
     md = (tmp_path / "compare.md").read_text()

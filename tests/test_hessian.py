@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from lipschitz_rnn.analysis import hessian as H
+from lipschitz_rnn.analysis._curvature import build_operator
 from lipschitz_rnn.analysis.hessian import HessianSpectrum, hessian_spectrum, plot_density
 from lipschitz_rnn.models import SequenceModel, build
 from lipschitz_rnn.models.fused import fused_disabled
@@ -133,8 +133,8 @@ def test_operator_uses_the_average_over_batches_of_unequal_sizes():
     num = sum(p.numel() for p in params)
     eye = torch.eye(num, dtype=DT)
     with fused_disabled():
-        uniform = H._build_operator(model, F.cross_entropy, params, data, [0.5, 0.5]) @ eye
-        sized = H._build_operator(model, F.cross_entropy, params, data, [0.75, 0.25]) @ eye
+        uniform = build_operator(model, F.cross_entropy, params, data, [0.5, 0.5]) @ eye
+        sized = build_operator(model, F.cross_entropy, params, data, [0.75, 0.25]) @ eye
     exact_uniform = _exact_hessian(model, data)
     exact_sized = _exact_hessian(model, data, [0.75, 0.25])
     assert torch.allclose(uniform, exact_uniform, rtol=1e-9, atol=1e-12)
@@ -293,3 +293,16 @@ def test_empty_batches_and_bad_loss():
         hessian_spectrum(
             _tiny(), lambda o, y: F.cross_entropy(o, y, reduction="none"), _tiny_data()
         )
+
+
+def test_progress_names_each_phase_and_counts_products():
+    model = _model("odernn", 5)
+    seen: list[str] = []
+    hessian_spectrum(model, F.cross_entropy, _batches((6,)), trace_samples=4, density=True,
+                     density_ncv=8, seed=0, progress=seen.append)
+    text = "\n".join(seen)
+    for phase in ("top 1 eigenvalue", "smallest eigenvalue", "trace (Hutchinson, 4 probes)",
+                  "spectral density", "done"):
+        assert phase in text, phase
+    counts = [int(m.rsplit("[", 1)[1].split()[0]) for m in seen]
+    assert counts == sorted(counts) and counts[-1] > 4  # Lanczos products, then 4 probes, ...

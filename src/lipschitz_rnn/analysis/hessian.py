@@ -52,8 +52,8 @@ written. Only parameters with ``requires_grad=True`` are differentiated.
 
 from __future__ import annotations
 
+import logging
 import math
-import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -62,7 +62,17 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .._checks import check_float, check_int
 from ..models.fused import fused_disabled
+from ._curvature import (
+    Progress,
+    average_loss,
+    build_operator,
+    dense_eigenvalues,
+    eigsh_extreme,
+    hutchinson_trace,
+    spectral_density,
+)
 from ._model_state import (
     fast_rnn_kernels_disabled,
     finite_or_none,
@@ -72,6 +82,8 @@ from ._model_state import (
     to_device,
 )
 from .plots import plot_density
+
+log = logging.getLogger(__name__)
 
 __all__ = ["HessianSpectrum", "SpectralDensity", "hessian_spectrum", "plot_density"]
 
@@ -149,14 +161,6 @@ class HessianSpectrum:
 # --------------------------------------------------------------------------------------------
 # argument checks
 # --------------------------------------------------------------------------------------------
-def _check_int(value: Any, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
-
-
 def _check_weights(batch_weights: Sequence[float] | None, n: int) -> list[float]:
     if batch_weights is None:
         return [1.0 / n] * n
@@ -166,144 +170,6 @@ def _check_weights(batch_weights: Sequence[float] | None, n: int) -> list[float]
     if not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
         raise ValueError("batch_weights must be finite, >= 0 and not all zero")
     return [float(x) for x in w / w.sum()]
-
-
-# --------------------------------------------------------------------------------------------
-# the operator
-# --------------------------------------------------------------------------------------------
-class _WeightedLoss(nn.Module):
-    """``weight * loss_fn(pred, y)``, declared ``reduction="sum"`` so curvlinops adds no factor."""
-
-    reduction = "sum"
-
-    def __init__(self, loss_fn: Callable[[Tensor, Tensor], Tensor], weight: float) -> None:
-        super().__init__()
-        self._fn = loss_fn  # plain attribute: a loss module's own parameters stay out of the way
-        self.weight = weight
-
-    def forward(self, prediction: Tensor, target: Tensor) -> Tensor:
-        return self.weight * self._fn(prediction, target)
-
-
-def _balanced_sum(ops: list[Any]) -> Any:
-    """Sum curvlinops operators pairwise (depth log2(B), not B: no deep recursion)."""
-    while len(ops) > 1:
-        nxt = [ops[i] + ops[i + 1] for i in range(0, len(ops) - 1, 2)]
-        if len(ops) % 2:
-            nxt.append(ops[-1])
-        ops = nxt
-    return ops[0]
-
-
-def _build_operator(model, loss_fn, params, data, weights):
-    from curvlinops import HessianLinearOperator
-
-    ops = [
-        HessianLinearOperator(
-            model,
-            _WeightedLoss(loss_fn, w),
-            params,
-            [(x, y)],
-            check_deterministic=False,  # eval mode, no cuDNN: the operator is deterministic
-            num_data=1,  # irrelevant for reduction="sum"; skips curvlinops' X.shape[0] count
-        )
-        for (x, y), w in zip(data, weights, strict=True)
-        if w > 0
-    ]
-    return _balanced_sum(ops)
-
-
-def _average_loss(model, loss_fn, data, weights) -> float:
-    total = 0.0
-    with torch.no_grad():
-        for i, ((x, y), w) in enumerate(zip(data, weights, strict=True)):
-            value = loss_fn(model(x), y)
-            if not isinstance(value, Tensor) or value.numel() != 1:
-                raise ValueError(
-                    f"loss_fn must return a scalar tensor, got {type(value).__name__}"
-                    + (f" of shape {tuple(value.shape)}" if isinstance(value, Tensor) else "")
-                    + f" on batch {i}"
-                )
-            total += w * float(value)
-    return total
-
-
-# --------------------------------------------------------------------------------------------
-# eigenvalues, trace, density
-# --------------------------------------------------------------------------------------------
-def _eigsh(op_scipy, k: int, which: str, tol: float, max_iter: int, v0: np.ndarray) -> np.ndarray:
-    from scipy.sparse.linalg import ArpackNoConvergence, eigsh
-
-    try:
-        vals = eigsh(
-            op_scipy, k=k, which=which, tol=tol, maxiter=max_iter, v0=v0,
-            return_eigenvectors=False,
-        )
-    except ArpackNoConvergence as e:
-        vals = np.asarray(e.eigenvalues)
-        if vals.size < k:
-            raise RuntimeError(
-                f"Lanczos (eigsh, which={which!r}) converged on {vals.size} of {k} eigenvalues "
-                f"within max_iter={max_iter}; increase max_iter or tol"
-            ) from e
-        warnings.warn(
-            f"eigsh(which={which!r}) did not fully converge within max_iter={max_iter}; "
-            "using the converged Ritz values",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-    return np.sort(np.asarray(vals, dtype=np.float64))
-
-
-def _dense_eigenvalues(op, num_params: int, device, dtype) -> np.ndarray:
-    eye = torch.eye(num_params, device=device, dtype=dtype)
-    h = op @ eye
-    h = 0.5 * (h + h.T)
-    return np.sort(torch.linalg.eigvalsh(h).double().cpu().numpy())
-
-
-def _hutchinson(op, num_params: int, samples: int, gen: torch.Generator, device, dtype,
-                chunk: int = 32) -> tuple[float, float, int]:
-    """Trace of ``op`` with its standard error; exact (stderr 0) when ``samples >= num_params``."""
-    if samples >= num_params:
-        total = 0.0
-        for start in range(0, num_params, chunk):
-            stop = min(start + chunk, num_params)
-            cols = torch.zeros(num_params, stop - start, device=device, dtype=dtype)
-            idx = torch.arange(start, stop, device=device)
-            cols[idx, idx - start] = 1.0
-            total += float((op @ cols)[idx, idx - start].double().sum())
-        return total, 0.0, num_params
-    quad: list[Tensor] = []
-    remaining = samples
-    while remaining > 0:
-        m = min(chunk, remaining)
-        z = torch.randint(0, 2, (num_params, m), generator=gen, dtype=torch.int64)
-        z = (2 * z - 1).to(device=device, dtype=dtype)  # Rademacher probes
-        quad.append(((op @ z) * z).sum(0).double().cpu())
-        remaining -= m
-    q = torch.cat(quad)
-    return float(q.mean()), float(q.std(unbiased=True) / math.sqrt(samples)), samples
-
-
-def _density(op, lam_min: float, lam_max: float, ncv: int, points: int, repeats: int,
-             seed: int, device) -> SpectralDensity:
-    from curvlinops import lanczos_approximate_spectrum
-
-    lo, hi = lam_min, lam_max
-    if not hi - lo > 1e-12 * max(1.0, abs(hi), abs(lo)):  # degenerate spectrum: widen the window
-        pad = 1e-3 * max(1.0, abs(hi))
-        lo, hi = lo - pad, hi + pad
-    devices = list(range(torch.cuda.device_count())) if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):  # curvlinops draws its start vector globally
-        torch.manual_seed(seed)
-        grid, values = lanczos_approximate_spectrum(
-            op, ncv, num_points=points, num_repeats=repeats, boundaries=(lo, hi)
-        )
-    return SpectralDensity(
-        grid=grid.detach().double().cpu().numpy(),
-        values=np.clip(values.detach().double().cpu().numpy(), 0.0, None),
-    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -325,6 +191,7 @@ def hessian_spectrum(
     density_points: int = 512,
     density_repeats: int = 1,
     batch_weights: Sequence[float] | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> HessianSpectrum:
     r"""Top eigenvalues, smallest eigenvalue, trace, condition number and (optionally) density of
     the Hessian of the batch-averaged loss w.r.t. the model's trainable parameters.
@@ -352,6 +219,9 @@ def hessian_spectrum(
         density_repeats: independent Lanczos runs averaged for the density.
         batch_weights: optional non-negative weights per batch (normalised to sum 1); default
             uniform ``1/B``: see the module docstring for the averaging convention.
+        progress: called with a one-line description of the current phase and the number of
+            Hessian-vector products so far (every phase is also logged at INFO level); the CLI
+            shows it as a status line.
 
     Returns:
         :class:`HessianSpectrum`. ``condition_number`` is :math:`\lambda_{\max}/|\lambda_{\min}|`.
@@ -362,18 +232,14 @@ def hessian_spectrum(
             without trainable parameters; ``loss_fn`` not returning a scalar.
         RuntimeError: Lanczos did not converge on enough eigenvalues within ``max_iter``.
     """
-    top_k = _check_int(top_k, "top_k", 1)
-    max_iter = _check_int(max_iter, "max_iter", 1)
-    trace_samples = _check_int(trace_samples, "trace_samples", 2)
-    density_ncv = _check_int(density_ncv, "density_ncv", 2)
-    density_points = _check_int(density_points, "density_points", 2)
-    density_repeats = _check_int(density_repeats, "density_repeats", 1)
-    seed = _check_int(seed, "seed", 0)
-    if isinstance(tol, bool) or not isinstance(tol, (int, float)):
-        raise TypeError(f"tol must be a float, got {type(tol).__name__}")
-    if not (0.0 < float(tol) < math.inf):
-        raise ValueError(f"tol must be a finite float > 0, got {tol}")
-    tol = float(tol)
+    top_k = check_int("top_k", top_k, ge=1)
+    max_iter = check_int("max_iter", max_iter, ge=1)
+    trace_samples = check_int("trace_samples", trace_samples, ge=2)
+    density_ncv = check_int("density_ncv", density_ncv, ge=2)
+    density_points = check_int("density_points", density_points, ge=2)
+    density_repeats = check_int("density_repeats", density_repeats, ge=1)
+    seed = check_int("seed", seed, ge=0)
+    tol = check_float("tol", tol, gt=0)
     data = materialise_batches(batches, "batches")
     weights = _check_weights(batch_weights, len(data))
 
@@ -393,24 +259,28 @@ def hessian_spectrum(
     gen = torch.Generator().manual_seed(int(s_trace.generate_state(1, np.uint64)[0]) >> 1)
     density_seed = int(s_density.generate_state(1, np.uint64)[0]) >> 1
 
+    say = Progress(progress, num_params, len(data))
     with (
         preserved_state(model, eval_mode=True),
         fused_disabled(),
         fast_rnn_kernels_disabled(),
     ):
-        loss = _average_loss(model, loss_fn, data, weights)
-        op = _build_operator(model, loss_fn, params, data, weights)
+        loss = average_loss(model, loss_fn, data, weights)
+        op = build_operator(model, loss_fn, params, data, weights)
 
         if top_k >= num_params:  # ARPACK needs k < n: tiny problem, go dense
-            all_vals = _dense_eigenvalues(op, num_params, device, dtype)
+            say.phase("all eigenvalues (dense Hessian)", num_params)
+            all_vals = dense_eigenvalues(op, num_params, device, dtype)
             top = all_vals[::-1][:top_k].copy()
             lam_min = float(all_vals[0])
         else:
-            op_scipy = op.to_scipy(dtype=np.float64)
-            top = _eigsh(op_scipy, top_k, "LA", tol, max_iter, rng.standard_normal(num_params))
+            op_scipy = say.counting(op.to_scipy(dtype=np.float64))
+            say.phase(f"top {top_k} eigenvalue(s) by Lanczos (eigsh)")
+            top = eigsh_extreme(op_scipy, top_k, "LA", tol, max_iter, rng.standard_normal(num_params))
             top = top[::-1].copy()
+            say.phase("smallest eigenvalue by Lanczos (eigsh)")
             lam_min = float(
-                _eigsh(op_scipy, 1, "SA", tol, max_iter, rng.standard_normal(num_params))[0]
+                eigsh_extreme(op_scipy, 1, "SA", tol, max_iter, rng.standard_normal(num_params))[0]
             )
         lam_max = float(top[0])
         lam_min = min(lam_min, float(top[-1]))
@@ -418,14 +288,22 @@ def hessian_spectrum(
         tr = stderr = None
         used = 0
         if trace:
-            tr, stderr, used = _hutchinson(op, num_params, trace_samples, gen, device, dtype)
+            exact = trace_samples >= num_params
+            say.phase("exact trace" if exact else f"trace (Hutchinson, {trace_samples} probes)",
+                      num_params if exact else trace_samples)
+            tr, stderr, used = hutchinson_trace(op, num_params, trace_samples, gen, device, dtype)
 
         dens = None
         if density:
             ncv = min(density_ncv, num_params)
-            dens = _density(op, lam_min, lam_max, max(ncv, 2), density_points, density_repeats,
-                            density_seed, device)
+            say.phase(f"spectral density (stochastic Lanczos, {density_repeats} x {ncv} steps)",
+                      density_repeats * ncv)
+            dens = SpectralDensity(*spectral_density(
+                op, lam_min, lam_max, max(ncv, 2), density_points, density_repeats, density_seed,
+                device,
+            ))
 
+    say.phase("done")
     if lam_min == 0.0:
         kappa = math.inf if lam_max > 0 else (math.nan if lam_max == 0 else -math.inf)
     else:

@@ -38,15 +38,24 @@ def _cmd_lyapunov(args: argparse.Namespace) -> int:
 def _cmd_hessian(args: argparse.Namespace) -> int:
     from ..train.run_analyses import hessian_run
 
-    d = hessian_run(
-        args.run_dir,
-        n_batches=args.batches,
-        batch_size=args.batch_size,
-        top_k=args.top_k,
-        density=not args.no_density,
-        seed=args.seed,
-        data_dir=args.data_dir,
+    what = f"top {args.top_k} eigenvalue(s), the smallest, the trace" + (
+        "" if args.no_density else " and the spectral density"
     )
+    console.print(
+        f"Hessian of the test loss ({args.batches} batch(es) of {args.batch_size}) at the best "
+        f"checkpoint: {what}, by Hessian-vector products"
+    )
+    with console.status("Hessian: loading the run") as status:
+        d = hessian_run(
+            args.run_dir,
+            n_batches=args.batches,
+            batch_size=args.batch_size,
+            top_k=args.top_k,
+            density=not args.no_density,
+            seed=args.seed,
+            data_dir=args.data_dir,
+            progress=status.update,
+        )
     console.print(
         f"lambda_max {d['eigenvalues'][0]:.5g}   lambda_min {d['min_eigenvalue']:.5g}   "
         f"trace {d['trace']:.5g} +- {d['trace_stderr']:.2g}   condition {d['condition_number']}"

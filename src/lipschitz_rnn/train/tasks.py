@@ -308,4 +308,5 @@ def metric_function(runner: TaskRunner):
         y = target.reshape(out.shape).to(out.dtype)
         return float(((out - y) ** 2).sum()), float(y.numel())
 
+    metric_fn.__name__ = runner.metric_name  # how analyses and plots label the metric
     return metric_fn
