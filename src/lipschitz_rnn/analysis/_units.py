@@ -86,11 +86,19 @@ class _LinearInputBlock(Block):
 
 class _LipschitzBlock(_LinearInputBlock):
     """The Lipschitz unit: the state and its tangent rows advance together through ONE
-    :func:`~lipschitz_rnn.models.solvers.rk_step` of the pair ``(h, V)``."""
+    :func:`~lipschitz_rnn.models.solvers.rk_step` of the pair ``(h, V)``.
+
+    ``Jf(y) = A + diag(1 - tanh^2(W y + u)) W`` is formed per sequence, (batch, H, H), when it
+    fits in :data:`DENSE_JF_BYTES`: applying it costs one batched GEMM per stage (``k H^2`` per
+    sequence) where the shared-weight form ``[V A^T | V W^T]`` costs two (``2 k H^2``), and forming
+    it only ``H^2``. Larger states use the shared-weight form.
+    """
 
     def __init__(self, cell: LipschitzRNNCell) -> None:
         super().__init__(cell.weight_ih, cell.bias_ih)
-        self.AWt = cell.recurrence()[2].contiguous()  # (H, 2H): z @ AWt = [z A^T | z W^T]
+        A, W, AWt = cell.recurrence()
+        self.A, self.W = A, W
+        self.AWt = AWt.contiguous()  # (H, 2H): z @ AWt = [z A^T | z W^T]
         self.H = cell.hidden_size
         self.state_size = self.out_size = self.H
         self.eps = cell.eps
@@ -99,17 +107,30 @@ class _LipschitzBlock(_LinearInputBlock):
 
     def tangent(self, h, u, V, dU):
         H, AWt = self.H, self.AWt
+        dense = h.shape[0] * H * H * h.element_size() <= DENSE_JF_BYTES
 
         def f_pair(pair: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
-            # (f(y), Jf(y)[Y, dU]): one GEMM for the state, one for all batch * k tangent rows
+            # (f(y), Jf(y)[Y, dU]) for tangent rows Y (B, k, H)
             y, Y = pair
             zz = y @ AWt
             s = torch.tanh(zz[:, H:] + u)
-            ZZ = Y @ AWt  # (B, k, 2H): [Y A^T | Y W^T]
-            w = ZZ[..., H:] if dU is None else ZZ[..., H:] + dU
-            return zz[:, :H] + s, torch.addcmul(ZZ[..., :H], _dtanh(s).unsqueeze(1), w)
+            d = _dtanh(s)
+            if dense:
+                Jf = torch.addcmul(self.A, d.unsqueeze(-1), self.W)  # (B, H, H)
+                JY = torch.bmm(Y, Jf.mT)
+                if dU is not None:
+                    JY = torch.addcmul(JY, d.unsqueeze(1), dU)
+            else:
+                ZZ = Y @ AWt  # (B, k, 2H): [Y A^T | Y W^T], one GEMM for all batch * k rows
+                w = ZZ[..., H:] if dU is None else ZZ[..., H:] + dU
+                JY = torch.addcmul(ZZ[..., :H], d.unsqueeze(1), w)
+            return zz[:, :H] + s, JY
 
         return rk_step(f_pair, (h, V), self.eps, self.solver)
+
+
+#: the largest per-step (batch, H, H) Jacobian of a Lipschitz unit formed explicitly
+DENSE_JF_BYTES = 64 * 2**20
 
 
 class _ResidualTanhBlock(_LinearInputBlock):

@@ -285,7 +285,7 @@ def lyapunov_spectrum(
     h0: Any = None,
     k: int | None = None,
     warmup: int = 0,
-    reorth_every: int | str = 1,
+    reorth_every: int | str = "auto",
     dt: float = 1.0,
     batch_first: bool = False,
     generator: torch.Generator | None = None,
@@ -322,7 +322,8 @@ def lyapunov_spectrum(
         k: the number of exponents (default: the state size ``n``).
         warmup: steps run first (state and tangent basis both evolve and are re-orthonormalised)
             to move onto the attractor and align the basis; not averaged.
-        reorth_every: steps between re-orthonormalisations (>= 1), or ``"auto"``. The
+        reorth_every: steps between re-orthonormalisations (>= 1), or ``"auto"`` (the default).
+            The
             exponents do not depend on it in exact arithmetic (the QR factors of a product are
             the products of the factors); larger values save QR work and stay accurate while
             the tangent vectors do not align between QRs (they do at a rate of about
@@ -332,7 +333,8 @@ def lyapunov_spectrum(
             each next block length from the growth of the last one, so that the tangent
             vectors stay far from aligned (``max_j ||v_j|| / R_jj < AUTO_ALIGN`` = 10) and
             their norms within ``e^{+-200}`` -- at most ``AUTO_MAX_BLOCK`` (32) steps; the
-            result's ``reorth_every`` is then the median block length used.
+            result's ``reorth_every`` is then the median block length used. ``1`` is the
+            textbook schedule (QR every step).
         dt: the time one step represents; exponents are per unit time (``log R / (steps dt)``).
         batch_first: whether ``inputs`` are batch-major (a layer's own ``batch_first`` flag is
             not consulted).
