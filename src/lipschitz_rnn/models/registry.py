@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._checks import check_float
 from .baselines import ODERNN, AntisymmetricRNN, CoRNN, ExpRNN
 from .lipschitz import LipschitzRNN
 
@@ -70,11 +71,43 @@ def build(name: str, input_size: int, hidden_size: int, **kw: Any) -> nn.Module:
     Every layer takes ``(input, hx=None)`` and returns ``(output, h_n)`` like torch.nn.RNN;
     keywords (``num_layers``, ``batch_first``, ``dropout``, ``bidirectional`` and the unit's own,
     e.g. ``eps`` or ``solver``) pass through.
+
+    ``init_scale = p`` sets the initialisation scale of any unit (for sweeps across
+    architectures):
+
+    * ``rnn``, ``lstm``, ``gru`` and the baselines ``odernn``, ``antisymmetric``, ``cornn``,
+      ``exprnn``: every weight matrix (input-to-hidden and hidden-to-hidden, all layers and
+      gates) is drawn from U(-p, p), as in the code of Vogt et al. (2020); biases keep their
+      initialisation (e.g. ``forget_bias``). For ``antisymmetric`` the recurrence is
+      ``W - W^T`` of that ``W``; for ``exprnn`` the skew generator ``log_hh`` is drawn (the
+      recurrent matrix stays orthogonal, ``p`` sets its rotation angles);
+    * ``lipschitz``: it is the cell's ``init_std`` (``M_A``, ``M_W`` ~ N(0, (p / hidden_size)^2));
+    * ``irnn``: the recurrent matrix is ``p I`` (its own ``init_scale``).
     """
     if not isinstance(name, str) or name not in MODELS:
         raise ValueError(f"name must be one of {sorted(MODELS)}, got {name!r}")
     factory = MODELS[name][0]
+    scale = kw.pop("init_scale", None) if name not in ("irnn", "lipschitz") else None
+    if name == "lipschitz" and "init_scale" in kw:
+        if "init_std" in kw:
+            raise ValueError("build('lipschitz'): give init_scale or init_std, not both")
+        kw["init_std"] = kw.pop("init_scale")
+    if scale is not None:
+        scale = check_float("init_scale", scale, ge=0)
     try:
-        return factory(input_size, hidden_size, **kw)
+        layer = factory(input_size, hidden_size, **kw)
     except TypeError as e:
         raise TypeError(f"build({name!r}): {e}") from e
+    if scale is not None:
+        _uniform_weights(layer, scale)
+    return layer
+
+
+def _uniform_weights(layer: nn.Module, p: float) -> None:
+    """Every weight matrix of ``layer`` (parameters named ``weight_*``, and ``log_hh``, the
+    skew generator of exprnn) drawn from U(-p, p); biases keep their initialisation."""
+    with torch.no_grad():
+        for pname, w in layer.named_parameters():
+            leaf = pname.rsplit(".", 1)[-1]
+            if leaf.startswith("weight_") or leaf == "log_hh":
+                w.uniform_(-p, p)

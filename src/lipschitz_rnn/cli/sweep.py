@@ -1,0 +1,152 @@
+"""``lipschitz-rnn sweep``: hyperparameter sweeps on Ray Tune (:mod:`lipschitz_rnn.sweep`)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from rich.live import Live
+from rich.markup import escape
+from rich.text import Text
+
+from ._common import console, data_dir_arg
+
+
+def _line(p) -> Text:
+    c = p.counts
+    parts = [f"{p.done}/{p.total} done"]
+    parts += [f"{c[s]} {s}" for s in ("ok", "diverged", "stopped", "failed") if c.get(s)]
+    parts.append(f"{len(p.running)} running")
+    best = "-" if p.best is None else f"{p.best:.4g} ({p.best_trial})"
+    t = Text.assemble(("sweep ", "bold"), ", ".join(parts),
+                      f"; best valid {p.metric} {best}")
+    if p.event:
+        t.append(f"  [{p.event}]", style="dim")
+    return t
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from ..sweep import run_sweep
+    from ..sweep.runner import SWEEP_EXTRA_MESSAGE
+
+    if args.spec is None and not args.resume:
+        raise ValueError("give SPEC.toml (or --resume to continue the sweep in --out)")
+    if not args.verbose:  # Tune's advice (e.g. Tuner.restore) is not how a sweep resumes
+        logging.getLogger("ray.tune").setLevel(logging.ERROR)
+    terminal = console.is_terminal
+    live = Live(Text("sweep: starting"), console=console, auto_refresh=False,
+                transient=False) if terminal else None
+
+    def progress(p) -> None:
+        if live is not None:
+            live.update(_line(p), refresh=True)
+        elif p.event.endswith(("ok", "diverged", "stopped", "failed")) or not p.running:
+            console.print(_line(p))
+
+    try:
+        if live is not None:
+            live.start()
+        try:
+            res = run_sweep(
+                args.spec, args.out, resume=args.resume, address=args.address,
+                max_concurrent=args.max_concurrent, num_cpus=args.num_cpus,
+                data_dir=args.data_dir, progress=progress, trial_process_settings=True,
+            )
+        finally:
+            if live is not None:
+                live.stop()
+    except ImportError as e:
+        if SWEEP_EXTRA_MESSAGE not in str(e):
+            raise
+        console.print(f"[bold red]error:[/] {escape(str(e))}")
+        return 2
+    except (ValueError, TypeError, FileNotFoundError) as e:
+        # spec errors name tables as "[grid] lr": print them as text, not as rich markup
+        console.print(f"[bold red]error:[/] {escape(str(e))}")
+        return 2
+    counts = res["counts"]
+    console.print(
+        f"[bold]sweep[/] {res['out']}: "
+        + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+        + (f"; best valid {res['metric']} {res['best']:.4g} ({res['best_trial']})"
+           if res["best"] is not None else "")
+    )
+    console.print(f"tables: {res['out']}/trials.csv, spectra.npz, sweep.json")
+    if counts.get("pending"):  # Tune ends early only when interrupted (Ctrl-C)
+        console.print(f"[yellow]interrupted:[/] {counts['pending']} trials did not finish; "
+                      f"continue with lipschitz-rnn sweep --resume --out {res['out']}")
+        return 130
+    if counts.get("failed"):
+        console.print(f"[yellow]{counts['failed']} trials failed[/] (trials/<id>/trial.json "
+                      "says why); --resume runs them again")
+    return 0
+
+
+def add_commands(sub) -> None:
+    s = sub.add_parser(
+        "sweep",
+        help="run a hyperparameter sweep on Ray Tune, with Lyapunov spectra of every trial",
+        description="Run the trials of SPEC.toml (docs/sweep.md) on Ray Tune into --out: "
+        "trials/<id>/ run directories, trials.csv, spectra.npz, sweep.json.",
+    )
+    s.add_argument("spec", nargs="?", metavar="SPEC.toml",
+                   help="the sweep specification (optional with --resume)")
+    s.add_argument("--out", required=True, help="sweep directory")
+    s.add_argument("--address", default=None,
+                   help="attach to this Ray cluster (default: $RAY_ADDRESS, else a local Ray)")
+    s.add_argument("--max-concurrent", type=int, default=None, metavar="N",
+                   help="at most N trials at once (default: one per CPU)")
+    s.add_argument("--num-cpus", type=int, default=None, metavar="N",
+                   help="CPUs of the local Ray (default: all)")
+    s.add_argument("--resume", action="store_true",
+                   help="continue the sweep in --out: finished trials are kept, the others "
+                   "continue from their checkpoints")
+    data_dir_arg(s)
+    s.set_defaults(func=_cmd_sweep)
+    st = sub.add_parser(
+        "study",
+        help="does the early Lyapunov spectrum predict the final metric? (a sweep's readout)",
+        description="Score the spectrum features of a finished sweep against its trials' final "
+        "validation metric: Spearman rho with bootstrap intervals, cross-validated AUC "
+        "(top vs bottom quartile) and R^2 per feature set, folds grouped by configuration; "
+        "writes study.json, study.md and PNG plots into the sweep directory.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    st.add_argument("sweep_dir", metavar="DIR", help="a sweep directory (lipschitz-rnn sweep)")
+    st.add_argument("--folds", type=int, default=5, help="cross-validation folds")
+    st.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
+    st.add_argument("--seed", type=int, default=0, help="seed of folds and resamples")
+    st.add_argument("--replay", action="store_true",
+                    help="also replay spectrum-guided pruning against ASHA and random pruning "
+                    "on the sweep (pruning.json)")
+    st.add_argument("--fraction", type=float, default=0.5,
+                    help="fraction pruned at the decision epoch in the replay")
+    st.add_argument("--min-history", type=int, default=8,
+                    help="finished trials needed before the replayed rules prune")
+    st.set_defaults(func=_cmd_study)
+
+
+def _cmd_study(args: argparse.Namespace) -> int:
+    from .._io import write_json
+    from ..sweep import replay, run_study
+
+    with console.status("study: cross-validating feature sets"):
+        s = run_study(args.sweep_dir, folds=args.folds, bootstrap=args.bootstrap, seed=args.seed)
+    console.print(f"{s['n_trials']} trials, {s['n_configs']} configurations "
+                  f"({s['metric']['name']})")
+    for a, r in zip(s["auc"], s["r2"], strict=True):
+        auc = "—" if a["auc"] is None else f"{a['auc']:.3f}"
+        r2 = "—" if r["r2"] is None else f"{r['r2']:.3f}"
+        console.print(f"  {a['feature_set']:<32} AUC {auc}   R² {r2}", markup=False)
+    if args.replay:
+        rp = replay(args.sweep_dir, fraction=args.fraction, min_history=args.min_history,
+                    seed=args.seed)
+        write_json(Path(args.sweep_dir) / "pruning.json", rp)
+        for name, o in rp["rules"].items():
+            console.print(
+                f"  pruning {name:<9} stopped {o['stopped']:>5.1f}  compute saved "
+                f"{o['compute_saved_frac']:.1%}  best kept {o['best_kept']:.4f}  top-5 recall "
+                f"{o['top5_recall']:.2f}", markup=False)
+    console.print(f"wrote {Path(args.sweep_dir) / 'study.md'}")
+    return 0

@@ -1,0 +1,40 @@
+"""Hyperparameter sweeps on Ray Tune with the Lyapunov spectrum of every trial.
+
+* :mod:`.spec` -- the TOML specification (:func:`load_spec`): base, ``[set]``, ``[grid]``,
+  ``[sample]``, ``[lyapunov]``, ``[scheduler]``;
+* :mod:`.probe` -- the fixed probe input of a sweep and the spectrum of a model on it;
+* :mod:`.trial` -- one trial: the training loop with a callback for spectra and reports;
+* :mod:`.schedulers` -- fifo, ASHA, and the hook for spectrum-guided pruning;
+* :mod:`.runner` -- :func:`run_sweep` (Ray Tune, resume after a killed driver);
+* :mod:`.results` -- ``trials.csv``, ``spectra.npz``, ``sweep.json``;
+* :mod:`.study` -- the readout (:func:`run_study`): does the early spectrum predict the final
+  metric? (:mod:`.study_plots` its figures);
+* :mod:`.pruning` -- spectrum-guided pruning (``kind = "lyapunov"``) and its offline replay
+  against ASHA and random pruning (:func:`replay`).
+
+Ray is imported only when a sweep runs (``pip install 'lipschitz-rnn[sweep]'``).
+"""
+
+from .pruning import replay
+from .results import FEATURES, collect, read_sweep_json
+from .runner import SweepProgress, run_sweep
+from .schedulers import SchedulerContext, register_scheduler
+from .spec import LyapunovSpec, SchedulerSpec, SweepSpec, TrialPlan, load_spec
+from .study import run_study
+
+__all__ = [
+    "run_sweep",
+    "load_spec",
+    "collect",
+    "read_sweep_json",
+    "SweepProgress",
+    "SweepSpec",
+    "TrialPlan",
+    "LyapunovSpec",
+    "SchedulerSpec",
+    "SchedulerContext",
+    "register_scheduler",
+    "FEATURES",
+    "run_study",
+    "replay",
+]

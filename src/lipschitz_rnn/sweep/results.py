@@ -1,0 +1,157 @@
+"""The tables of a sweep, gathered from its trial directories.
+
+:func:`collect` (re)writes, atomically:
+
+* ``trials.csv``: one row per trial of the plan, columns
+
+  - ``trial``, ``config_id`` (the configuration without the seed: seeds of one configuration
+    share it), ``status`` (``ok``, ``diverged``, ``failed``, ``stopped``, ``pending``);
+  - every swept key under its spec name (``lr``, ``model.init_scale``, ...), then ``model`` and
+    ``seed`` when they are not swept;
+  - ``best_valid``, ``best_epoch`` (the best validation metric and its epoch; ``sweep.json``
+    names the metric and whether higher is better), ``epochs_done``, ``test`` (the test metric
+    of the best checkpoint, ok trials), ``train_s`` (seconds spent in optimisation steps, the
+    sum of the epochs' ``seconds``: the compute a scheduler saves) and ``wall_s`` (the trial's
+    wall time including set-up and evaluation, from ``trial.json``; empty for trials stopped
+    by the scheduler);
+  - ``valid_{e}`` and ``valid_loss_{e}`` for every epoch ``e`` = 1 .. the longest trial;
+  - ``le{e}_{feature}`` for every ``[lyapunov] at_epochs`` entry ``e`` and every key of
+    :func:`lipschitz_rnn.analysis.spectrum_features` of the probe-batch mean spectrum;
+  - ``error`` (why a trial diverged or failed).
+
+  Empty cells are missing values.
+* ``spectra.npz``: ``{trial}_le{e}`` the batch-mean spectrum (k,), descending, and
+  ``{trial}_le{e}_batch`` the spectrum of every probe sequence (batch, k);
+* ``sweep.json``: updated with the status counts.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._io import atomic_write_bytes, atomic_write_text, write_json
+from ..analysis import spectrum_features
+from .trial import features_by_epoch, read_spectra, read_status
+
+__all__ = ["collect", "read_sweep_json", "update_sweep_json", "FEATURES", "SWEEP_FILE",
+           "TRIALS_FILE", "SPECTRA_NPZ"]
+
+SWEEP_FILE = "sweep.json"
+TRIALS_FILE = "trials.csv"
+SPECTRA_NPZ = "spectra.npz"
+#: the feature columns of every LE epoch (the keys of ``spectrum_features``)
+FEATURES = tuple(spectrum_features([0.0]))
+
+
+def read_sweep_json(sweep_dir: str | Path) -> dict[str, Any]:
+    p = Path(sweep_dir) / SWEEP_FILE
+    if not p.is_file():
+        raise FileNotFoundError(f"{sweep_dir} is not a sweep directory ({SWEEP_FILE} missing)")
+    return json.loads(p.read_text())
+
+
+def update_sweep_json(sweep_dir: str | Path, **fields: Any) -> dict[str, Any]:
+    d = read_sweep_json(sweep_dir)
+    d.update(fields)
+    write_json(Path(sweep_dir) / SWEEP_FILE, d)
+    return d
+
+
+def _records(trial_dir: Path) -> list[dict[str, Any]]:
+    p = trial_dir / "metrics.jsonl"
+    if not p.is_file():
+        return []
+    return [json.loads(ln) for ln in p.read_text().splitlines() if ln.strip()]
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return repr(v) if math.isfinite(v) else ("" if math.isnan(v) else str(v))
+    if isinstance(v, (list, dict)):
+        return json.dumps(v)
+    return str(v)
+
+
+def trial_row(trial_dir: Path, plan: dict[str, Any], meta: dict[str, Any]) -> tuple[dict, dict]:
+    """(the ``trials.csv`` row, the spectra by epoch) of one trial."""
+    metric, mode = meta["metric"]["name"], meta["metric"]["mode"]
+    status = read_status(trial_dir)
+    results_path = trial_dir / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.is_file() else None
+    if status is None:
+        state = "ok" if results is not None else "pending"
+    else:
+        state = status["status"]
+    records = _records(trial_dir)
+    row: dict[str, Any] = {"trial": plan["id"], "config_id": plan["config_id"], "status": state}
+    row.update(plan["params"])
+    for key in ("model", "seed"):
+        if key not in row:
+            row[key] = plan[key]
+    best = None
+    for r in records:
+        m = r.get(f"valid_{metric}")
+        if _finite(m) and (best is None or (m > best[0] if mode == "max" else m < best[0])):
+            best = (m, r["epoch"])
+    row["best_valid"], row["best_epoch"] = best if best else (None, None)
+    row["epochs_done"] = records[-1]["epoch"] if records else 0
+    row["test"] = results["test"][metric] if results else None
+    row["train_s"] = sum(float(r.get("seconds", 0.0)) for r in records)
+    row["wall_s"] = status.get("wall_s") if status else None
+    for e in range(1, meta["max_epochs"] + 1):
+        rec = next((r for r in records if r["epoch"] == e), {})
+        row[f"valid_{e}"] = rec.get(f"valid_{metric}")
+        row[f"valid_loss_{e}"] = rec.get("valid_loss")
+    spectra = read_spectra(trial_dir)
+    feats = features_by_epoch(spectra)
+    for e in meta["lyapunov"]["at_epochs"]:
+        for f in FEATURES:
+            row[f"le{e}_{f}"] = feats.get(e, {}).get(f)
+    row["error"] = status.get("error") if status else None
+    return row, spectra
+
+
+def collect(sweep_dir: str | Path) -> dict[str, int]:
+    """Write ``trials.csv`` and ``spectra.npz`` from the trial directories and record the status
+    counts in ``sweep.json``; return the counts."""
+    root = Path(sweep_dir)
+    meta = read_sweep_json(root)
+    rows, arrays = [], {}
+    for plan in meta["trials"]:
+        row, spectra = trial_row(root / "trials" / plan["id"], plan, meta)
+        rows.append(row)
+        for e, ex in sorted(spectra.items()):
+            arrays[f"{plan['id']}_le{e}"] = np.asarray(ex, dtype=np.float64).mean(0)
+            arrays[f"{plan['id']}_le{e}_batch"] = np.asarray(ex, dtype=np.float64)
+    columns: list[str] = []
+    for row in rows:
+        columns += [c for c in row if c not in columns]
+    columns = [c for c in columns if c != "error"] + ["error"]
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(columns)
+    for row in rows:
+        w.writerow([_cell(row.get(c)) for c in columns])
+    atomic_write_text(root / TRIALS_FILE, buf.getvalue())
+    npz = io.BytesIO()
+    np.savez(npz, **arrays)
+    atomic_write_bytes(root / SPECTRA_NPZ, npz.getvalue())
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row["status"]] = counts.get(row["status"], 0) + 1
+    update_sweep_json(root, counts=counts, complete=counts.get("pending", 0) == 0
+                      and counts.get("failed", 0) == 0)
+    return counts

@@ -1,0 +1,279 @@
+"""Run a sweep on Ray Tune: :func:`run_sweep`.
+
+The driver checks the whole spec, draws the probe, writes ``DIR/sweep.json`` (the spec, the
+trial plan, the metric, versions, one entry per session with its wall time) and
+``DIR/probe.pt``, then lets Ray Tune run the trials that have no final outcome yet, one CPU and
+one torch thread each, and finally gathers ``trials.csv`` and ``spectra.npz``
+(:mod:`.results`).
+
+Bookkeeping is the sweep's own, so a driver killed at any moment loses nothing: a trial is
+finished when its ``trial.json`` says ``ok``, ``diverged`` or ``stopped`` (or its
+``results.json`` exists); ``resume=True`` runs the others again, each continuing from its last
+checkpoint. Ray Tune's own files (``DIR/ray/session-N``) are a record, not needed to resume.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .._checks import check_optional_int
+from .._io import write_json
+from ..train.tasks import TaskRunner
+from .probe import PROBE_FILE, check_trials, draw_probe, load_probe, save_probe
+from .results import SWEEP_FILE, collect, read_sweep_json, update_sweep_json
+from .schedulers import SchedulerContext, make_scheduler
+from .spec import SweepSpec, load_spec
+from .trial import FINAL_STATUSES, is_done, read_status
+
+__all__ = ["run_sweep", "SweepProgress", "SWEEP_EXTRA_MESSAGE"]
+
+SWEEP_EXTRA_MESSAGE = (
+    "sweeps need Ray Tune, which is not installed: pip install 'lipschitz-rnn[sweep]'"
+)
+
+
+@dataclass
+class SweepProgress:
+    """What the progress callback of :func:`run_sweep` gets after every event."""
+
+    total: int
+    metric: str
+    mode: str
+    counts: dict[str, int] = field(default_factory=dict)  # final outcomes, this and earlier runs
+    running: set[str] = field(default_factory=set)
+    best: float | None = None
+    best_trial: str | None = None
+    event: str = ""
+
+    @property
+    def done(self) -> int:
+        return sum(self.counts.values())
+
+    def offer(self, trial: str, value: Any) -> None:
+        if not isinstance(value, (int, float)) or not np.isfinite(value):
+            return
+        if self.best is None or (value > self.best if self.mode == "max" else value < self.best):
+            self.best, self.best_trial = float(value), trial
+
+
+def _require_ray() -> None:
+    try:
+        import ray  # noqa: F401
+        from ray import tune  # noqa: F401
+    except ImportError as e:
+        raise ImportError(f"{SWEEP_EXTRA_MESSAGE} ({e})") from None
+
+
+def _versions() -> dict[str, str]:
+    def version(dist: str) -> str | None:
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    return {
+        "lipschitz-rnn": version("lipschitz-rnn"),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "ray": version("ray"),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def _check_out(out: Path, resume: bool, spec: SweepSpec) -> dict[str, Any] | None:
+    if resume:
+        stored = read_sweep_json(out)
+        if stored["spec"] != spec.raw:
+            raise ValueError(
+                f"--resume: the spec differs from the one this sweep was started with "
+                f"({out / SWEEP_FILE}); run it without SPEC to continue as started"
+            )
+        return stored
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        what = "a sweep" if (out / SWEEP_FILE).is_file() else "other files"
+        raise ValueError(f"output directory {out} already holds {what}; use --resume to continue "
+                         "a sweep, or another --out")
+    return None
+
+
+def run_sweep(
+    spec: str | Path | dict[str, Any] | None,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    address: str | None = None,
+    max_concurrent: int | None = None,
+    num_cpus: int | None = None,
+    data_dir: str | Path | None = None,
+    progress: Callable[[SweepProgress], None] | None = None,
+    trial_process_settings: bool = False,
+) -> dict[str, Any]:
+    """Run the sweep ``spec`` (a TOML path, a dict, or None with ``resume=True``: the stored
+    one) into ``out``; return ``{"counts", "best", "best_trial", "metric", "mode", "out"}``.
+
+    ``address`` (else ``$RAY_ADDRESS``) attaches to a running Ray cluster (the package and the
+    data must be there, ``data_dir`` valid on its nodes); otherwise a local Ray is started
+    (``num_cpus`` cores, default all) and shut down at the end. An already initialised Ray is
+    used as it is. ``max_concurrent`` limits the trials running at once (default: one per
+    CPU). ``progress`` is called after every trial event. ``trial_process_settings`` applies
+    :func:`lipschitz_rnn._process.configure_process` in every trial's worker (the CLI does).
+
+    Everything is checked before anything is written: a bad spec raises ValueError or TypeError
+    naming the key, a missing Ray ImportError naming the ``sweep`` extra.
+    """
+    _require_ray()
+    out = Path(out)
+    if resume and spec is None:
+        spec = read_sweep_json(out)["spec"]
+    if spec is None:
+        raise ValueError("spec is required unless resume=True")
+    sweep = load_spec(spec)
+    stored = _check_out(out, resume, sweep)
+    check_optional_int("max_concurrent", max_concurrent, ge=1)
+    check_optional_int("num_cpus", num_cpus, ge=1)
+    if num_cpus is not None and (address or os.environ.get("RAY_ADDRESS")):
+        raise ValueError("num_cpus is for a local Ray; a cluster (address, $RAY_ADDRESS) has its "
+                         "own")
+    data_dir = None if data_dir is None else str(Path(data_dir).expanduser().resolve())
+    first = sweep.trials[0].config
+    runner = TaskRunner(first, data_dir=data_dir, device=torch.device("cpu"))
+    probe_path = out / PROBE_FILE
+    probe = load_probe(probe_path) if resume and probe_path.is_file() else draw_probe(
+        runner, sweep.lyapunov
+    )
+    check_trials(sweep, runner, probe["inputs"])
+    mode = "max" if runner.higher_is_better else "min"
+    scheduler, stopper = make_scheduler(SchedulerContext(
+        sweep.scheduler, mode, sweep.max_epochs, sweep.lyapunov.at_epochs, out.resolve()
+    ))
+
+    # --- from here on, files are written ---------------------------------------------------
+    t_start, started = time.perf_counter(), _now()
+    if stored is None:
+        out.mkdir(parents=True, exist_ok=True)
+        save_probe(probe_path, probe)
+        meta = _new_meta(sweep, spec, runner.metric_name, mode, probe)
+        write_json(out / SWEEP_FILE, meta)
+    else:
+        meta = stored
+        if not probe_path.is_file():
+            save_probe(probe_path, probe)
+    sessions = list(meta["sessions"])
+    session = {"started": started, "ended": None, "wall_s": None, "resume": resume,
+               "ray": address or os.environ.get("RAY_ADDRESS") or "local",
+               "max_concurrent": max_concurrent, "versions": _versions()}
+    sessions.append(session)
+    update_sweep_json(out, sessions=sessions)
+
+    state = SweepProgress(total=len(sweep.trials), metric=runner.metric_name, mode=mode)
+    pending = []
+    for t in sweep.trials:
+        tdir = out / "trials" / t.id
+        if is_done(tdir):
+            st = read_status(tdir)
+            status = st["status"] if st else "ok"
+            state.counts[status] = state.counts.get(status, 0) + 1
+            _offer_finished(state, tdir, t.id, runner.metric_name)
+        else:
+            pending.append(t.id)
+
+    def on_event(kind: str, tid: str, payload: dict | None) -> None:
+        if kind == "start":
+            state.running.add(tid)
+            state.event = f"{tid} started"
+        elif kind == "result":
+            state.offer(tid, payload.get("valid_metric"))
+            state.event = f"{tid} epoch {payload.get('epoch')}"
+        else:
+            state.running.discard(tid)
+            status = payload["status"]
+            state.counts[status] = state.counts.get(status, 0) + 1
+            state.event = f"{tid} {status}"
+            # the session's wall time so far, kept should the driver be killed
+            session["wall_s"] = time.perf_counter() - t_start
+            update_sweep_json(out, sessions=sessions)
+        if progress is not None:
+            progress(state)
+
+    if progress is not None:
+        state.event = f"{len(pending)} trials to run"
+        progress(state)
+    ran = len(pending)
+    try:
+        if pending:
+            from . import _tune  # Ray is known to be installed
+
+            ctx = {
+                "out": str(out.resolve()),
+                "probe": PROBE_FILE,
+                "configs": {t.id: t.config.to_dict() for t in sweep.trials if t.id in pending},
+                "lyapunov": asdict(sweep.lyapunov),
+                "data_dir": data_dir,
+                "env": {k: v for k, v in os.environ.items() if k.startswith("LIPSCHITZ_RNN_")},
+                "threads": 1,
+                "process_settings": trial_process_settings,
+            }
+            own_ray = _tune.init_ray(address, num_cpus)
+            try:
+                _tune.fit(out, pending, ctx, session=len(sessions), scheduler=scheduler,
+                          stopper=stopper, max_concurrent=max_concurrent, on_event=on_event)
+            finally:
+                if own_ray:
+                    _tune.shutdown_ray()
+    finally:
+        counts = collect(out)
+        wall = time.perf_counter() - t_start
+        session.update(ended=_now(), wall_s=wall, trials_run=ran)
+        update_sweep_json(out, sessions=sessions,
+                          wall_s=sum(float(s["wall_s"] or 0.0) for s in sessions))
+    return {"counts": counts, "best": state.best, "best_trial": state.best_trial,
+            "metric": runner.metric_name, "mode": mode, "out": str(out)}
+
+
+def _new_meta(sweep: SweepSpec, spec: Any, metric: str, mode: str,
+              probe: dict[str, Any]) -> dict[str, Any]:
+    """The content of a new ``sweep.json``."""
+    return {
+        "spec": sweep.raw,
+        "spec_path": None if isinstance(spec, dict) else str(Path(spec).resolve()),
+        "task": sweep.trials[0].config.task,
+        "metric": {"name": metric, "mode": mode},
+        "max_epochs": sweep.max_epochs,
+        "swept_keys": sweep.swept_keys,
+        "lyapunov": asdict(sweep.lyapunov),
+        "scheduler": asdict(sweep.scheduler),
+        "probe": {"file": PROBE_FILE, "shape": list(probe["inputs"].shape),
+                  "split": probe["split"], "seed": probe["seed"],
+                  "indices": [int(i) for i in probe["indices"]]},
+        "trials": sweep.plan(),
+        "versions": _versions(),
+        "sessions": [],
+        "wall_s": 0.0,
+    }
+
+
+def _offer_finished(state: SweepProgress, tdir: Path, tid: str, metric: str) -> None:
+    st = read_status(tdir)
+    if st is not None and st.get("status") not in FINAL_STATUSES:
+        return
+    p = tdir / "metrics.jsonl"
+    if p.is_file():
+        for line in p.read_text().splitlines():
+            if line.strip():
+                state.offer(tid, json.loads(line).get(f"valid_{metric}"))

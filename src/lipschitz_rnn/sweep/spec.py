@@ -1,0 +1,395 @@
+"""The sweep specification: a TOML file (or dict), parsed and checked before any trial starts.
+
+::
+
+    preset = "digits-lipschitz"          # or task = "..." (and model = "...")
+    [set]                                 # fixed overrides: the keys of ``train --set``
+    hidden_size = 8
+    "model.eps" = 0.1                     # or a [set.model] table
+    [grid]                                # every combination of the listed values
+    model = ["rnn", "lstm"]
+    "model.init_scale" = [0.1, 1.0]
+    seed = [0, 1]                         # seeds repeat a configuration
+    [sample]                              # n random points, each combined with the grid
+    n = 4
+    seed = 0
+    lr = { loguniform = [1e-4, 1e-2] }    # also uniform = [lo, hi], choice = [a, b, ...]
+    [lyapunov]                            # spectra on one fixed probe input
+    at_epochs = [0, 1, 2]                 # 0 = at initialisation
+    k = 8
+    [scheduler]
+    kind = "asha"                         # "fifo" (default), "asha", "lyapunov"
+
+:func:`load_spec` returns a :class:`SweepSpec`; every error (unknown key, empty list, wrong
+type, a configuration the training code refuses, ``at_epochs`` beyond ``epochs``) is a
+ValueError or TypeError naming the table and the key.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from ..data import TASKS
+from ..models import MODELS
+from ..train.config import TrainConfig, resolve_config
+
+__all__ = ["SweepSpec", "LyapunovSpec", "SchedulerSpec", "TrialPlan", "load_spec"]
+
+TOP_KEYS = ("preset", "task", "model", "description", "set", "grid", "sample", "lyapunov",
+            "scheduler")
+LYAPUNOV_KEYS = ("at_epochs", "k", "steps", "warmup", "batch", "seed")
+SCHEDULER_KINDS = ("fifo", "asha", "lyapunov")
+#: options of the built-in schedulers (a ``lyapunov`` scheduler gets its options unchecked)
+SCHEDULER_OPTIONS = {"fifo": (), "asha": ("grace_period", "reduction_factor")}
+DISTRIBUTIONS = ("uniform", "loguniform", "choice")
+_CONFIG_KEYS = {f.name: f for f in fields(TrainConfig)}
+
+
+@dataclass(frozen=True)
+class LyapunovSpec:
+    """``[lyapunov]``: spectra at ``at_epochs`` (0 = before training) of the ``k`` largest
+    exponents (0: all) over ``steps`` steps (0: all after ``warmup``) of a probe of ``batch``
+    validation sequences drawn with ``seed``."""
+
+    at_epochs: tuple[int, ...] = ()
+    k: int = 0
+    steps: int = 0
+    warmup: int = 0
+    batch: int = 8
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class SchedulerSpec:
+    """``[scheduler]``: ``kind`` and its options (passed to the scheduler factory)."""
+
+    kind: str = "fifo"
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrialPlan:
+    """One trial: its id (its folder under ``trials/``), the swept values, the id of its
+    configuration without the seed (seeds of one configuration share it) and its config."""
+
+    id: str
+    params: dict[str, Any]
+    config_id: str
+    config: TrainConfig
+
+
+@dataclass
+class SweepSpec:
+    raw: dict[str, Any]
+    base: dict[str, Any]
+    fixed: dict[str, Any]
+    grid: dict[str, list]
+    sample_n: int
+    sample_seed: int
+    sample: dict[str, dict[str, Any]]
+    lyapunov: LyapunovSpec
+    scheduler: SchedulerSpec
+    trials: list[TrialPlan]
+
+    @property
+    def swept_keys(self) -> list[str]:
+        return list(self.grid) + list(self.sample)
+
+    @property
+    def max_epochs(self) -> int:
+        return max(t.config.epochs for t in self.trials)
+
+    def plan(self) -> list[dict[str, Any]]:
+        """The trials as JSON-able dicts (what ``sweep.json`` records)."""
+        return [
+            {"id": t.id, "config_id": t.config_id, "params": t.params, "model": t.config.model,
+             "seed": t.config.seed}
+            for t in self.trials
+        ]
+
+
+def _where(table: str, key: str) -> str:
+    return f"[{table}] {key}" if table else key
+
+
+def _is_distribution(value: Any) -> bool:
+    return isinstance(value, dict) and len(value) == 1 and next(iter(value)) in DISTRIBUTIONS
+
+
+def _flatten(table: str, d: dict[str, Any]) -> dict[str, Any]:
+    """``{"model": {"eps": 0.1}}`` -> ``{"model.eps": 0.1}`` (TOML dotted keys and sub-tables;
+    in ``[sample]`` a distribution table such as ``model = { choice = [...] }`` stays)."""
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        leaf = table == "sample" and _is_distribution(value)
+        if isinstance(value, dict) and key in ("model", "task") and not leaf:
+            for sub, v in value.items():
+                if isinstance(v, dict) and not (table == "sample" and _is_distribution(v)):
+                    raise TypeError(f"{_where(table, f'{key}.{sub}')}: nested tables are not "
+                                    "settings")
+                out[f"{key}.{sub}"] = v
+        else:
+            out[key] = value
+    return out
+
+
+def _check_key(table: str, key: str) -> None:
+    head, dot, rest = key.partition(".")
+    if dot:
+        if head not in ("model", "task") or not rest:
+            raise ValueError(f"{_where(table, key)}: unknown key; use a setting of train --set "
+                             "(model.* and task.* for the unit's and the task's options)")
+    elif key not in _CONFIG_KEYS:
+        raise ValueError(f"{_where(table, key)}: unknown key; known: {sorted(_CONFIG_KEYS)} "
+                         "and model.*, task.*")
+
+
+def _check_value(table: str, key: str, value: Any) -> None:
+    """A value's type against the TrainConfig field (ints are accepted for floats)."""
+    if isinstance(value, dict) and key not in ("model_kwargs", "task_kwargs"):
+        raise TypeError(f"{_where(table, key)}: expected a value, got the table {value!r}")
+    if "." in key:
+        return  # the unit or the task checks its own options (see _check_configs)
+    default = _CONFIG_KEYS[key].default
+    if default is None or not isinstance(default, (int, float, str, bool)):
+        want = list if key == "lr_decay_epochs" else dict if key.endswith("_kwargs") else None
+        if want is not None and not isinstance(value, want):
+            raise TypeError(f"{_where(table, key)}: expected a {want.__name__}, got {value!r}")
+        return
+    ok = type(value) is type(default) or (
+        isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool)
+    )
+    if not ok:
+        raise TypeError(
+            f"{_where(table, key)}: expected {type(default).__name__}, got "
+            f"{type(value).__name__} {value!r}"
+        )
+
+
+def _as_int(where: str, value: Any, lo: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{where}: expected an int >= {lo}, got {type(value).__name__} {value!r}")
+    if value < lo:
+        raise ValueError(f"{where}: expected an int >= {lo}, got {value}")
+    return value
+
+
+def _parse_lyapunov(d: Any) -> LyapunovSpec:
+    if not isinstance(d, dict):
+        raise TypeError(f"[lyapunov] must be a table, got {d!r}")
+    unknown = sorted(set(d) - set(LYAPUNOV_KEYS))
+    if unknown:
+        raise ValueError(f"[lyapunov] {unknown[0]}: unknown key; known: {list(LYAPUNOV_KEYS)}")
+    at = d.get("at_epochs", [])
+    if not isinstance(at, list):
+        raise TypeError(f"[lyapunov] at_epochs: expected a list of ints >= 0, got {at!r}")
+    if "at_epochs" in d and not at:
+        raise ValueError("[lyapunov] at_epochs: the list is empty")
+    epochs = tuple(sorted({_as_int("[lyapunov] at_epochs", e, 0) for e in at}))
+    return LyapunovSpec(
+        at_epochs=epochs,
+        k=_as_int("[lyapunov] k", d.get("k", 0), 0),
+        steps=_as_int("[lyapunov] steps", d.get("steps", 0), 0),
+        warmup=_as_int("[lyapunov] warmup", d.get("warmup", 0), 0),
+        batch=_as_int("[lyapunov] batch", d.get("batch", 8), 1),
+        seed=_as_int("[lyapunov] seed", d.get("seed", 0), 0),
+    )
+
+
+def _parse_scheduler(d: Any) -> SchedulerSpec:
+    if not isinstance(d, dict):
+        raise TypeError(f"[scheduler] must be a table, got {d!r}")
+    kind = d.get("kind", "fifo")
+    if kind not in SCHEDULER_KINDS:
+        raise ValueError(f"[scheduler] kind: expected one of {list(SCHEDULER_KINDS)}, got {kind!r}")
+    options = {k: v for k, v in d.items() if k != "kind"}
+    if kind in SCHEDULER_OPTIONS:
+        unknown = sorted(set(options) - set(SCHEDULER_OPTIONS[kind]))
+        if unknown:
+            raise ValueError(f"[scheduler] {unknown[0]}: unknown option of kind {kind!r}; known: "
+                             f"{list(SCHEDULER_OPTIONS[kind])}")
+    if kind == "asha":
+        if "grace_period" in options:
+            _as_int("[scheduler] grace_period", options["grace_period"], 1)
+        rf = options.get("reduction_factor", 4)
+        if isinstance(rf, bool) or not isinstance(rf, (int, float)) or not rf > 1:
+            raise ValueError(f"[scheduler] reduction_factor: expected a number > 1, got {rf!r}")
+    return SchedulerSpec(kind, options)
+
+
+def _parse_grid(d: Any) -> dict[str, list]:
+    if not isinstance(d, dict):
+        raise TypeError(f"[grid] must be a table, got {d!r}")
+    grid = _flatten("grid", d)
+    if not grid:
+        raise ValueError("[grid]: the table is empty; list the values of at least one key")
+    for key, values in grid.items():
+        _check_key("grid", key)
+        if not isinstance(values, list):
+            raise TypeError(f"[grid] {key}: expected a list of values, got {values!r}")
+        if not values:
+            raise ValueError(f"[grid] {key}: the list is empty")
+        for v in values:
+            _check_value("grid", key, v)
+    return grid
+
+
+def _parse_sample(d: Any) -> tuple[int, int, dict[str, dict[str, Any]]]:
+    if not isinstance(d, dict):
+        raise TypeError(f"[sample] must be a table, got {d!r}")
+    d = dict(d)
+    if "n" not in d:
+        raise ValueError("[sample] n: missing (the number of random points)")
+    n = _as_int("[sample] n", d.pop("n"), 1)
+    seed = _as_int("[sample] seed", d.pop("seed", 0), 0)
+    dists = _flatten("sample", d)
+    if not dists:
+        raise ValueError("[sample]: no key to sample; give e.g. lr = { loguniform = [1e-4, 1e-2] }")
+    for key, dist in dists.items():
+        _check_key("sample", key)
+        where = f"[sample] {key}"
+        if not _is_distribution(dist):
+            raise TypeError(f"{where}: expected a table with one of {list(DISTRIBUTIONS)}, "
+                            f"e.g. {{ uniform = [0.1, 1.0] }}, got {dist!r}")
+        (kind, arg), = dist.items()
+        if not isinstance(arg, list):
+            raise TypeError(f"{where}: {kind} takes a list, got {arg!r}")
+        if kind == "choice":
+            if not arg:
+                raise ValueError(f"{where}: choice: the list is empty")
+            for v in arg:
+                _check_value("sample", key, v)
+            continue
+        if len(arg) != 2 or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in arg
+        ):
+            raise TypeError(f"{where}: {kind} takes [low, high] (numbers), got {arg!r}")
+        lo, hi = float(arg[0]), float(arg[1])
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+            raise ValueError(f"{where}: {kind} needs finite low < high, got {arg!r}")
+        if kind == "loguniform" and lo <= 0:
+            raise ValueError(f"{where}: loguniform needs low > 0, got {arg!r}")
+        if "." not in key and not isinstance(_CONFIG_KEYS[key].default, float):
+            raise TypeError(f"{where}: {kind} draws floats but {key} is "
+                            f"{type(_CONFIG_KEYS[key].default).__name__}; use choice")
+    return n, seed, dists
+
+
+def _draw(dists: dict[str, dict[str, Any]], n: int, seed: int) -> list[dict[str, Any]]:
+    rng = np.random.default_rng(seed)
+    points: list[dict[str, Any]] = [{} for _ in range(n)]
+    for key, dist in dists.items():  # key by key, so adding a key keeps the others' draws
+        (kind, arg), = dist.items()
+        for p in points:
+            if kind == "choice":
+                p[key] = arg[int(rng.integers(len(arg)))]
+            elif kind == "uniform":
+                p[key] = float(rng.uniform(arg[0], arg[1]))
+            else:
+                p[key] = float(math.exp(rng.uniform(math.log(arg[0]), math.log(arg[1]))))
+    return points
+
+
+def _config_key(params: dict[str, Any]) -> str:
+    return json.dumps({k: v for k, v in params.items() if k != "seed"}, sort_keys=True)
+
+
+def _resolve(base: dict[str, Any], overrides: dict[str, Any], where: str) -> TrainConfig:
+    try:
+        cfg = resolve_config(
+            preset=base.get("preset"), task=base.get("task"), model=base.get("model"),
+            overrides=overrides,
+        )
+    except (ValueError, TypeError, FileNotFoundError) as e:
+        raise type(e)(f"{where}: {e}") from None
+    if cfg.task not in TASKS:
+        raise ValueError(f"{where}: task must be one of {sorted(TASKS)}, got {cfg.task!r}")
+    if cfg.model not in MODELS:
+        raise ValueError(f"{where}: model must be one of {sorted(MODELS)}, got {cfg.model!r}")
+    return cfg
+
+
+def load_spec(spec: str | Path | dict[str, Any]) -> SweepSpec:
+    """Parse and check a sweep specification (a TOML file's path, or its content as a dict).
+
+    Every trial's configuration is resolved here, so a spec that loads runs; ValueError or
+    TypeError name the table and key of any problem.
+    """
+    if isinstance(spec, dict):
+        raw = json.loads(json.dumps(spec))  # a private copy with plain types
+    else:
+        path = Path(spec)
+        if not path.is_file():
+            raise FileNotFoundError(f"sweep spec: no such file {path}")
+        try:
+            raw = tomllib.loads(path.read_text())
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"sweep spec: {path} is not valid TOML: {e}") from None
+    unknown = sorted(set(raw) - set(TOP_KEYS))
+    if unknown:
+        raise ValueError(f"sweep spec: unknown key {unknown[0]!r}; known: {list(TOP_KEYS)}")
+    base = {k: raw[k] for k in ("preset", "task", "model", "description") if k in raw}
+    for k, v in base.items():
+        if not isinstance(v, str):
+            raise TypeError(f"sweep spec: {k} must be a string, got {v!r}")
+    if "preset" not in base and "task" not in base:
+        raise ValueError("sweep spec: give preset = \"...\" or task = \"...\" (and model)")
+    fixed_raw = raw.get("set", {})
+    if not isinstance(fixed_raw, dict):
+        raise TypeError(f"[set] must be a table, got {fixed_raw!r}")
+    fixed = _flatten("set", fixed_raw)
+    for key, value in fixed.items():
+        _check_key("set", key)
+        _check_value("set", key, value)
+    grid = _parse_grid(raw["grid"]) if "grid" in raw else {}
+    n, sample_seed, dists = _parse_sample(raw["sample"]) if "sample" in raw else (1, 0, {})
+    if not grid and not dists:
+        raise ValueError("sweep spec: nothing to sweep; give [grid] and/or [sample]")
+    for table, keys in (("grid", grid), ("sample", dists)):
+        for key in keys:
+            if key in fixed:
+                raise ValueError(f"[{table}] {key}: also in [set]; give it in one table")
+            if key == "task" or key.startswith("task.") or key.endswith("_kwargs"):
+                raise ValueError(
+                    f"[{table}] {key}: cannot be swept (every trial shares the task and the "
+                    "probe input; set model options one by one as model.NAME)"
+                )
+    both = sorted(set(grid) & set(dists))
+    if both:
+        raise ValueError(f"[sample] {both[0]}: also in [grid]; give it in one table")
+    lyap = _parse_lyapunov(raw.get("lyapunov", {}))
+    sched = _parse_scheduler(raw.get("scheduler", {}))
+
+    combos = [dict(zip(grid, vals, strict=True)) for vals in itertools.product(*grid.values())]
+    points = _draw(dists, n, sample_seed) if dists else [{}]
+    params_list = [{**c, **p} for c in combos for p in points]
+    width = max(3, len(str(len(params_list) - 1)))
+    config_ids: dict[str, str] = {}
+    trials = []
+    for i, params in enumerate(params_list):
+        tid = f"t{i:0{width}d}"
+        cfg = _resolve(base, {**fixed, **params}, f"trial {tid} {params}")
+        if lyap.at_epochs and lyap.at_epochs[-1] > cfg.epochs:
+            raise ValueError(
+                f"[lyapunov] at_epochs: epoch {lyap.at_epochs[-1]} is beyond epochs="
+                f"{cfg.epochs} (trial {tid} {params})"
+            )
+        cid = config_ids.setdefault(_config_key(params), f"c{len(config_ids):0{width}d}")
+        trials.append(TrialPlan(tid, params, cid, cfg))
+    if len({t.config.task for t in trials}) > 1:  # pragma: no cover - task is never swept
+        raise ValueError("sweep spec: every trial must train the same task")
+    return SweepSpec(raw, base, fixed, grid, n if dists else 0, sample_seed, dists, lyap, sched,
+                     trials)

@@ -1,0 +1,259 @@
+"""One trial of a sweep: an ordinary training run plus the spectra on the probe.
+
+A trial trains through :func:`lipschitz_rnn.train.loop.train` into ``DIR/trials/<id>/`` (an
+ordinary run directory: ``evaluate``, ``lyapunov``, ``report`` work on it) with a
+:class:`SweepCallback` that computes the Lyapunov spectrum at the sweep's ``at_epochs`` (epoch 0
+before the first step) and reports every epoch to the scheduler. Beside the run's own files the
+trial directory holds
+
+* ``probe_spectra.npz``: ``le{epoch}`` -> (probe batch, k) exponents, each row descending;
+* ``trial.json``: the outcome, written last: ``status`` (``ok``, ``diverged``, ``failed``,
+  ``stopped`` by the scheduler), ``error``, ``epochs_done``, ``last`` (the last epoch's
+  record), ``wall_s`` (the attempts that recorded an outcome, set-up included) and
+  ``lyapunov_errors`` (epoch -> why no spectrum).
+
+A trial that is run again (``--resume``) continues from its last checkpoint (``train(...,
+resume=True)``), keeping the spectra it already has.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import Tensor
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None
+
+from .._io import atomic_write_bytes, write_json
+from ..analysis import NonFiniteStateError, spectrum_features
+from ..train.callbacks import Callback, RunContext
+from ..train.config import TrainConfig
+from ..train.loop import DivergenceError, train
+from .probe import probe_spectrum
+from .spec import LyapunovSpec
+
+__all__ = ["SweepCallback", "run_trial", "is_done", "read_status", "write_status", "read_spectra",
+           "features_by_epoch", "report_metrics", "STATUS_FILE", "SPECTRA_FILE",
+           "FINAL_STATUSES"]
+
+log = logging.getLogger(__name__)
+
+STATUS_FILE = "trial.json"
+SPECTRA_FILE = "probe_spectra.npz"
+#: outcomes that a resumed sweep does not run again (``failed`` trials are retried)
+FINAL_STATUSES = ("ok", "diverged", "stopped")
+
+
+def read_status(trial_dir: str | Path) -> dict[str, Any] | None:
+    p = Path(trial_dir) / STATUS_FILE
+    if not p.is_file():
+        return None
+    try:
+        return json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+
+
+def write_status(trial_dir: str | Path, status: str, **fields: Any) -> dict[str, Any]:
+    d = {"status": status, **fields}
+    write_json(Path(trial_dir) / STATUS_FILE, d)
+    return d
+
+
+def is_done(trial_dir: str | Path) -> bool:
+    """Whether a trial has a final outcome (``failed`` and unfinished ones are run again)."""
+    st = read_status(trial_dir)
+    if st is not None:
+        return st["status"] in FINAL_STATUSES
+    return (Path(trial_dir) / "results.json").is_file()
+
+
+def read_spectra(trial_dir: str | Path) -> dict[int, np.ndarray]:
+    """Epoch -> (batch, k) exponents of a trial (empty when none were computed)."""
+    p = Path(trial_dir) / SPECTRA_FILE
+    if not p.is_file():
+        return {}
+    with np.load(p) as z:
+        return {int(k[2:]): z[k] for k in z.files if k.startswith("le")}
+
+
+def last_record(trial_dir: str | Path) -> dict[str, Any] | None:
+    p = Path(trial_dir) / "metrics.jsonl"
+    if not p.is_file():
+        return None
+    lines = [ln for ln in p.read_text().splitlines() if ln.strip()]
+    return json.loads(lines[-1]) if lines else None
+
+
+def features_by_epoch(spectra: dict[int, np.ndarray]) -> dict[int, dict[str, float]]:
+    """``spectrum_features`` of the batch-mean spectrum of every epoch (skipped when NaN)."""
+    out = {}
+    for epoch, ex in sorted(spectra.items()):
+        try:
+            out[epoch] = spectrum_features(np.asarray(ex, dtype=np.float64).mean(0))
+        except ValueError:
+            continue
+    return out
+
+
+def report_metrics(record: dict[str, Any], metric_name: str,
+                   features: dict[int, dict[str, float]]) -> dict[str, Any]:
+    """What a trial reports to the scheduler after an epoch: ``epoch``, ``valid_metric``,
+    ``valid_loss``, ``train_loss`` and ``le{e}_{feature}`` of every spectrum so far."""
+    out: dict[str, Any] = {
+        "epoch": record["epoch"],
+        "valid_metric": record[f"valid_{metric_name}"],
+        "valid_loss": record["valid_loss"],
+        "train_loss": record["train_loss"],
+    }
+    for e, feats in features.items():
+        if e <= record["epoch"]:
+            out.update({f"le{e}_{k}": v for k, v in feats.items()})
+    return out
+
+
+class SweepCallback(Callback):
+    """Spectra of the model on the probe at ``lyap.at_epochs``, saved to ``probe_spectra.npz``
+    as they come; ``report(metrics)`` (e.g. ``ray.tune.report``) after every epoch."""
+
+    def __init__(self, trial_dir: str | Path, inputs: Tensor, lyap: LyapunovSpec,
+                 report: Callable[[dict], None] | None = None,
+                 spectrum: Callable[[Any, Tensor, LyapunovSpec], Any] | None = None):
+        self.dir = Path(trial_dir)
+        self.inputs = inputs
+        self.lyap = lyap
+        self.report = report
+        self.spectrum = spectrum or probe_spectrum
+        self.spectra: dict[int, np.ndarray] = {}
+        self.errors: dict[int, str] = {}
+        #: the last epoch's report, sent by :func:`run_trial` once ``trial.json`` is written (a
+        #: scheduler that stops the trial at its last epoch then cannot cut it short)
+        self.final: dict[str, Any] | None = None
+
+    def _compute(self, run: RunContext, epoch: int) -> None:
+        try:
+            spec = self.spectrum(run.model, self.inputs, self.lyap)
+        except NonFiniteStateError as e:
+            self.errors[epoch] = str(e)
+            log.warning("%s: no spectrum at epoch %d: %s", self.dir.name, epoch, e)
+            return
+        self.spectra[epoch] = spec.exponents.numpy()
+        buf = io.BytesIO()
+        np.savez(buf, **{f"le{e}": v for e, v in sorted(self.spectra.items())})
+        atomic_write_bytes(self.dir / SPECTRA_FILE, buf.getvalue())
+
+    def on_train_start(self, run: RunContext) -> None:
+        self.spectra = {} if run.fresh else read_spectra(self.dir)
+        # the model as it starts is that of the end of epoch start_epoch - 1 (0: initial): a
+        # sweep's checkpoints are all at epoch ends. Its spectrum is computed here when missing
+        # (the driver was killed between the checkpoint and the spectrum)
+        before = run.start_epoch - 1
+        if before in self.lyap.at_epochs and before not in self.spectra:
+            self._compute(run, before)
+
+    def on_epoch_end(self, run: RunContext, record: dict) -> None:
+        epoch = int(record["epoch"])
+        if epoch in self.lyap.at_epochs:
+            self._compute(run, epoch)
+        if self.report is not None:
+            metrics = report_metrics(record, run.runner.metric_name,
+                                     features_by_epoch(self.spectra))
+            if epoch < run.config.epochs:
+                self.report(metrics)
+            else:
+                self.final = metrics
+
+
+def run_trial(
+    sweep_dir: str | Path,
+    trial_id: str,
+    config: TrainConfig,
+    lyap: LyapunovSpec,
+    inputs: Tensor,
+    *,
+    data_dir: str | Path | None = None,
+    report: Callable[[dict], None] | None = None,
+) -> dict[str, Any]:
+    """Train (or continue) trial ``trial_id`` into ``sweep_dir/trials/<id>/``; return and write
+    its ``trial.json``. Divergence and any other exception are recorded, not raised.
+
+    ``report`` gets :func:`report_metrics` after every epoch, the last one after ``trial.json``
+    is written. Attempts of one trial never overlap: an attempt waits for the lock of the trial
+    (``DIR/.locks/<id>``) that a worker of a killed driver may still hold.
+    """
+    with trial_lock(sweep_dir, trial_id):
+        return _attempt(Path(sweep_dir) / "trials" / trial_id, trial_id, config, lyap, inputs,
+                        data_dir, report)
+
+
+@contextlib.contextmanager
+def trial_lock(sweep_dir: str | Path, trial_id: str) -> Iterator[None]:
+    """Exclusive lock of one trial (``fcntl.flock``: released by the OS when its holder dies,
+    however it dies). Where ``fcntl`` is missing (Windows) attempts are not locked."""
+    if fcntl is None:  # pragma: no cover
+        yield
+        return
+    path = Path(sweep_dir) / ".locks" / trial_id
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.warning("trial %s: waiting for an earlier attempt to end (a worker of a "
+                        "killed driver?)", trial_id)
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def _attempt(tdir: Path, trial_id: str, config: TrainConfig, lyap: LyapunovSpec, inputs: Tensor,
+             data_dir, report) -> dict[str, Any]:
+    earlier = read_status(tdir) or {}
+    (tdir / STATUS_FILE).unlink(missing_ok=True)  # the outcome of an earlier attempt
+    cb = SweepCallback(tdir, inputs, lyap, report=report)
+    resume = (tdir / "config.toml").is_file()
+    t0 = time.perf_counter()
+    status, error, results, tb = "ok", None, None, None
+    try:
+        if resume:
+            results = train(None, tdir, data_dir=data_dir, resume=True, callbacks=[cb])
+        else:
+            results = train(config, tdir, data_dir=data_dir, force=True, callbacks=[cb])
+    except DivergenceError as e:
+        status, error = "diverged", str(e)
+    except Exception as e:  # noqa: BLE001 - recorded in trial.json; the sweep goes on
+        status, error, tb = "failed", f"{type(e).__name__}: {e}", traceback.format_exc()
+        log.error("trial %s failed:\n%s", trial_id, tb)
+    last = last_record(tdir)
+    if last is not None:
+        last.pop("lyapunov", None)
+    outcome = write_status(
+        tdir,
+        status,
+        error=error,
+        epochs_done=int(last["epoch"]) if last else 0,
+        last=last,
+        wall_s=(earlier.get("wall_s") or 0.0) + time.perf_counter() - t0,
+        resumed=resume,
+        lyapunov_errors={**(earlier.get("lyapunov_errors") or {}),
+                         **{str(k): v for k, v in cb.errors.items()}},
+        test=results["test"] if results else None,
+        traceback=tb,
+    )
+    if report is not None and cb.final is not None:
+        report(cb.final)
+    return outcome
