@@ -474,6 +474,9 @@ def test_plots_write_png(tmp_path):
         with open(p, "rb") as fh:
             head = fh.read(8)
         assert head == b"\x89PNG\r\n\x1a\n" and os.path.getsize(p) > 1000
+        mask = os.umask(0o022)
+        os.umask(mask)
+        assert os.stat(p).st_mode & 0o777 == 0o666 & ~mask  # like any file, not mkstemp's 0600
     assert not [f for f in os.listdir(tmp_path) if f.startswith(".tmp-")]
     with pytest.raises(ValueError, match="records is empty"):
         plot_evolution([], tmp_path / "e.png")

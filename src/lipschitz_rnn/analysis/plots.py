@@ -13,9 +13,8 @@ their plot from here.
 
 from __future__ import annotations
 
-import contextlib
+import io
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -23,6 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .._io import atomic_write_bytes
 from ._model_state import nan_for_none
 from .features import entropy_rate, kaplan_yorke_dimension
 
@@ -48,20 +48,11 @@ def new_figure(nrows: int = 1, ncols: int = 1, figsize: tuple[float, float] = (6
 
 
 def save_png(fig: Any, path: str | os.PathLike[str]) -> str:
-    """Save ``fig`` as PNG at ``path`` atomically; returns the path as a string."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format="png", dpi=120)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return path
+    """Save ``fig`` as PNG at ``path`` atomically (mode from the umask); returns the path."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    atomic_write_bytes(path, buf.getvalue())
+    return os.fspath(path)
 
 
 # ----------------------------------------------------------------------------------------------
