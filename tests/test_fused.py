@@ -55,13 +55,13 @@ def test_layer_fused_equals_plain(backend, solver, dtype, T, B, L, bidir, bf):
 
 def test_layer_uses_fused_path(monkeypatch):
     calls = []
-    orig = fused_module.lipschitz_scan
+    orig = fused_module.lipschitz_layer_scan
 
     def spy(*a, **k):
         calls.append(a[-1])
         return orig(*a, **k)
 
-    monkeypatch.setattr(fused_module, "lipschitz_scan", spy)
+    monkeypatch.setattr(fused_module, "lipschitz_layer_scan", spy)
     rnn = LipschitzRNN(2, 4, num_layers=2, bidirectional=True, solver="rk2")
     rnn(torch.randn(5, 3, 2))
     assert calls == ["rk2"] * 4

@@ -33,9 +33,9 @@ Columns of a row (a dict):
 * ``saved_mb``: activation memory, MiB of the distinct storages alive after the forward because
   of it: the tensors autograd saved for backward (caught with
   ``torch.autograd.graph.saved_tensors_hooks``) plus the outputs, not counting parameters and
-  the input. It is the memory that grows with T (e.g. fused euler: u, the states and the tanh
-  values, 3 T*B*H floats; the plain loop: per-step states and tanh outputs plus the stacked
-  output, also 3 T*B*H), not the process peak (torch's CPU allocations are invisible to
+  the input. It is the memory that grows with T (e.g. fused euler: the states and the tanh
+  values, 2 T*B*H floats, the projected input being scratch of the fused Function; the plain
+  loop: per-step states and tanh outputs plus the stacked output, 3 T*B*H), not the process peak (torch's CPU allocations are invisible to
   tracemalloc and ``ru_maxrss`` is a process-lifetime high-water mark).
 * ``peak_mb``: peak memory of one forward+backward above what was held before it (the work
   buffers of the backward included). On CUDA, ``torch.cuda.max_memory_allocated``; on CPU (with

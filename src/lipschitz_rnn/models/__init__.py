@@ -12,10 +12,12 @@ from .baselines import (
 )
 from .fused import (
     fused_backend,
+    fused_buffer_reuse,
     fused_checkpointing,
     fused_disabled,
     kernel_status,
     lipschitz_scan,
+    release_fused_buffers,
 )
 from .heads import SequenceModel
 from .lipschitz import SOLVERS, LipschitzRNN, LipschitzRNNCell
@@ -43,6 +45,8 @@ __all__ = [
     "fused_checkpointing",
     "fused_disabled",
     "fused_backend",
+    "fused_buffer_reuse",
+    "release_fused_buffers",
     "kernel_status",
     "SCHEMES",
     "rk_step",

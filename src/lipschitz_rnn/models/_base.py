@@ -27,7 +27,25 @@ from torch.nn.utils.rnn import PackedSequence
 
 from .._checks import check_float, check_int
 
-__all__ = ["RecurrentCell", "RecurrentLayer"]
+__all__ = ["RecurrentCell", "RecurrentLayer", "autocast_active"]
+
+
+def autocast_active(device_type: str) -> bool:
+    """Whether autocast is on for ``device_type`` (``"cpu"``, ``"cuda"``, ...)."""
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # pragma: no cover - torch without the device_type argument
+        return torch.is_autocast_enabled() if device_type == "cuda" else False
+
+
+def _refuse_torchscript(module: nn.Module):
+    raise RuntimeError(
+        f"{type(module).__name__} cannot be compiled by torch.jit.script: TorchScript cannot "
+        "represent its forward (a PackedSequence-or-Tensor input, per-unit cells, and on the "
+        "Lipschitz layer a custom autograd Function with native kernels). Use "
+        "torch.compile(model) to compile it, or torch.export.export(model, (x,)) for a graph "
+        "(the time loop is unrolled, so the sequence length is fixed)."
+    )
 
 
 class RecurrentCell(nn.Module):
@@ -43,6 +61,10 @@ class RecurrentCell(nn.Module):
     @property
     def state_size(self) -> int:
         return self.num_states * self.hidden_size
+
+    def __prepare_scriptable__(self):
+        """torch.jit.script calls this first: refuse with a clear message (see RecurrentLayer)."""
+        _refuse_torchscript(self)
 
     # --- the three pieces -------------------------------------------------------------------
     def input_projection(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
@@ -153,6 +175,34 @@ class RecurrentLayer(nn.Module):
 
     ``cells`` holds the cells in torch's order: layer 0 forward, layer 0 reverse, layer 1 forward,
     ... (``cells[l * num_directions + d]``).
+
+    The rest of torch.nn.RNN's surface:
+
+    * ``flatten_parameters()`` is a no-op and ``all_weights[l * D + d]`` lists cell ``l * D +
+      d``'s parameters (see their docstrings).
+    * ``state_dict`` keys are ``cells.{i}.<name>`` with ``i = l * D + d``, where nn.RNN has
+      ``<name>_l{l}`` (``_reverse`` appended for ``d = 1``). Input map: ``cells.{i}.weight_ih``
+      and ``cells.{i}.bias_ih`` are nn.RNN's ``weight_ih_l{l}`` and ``bias_ih_l{l}`` (same shape,
+      same role), in every unit but ExpRNN (no input bias). Recurrent part, per unit (there is
+      no ``bias_hh``: nn.RNN's two biases only ever appear as their sum ``b_ih + b_hh``)::
+
+          nn.RNN            weight_hh_l{l}   (H, H)    h' = tanh(W_ih x + b_ih + W_hh h + b_hh)
+          LipschitzRNN      cells.{i}.M_A, cells.{i}.M_W (H, H): A = S(M_A), W = S(M_W)
+          ODERNN            cells.{i}.weight_hh (H, H): W, unconstrained
+          AntisymmetricRNN  cells.{i}.weight_hh (H, H) [(2H, H) gated]: W - W^T - gamma I
+          CoRNN             cells.{i}.weight_hh (H, 2H): [W | W_z]
+          ExpRNN            cells.{i}.log_hh (H, H): Q = expm(S - S^T); cells.{i}.bias_mod
+                            (modReLU bias, H) in place of bias_ih
+
+    * autocast: the layer runs in its parameters' dtype with autocast disabled inside and
+      returns that dtype (float32 under ``torch.autocast("cpu", torch.bfloat16)``, where nn.RNN
+      returns bfloat16); lower-precision inputs are cast up. The units integrate an ODE with
+      small steps (``h + eps * f``, ``eps`` ~ 0.01-0.04): in bfloat16 (8-bit significand) or
+      float16 an increment below ~1/256 of ``|h|`` is rounded away, so the state would stall.
+    * ``torch.jit.script`` raises a RuntimeError saying so (use ``torch.compile``);
+      ``torch.export.export`` traces the unrolled time loop (fixed sequence length); deepcopy,
+      pickle, ``.double()``, ``torch.func.functional_call``, ``torch.compile``,
+      ``nn.DataParallel`` and ``DistributedDataParallel`` work as with nn.RNN.
     """
 
     cell_class: type[RecurrentCell]
@@ -193,6 +243,40 @@ class RecurrentLayer(nn.Module):
     def num_states(self) -> int:
         return self.cells[0].num_states
 
+    def _dtype(self) -> torch.dtype:
+        """The parameters' dtype, read from an attribute: DataParallel replicas hold their
+        parameters as plain attributes and ``parameters()`` of a replica is empty."""
+        cell = self.cells[0]
+        weight = getattr(cell, "weight_ih", None)
+        if isinstance(weight, Tensor):
+            return weight.dtype
+        return next(iter(cell.parameters()), torch.empty(0)).dtype
+
+    # --- the rest of torch.nn.RNN's surface ---------------------------------------------------
+    def flatten_parameters(self) -> None:
+        """Does nothing; here so that scripts written for torch.nn.RNN run unchanged.
+
+        nn.RNN copies its weights into one contiguous buffer for cuDNN (scripts call this after
+        loading weights, moving the model or before evaluation). This layer's kernels read each
+        cell's parameters where they are, so there is nothing to flatten, on any device.
+        """
+
+    @property
+    def all_weights(self) -> list[list[nn.Parameter]]:
+        """The parameters of every cell: ``all_weights[l * D + d]`` is the list of cell
+        ``cells[l * D + d]``'s parameters, in registration order.
+
+        Same nesting as nn.RNN's (one list per layer and direction, torch's order), different
+        contents: nn.RNN's lists are ``[weight_ih, weight_hh, bias_ih, bias_hh]``; here they
+        are the unit's own parameters, e.g. ``[M_A, M_W, weight_ih, bias_ih]`` for the Lipschitz
+        cell (see the class docstring for the correspondence).
+        """
+        return [list(cell.parameters()) for cell in self.cells]
+
+    def __prepare_scriptable__(self):
+        """torch.jit.script calls this first: refuse with a clear message."""
+        _refuse_torchscript(self)
+
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"
         if self.num_layers != 1:
@@ -213,6 +297,21 @@ class RecurrentLayer(nn.Module):
         return cell.scan(cell.input_projection(x), h0, cell.recurrence(), batch_sizes, reverse)
 
     def forward(self, input, hx=None):
+        data = input.data if isinstance(input, PackedSequence) else input
+        if isinstance(data, Tensor) and autocast_active(data.device.type):
+            # run in the parameters' dtype (see the class docstring: autocast)
+            dtype = self._dtype()
+            if data.is_floating_point() and data.dtype != dtype:
+                data = data.to(dtype)
+                if isinstance(input, PackedSequence):
+                    input = PackedSequence(data, *input[1:])
+                else:
+                    input = data
+            with torch.autocast(data.device.type, enabled=False):
+                return self._forward(input, hx)
+        return self._forward(input, hx)
+
+    def _forward(self, input, hx):
         packed = isinstance(input, PackedSequence)
         if packed:
             x, batch_sizes, sorted_indices, unsorted_indices = input
@@ -240,6 +339,12 @@ class RecurrentLayer(nn.Module):
             raise ValueError(
                 f"input.size(-1) must be equal to input_size. Expected {self.input_size}, "
                 f"got {x.shape[-1]}"
+            )
+        dtype = self._dtype()
+        if x.dtype != dtype:
+            raise ValueError(
+                f"input dtype ({x.dtype}) does not match the parameters' dtype ({dtype}): "
+                f"convert the input (input.to({dtype})) or the model (model.to({x.dtype}))"
             )
         h0 = self._initial_state(hx, batch, batched, x, sorted_indices)
 

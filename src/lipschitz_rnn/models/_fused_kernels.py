@@ -6,7 +6,9 @@ its switches and the public entry point are in :mod:`lipschitz_rnn.models.fused`
 what is saved and why it is written this way are in ``docs/fused_scan.md``. Scheme coefficients
 come from :mod:`.solvers` (:func:`~.solvers.two_stage_form`).
 
-Entry points: :func:`forward` and :func:`backward` (both called under ``no_grad``).
+Entry points: :func:`forward` and :func:`backward` (both called under ``no_grad``). Arrays that
+grow with T come from :func:`._workspace.empty` (storage reused across calls once nothing holds
+it).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from . import _workspace
 from .solvers import two_stage_form
 
 __all__ = ["forward", "backward", "BLOCK_BYTES"]
@@ -25,6 +28,12 @@ BLOCK_BYTES = 4 << 20
 
 # ---------------------------------------------------------------------------------------------
 # forward kernels (no autograd; called under no_grad)
+def contiguous(x: Tensor) -> Tensor:
+    """``x`` if contiguous, else a contiguous copy in workspace storage (e.g. the stride-0
+    gradient of ``out.sum()``)."""
+    return x if x.is_contiguous() else _workspace.empty(x.shape, x).copy_(x)
+
+
 def _t(M: Tensor) -> Tensor:
     """``M^T`` as a contiguous matrix (CPU GEMMs are markedly slower with a transposed view)."""
     return M.t().contiguous()
@@ -33,8 +42,8 @@ def _t(M: Tensor) -> Tensor:
 def _euler_forward(u: Tensor, h0: Tensor, A: Tensor, W: Tensor, eps: float, save: bool):
     T, B, H = u.shape
     Wt, At = _t(W), _t(A)
-    hs = u.new_empty(T, B, H)
-    S = u.new_empty(T, B, H) if save else None
+    hs = _workspace.empty((T, B, H), u)
+    S = _workspace.empty((T, B, H), u) if save else None
     s_list = S.unbind(0) if save else [u.new_empty(B, H)] * T
     f = u.new_empty(B, H)
     h = h0
@@ -53,9 +62,9 @@ def _two_stage_forward(
     a, _, _, b, sum_both = two_stage_form(solver, eps)
     Wt, At = _t(W), _t(A)
     f1, f2 = u.new_empty(B, H), u.new_empty(B, H)
-    hs = u.new_empty(T, B, H)
+    hs = _workspace.empty((T, B, H), u)
     if save:
-        S1, Y, S2 = (u.new_empty(T, B, H) for _ in range(3))
+        S1, Y, S2 = (_workspace.empty((T, B, H), u) for _ in range(3))
         s1l, yl, s2l = S1.unbind(0), Y.unbind(0), S2.unbind(0)
     else:
         s1l, yl, s2l = ([u.new_empty(B, H)] * T for _ in range(3))
@@ -74,7 +83,7 @@ def _two_stage_forward(
 
 def _native_forward(native, u, h0, A, W, eps, solver, save):
     AWt = torch.cat([A, W], 0).t().contiguous()  # (H, 2H): one product per stage
-    u, h0 = u.contiguous(), h0.contiguous()
+    u, h0 = contiguous(u), h0.contiguous()
     if solver == "euler":
         hs, S = native.euler_forward(u, h0, AWt, eps, save)
         return hs, ((S,) if save else ())
@@ -122,9 +131,9 @@ class _Recompute:
         _, B, H = hs.shape
         self.solver, self.hs, self.h0, self.u = solver, hs, h0, u
         self.Wt = _t(W)
-        self.prev = hs.new_empty(k, B, H)  # entering states of the first block only
+        self.prev = _workspace.empty((k, B, H), hs)  # entering states of the first block only
         n_stage = 1 if solver == "euler" else 3
-        self.bufs = [hs.new_empty(k, B, H) for _ in range(n_stage)]
+        self.bufs = [_workspace.empty((k, B, H), hs) for _ in range(n_stage)]
         if solver != "euler":
             a = two_stage_form(solver, eps)[0]
             self.a, self.At = a, _t(A)
@@ -172,10 +181,10 @@ def _euler_backward(G, u, h0, A, W, hs, saved, eps, every, needs):
     dh0 = None
     k = _block_steps(T, B, H, G.element_size(), every)
     recompute = _Recompute("euler", eps, A, W, hs, h0, u, k) if every is not None else None
-    E_buf = G.new_empty(k, B, H)  # e_{t+1} = eps dL/dh_{t+1} of one block
+    E_buf = _workspace.empty((k, B, H), G)  # e_{t+1} = eps dL/dh_{t+1} of one block
     # q_t = dL/du_t is written straight into the returned gradient (a block buffer if unused)
-    du = G.new_empty(T, B, H) if need_u else None
-    Q_buf = None if need_u else G.new_empty(k, B, H)
+    du = _workspace.empty((T, B, H), G) if need_u else None
+    Q_buf = None if need_u else _workspace.empty((k, B, H), G)
     carry = G.new_empty(B, H)  # step t0's share of e_{t0}, handed to the block before
     for t0, t1 in _blocks(T, k):
         n = t1 - t0
@@ -213,8 +222,8 @@ def _two_stage_backward(G, u, h0, A, W, hs, saved, eps, solver, every, needs):
     dh0 = None
     k = _block_steps(T, B, H, G.element_size(), every)
     recompute = _Recompute(solver, eps, A, W, hs, h0, u, k) if every is not None else None
-    E1_buf, Q1_buf, E2_buf, Q2_buf = (G.new_empty(k, B, H) for _ in range(4))
-    du = G.new_empty(T, B, H) if need_u else None
+    E1_buf, Q1_buf, E2_buf, Q2_buf = (_workspace.empty((k, B, H), G) for _ in range(4))
+    du = _workspace.empty((T, B, H), G) if need_u else None
     carry = G.new_empty(B, H)
     for t0, t1 in _blocks(T, k):
         n = t1 - t0
@@ -263,10 +272,10 @@ def _native_backward(native, G, u, h0, A, W, hs, saved, eps, solver, every, need
     handing the adjoint from block to block."""
     _, _, need_w = needs
     T, B, H = hs.shape
-    G, h0 = G.contiguous(), h0.contiguous()
+    G, h0 = contiguous(G), h0.contiguous()
     AW = torch.cat([A, W], 0)  # (2H, H)
     parts = native.wgrad_buffer(B, H, G) if need_w else None
-    du = torch.empty_like(G)
+    du = _workspace.empty(G.shape, G)
     if solver == "euler":
         M, scale = AW * eps, eps
     else:

@@ -38,6 +38,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from . import _workspace
+
 __all__ = ["Kernels", "load", "native_status"]
 
 logger = logging.getLogger(__name__)
@@ -265,8 +267,8 @@ class Kernels:
         T, B, H = u.shape
         self._shapes("euler_forward", (h0, (B, H)), (AWt, (H, 2 * H)))
         fn = self._fn("euler_forward", u, h0, AWt)
-        hs = torch.empty_like(u)
-        S = torch.empty_like(u) if save else None
+        hs = _workspace.empty(u.shape, u)
+        S = _workspace.empty(u.shape, u) if save else None
         fn(T, B, H, _p(u), _p(h0), _p(AWt), float(eps), _p(hs), _p(S), self._blocks(B))
         return hs, S
 
@@ -280,7 +282,7 @@ class Kernels:
         self._shapes(name, (hs, (T, B, H)), (h0, (B, H)))
         if carry is not None:
             self._shapes(name, (carry, (B, H)))
-        du = torch.empty_like(G) if du is None else du
+        du = _workspace.empty(G.shape, G) if du is None else du
         self._shapes(name, (du, (T, B, H)))
         if parts is not None and not (parts.dim() == 3 and 1 <= parts.shape[0] <= B):
             raise ValueError(f"native {name}: parts must be (blocks <= B, 2H, H)")
@@ -310,8 +312,8 @@ class Kernels:
         T, B, H = u.shape
         self._shapes("two_stage_forward", (h0, (B, H)), (AWt, (H, 2 * H)))
         fn = self._fn("two_stage_forward", u, h0, AWt)
-        hs = torch.empty_like(u)
-        S1, Y, S2 = (torch.empty_like(u) for _ in range(3)) if save else (None, None, None)
+        hs = _workspace.empty(u.shape, u)
+        S1, Y, S2 = (_workspace.empty(u.shape, u) for _ in range(3)) if save else (None, None, None)
         args = (_p(u), _p(h0), _p(AWt), float(a), float(b), int(heun))
         fn(T, B, H, *args, _p(hs), _p(S1), _p(Y), _p(S2), self._blocks(B))
         return (hs, S1, Y, S2) if save else (hs,)

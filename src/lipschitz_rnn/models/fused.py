@@ -14,10 +14,15 @@ native C++ on CPU where it builds (:mod:`._native`), PyTorch ops otherwise
 ops, so second derivatives (Hessian-vector products) work unchanged. The derivation, what is
 saved and the design choices are in ``docs/fused_scan.md``.
 
+:func:`lipschitz_layer_scan` is the same with the input projection ``u = x U^T + b`` inside the
+Function (the layer's path): ``u`` and its gradient are then scratch, not arrays autograd holds.
+
 Switches, all context managers local to the thread/task: :func:`fused_disabled` (layers use the
 plain loop), :func:`fused_backend` (``"auto"``, ``"native"``, ``"torch"``),
 :func:`fused_checkpointing` (recompute blocks of steps in backward instead of saving stage
-values). :func:`kernel_status` says which CPU kernels run.
+values), :func:`fused_buffer_reuse` (reuse the storage of large CPU arrays across calls, on by
+default; :func:`release_fused_buffers` frees it). :func:`kernel_status` says which CPU kernels
+run.
 """
 
 from __future__ import annotations
@@ -31,7 +36,8 @@ import torch
 from torch import Tensor
 
 from .._checks import check_choice, check_optional_int
-from . import _fused_kernels, _native
+from . import _fused_kernels, _native, _workspace
+from ._base import autocast_active
 from .solvers import SOLVERS, rk_step
 
 __all__ = [
@@ -40,10 +46,13 @@ __all__ = [
     "KernelStatus",
     "fused_available",
     "fused_backend",
+    "fused_buffer_reuse",
     "fused_checkpointing",
     "fused_disabled",
     "kernel_status",
+    "lipschitz_layer_scan",
     "lipschitz_scan",
+    "release_fused_buffers",
     "reference_scan",
     "stacked_step",
 ]
@@ -131,6 +140,22 @@ def fused_checkpointing(every: int | None) -> Iterator[None]:
         _CHECKPOINT.reset(token)
 
 
+def fused_buffer_reuse(enabled: bool):
+    """Context manager: within it (thread/task-local), CPU fused scans reuse the storage of their
+    large arrays across calls (``True``, the default) or allocate fresh ones (``False``).
+
+    A storage is reused only when nothing else holds it (no tensor, view, saved tensor or numpy
+    array), so results are the same either way; reuse spares the page faults that glibc's malloc
+    charges for every fresh array above 32 MiB (51 MB per array at T=784, B=H=128). Kept storages
+    stay allocated between calls: :func:`release_fused_buffers` frees the idle ones."""
+    return _workspace.buffer_reuse(enabled)
+
+
+def release_fused_buffers() -> int:
+    """Free the storages kept for reuse that nothing holds now; return the bytes freed."""
+    return _workspace.release()
+
+
 class KernelStatus(NamedTuple):
     """Which kernels the fused scan runs on CPU: ``backend`` is ``"native"`` or ``"torch"``;
     ``detail`` what the native build uses, or why it is unavailable."""
@@ -157,28 +182,22 @@ def _native_kernels(u: Tensor):
 
 
 def _transforms_active() -> bool:
-    """True under torch.func transforms, forward-mode AD or torch.compile tracing."""
+    """True under torch.func transforms, forward-mode AD or torch.compile/export tracing."""
+    compiler = getattr(torch, "compiler", None)
+    if compiler is not None and compiler.is_compiling():  # first: dynamo folds it to a constant
+        return True
     try:
         if torch._C._functorch.peek_interpreter_stack() is not None:
             return True
     except AttributeError:  # pragma: no cover - very old / new torch
         pass
     fwd_level = getattr(torch.autograd.forward_ad, "_current_level", -1)
-    if fwd_level >= 0:
-        return True
-    compiler = getattr(torch, "compiler", None)
-    return bool(compiler is not None and compiler.is_compiling())
-
-
-def _autocast_active(device_type: str) -> bool:
-    try:
-        return torch.is_autocast_enabled(device_type)
-    except TypeError:  # pragma: no cover - torch without the device_type argument
-        return torch.is_autocast_enabled() if device_type == "cuda" else False
+    return fwd_level >= 0
 
 
 def fused_available(solver: str, u: Tensor) -> bool:
-    """Whether :func:`lipschitz_scan` handles ``solver`` for the projected inputs ``u``.
+    """Whether :func:`lipschitz_scan` handles ``solver`` for the projected inputs ``u`` (and
+    :func:`lipschitz_layer_scan` for the layer's input ``x``: the same conditions).
 
     True for ``solver`` in ``FUSED_SOLVERS`` and a non-empty dense (T, B, H) float32/float64 tensor
     on CPU or CUDA, unless disabled by :func:`fused_disabled`, or autocast, a torch.func transform,
@@ -192,22 +211,43 @@ def fused_available(solver: str, u: Tensor) -> bool:
         and u.dtype in _DTYPES
         and u.layout == torch.strided
         and u.device.type in _DEVICES
+        and not _transforms_active()  # before the ContextVar, which dynamo cannot trace
         and not _DISABLED.get()
-        and not _autocast_active(u.device.type)
-        and not _transforms_active()
+        and not autocast_active(u.device.type)
     )
 
 
 # ---------------------------------------------------------------------------------------------
 # the autograd Function
+def _project(x: Tensor, U: Tensor | None, b: Tensor | None) -> Tensor:
+    """``u = x U^T + b`` into workspace storage (``x`` itself when ``U`` is None)."""
+    if U is None:
+        return x
+    T, B, In = x.shape
+    u = _workspace.empty((T, B, U.shape[0]), x)
+    flat_u, flat_x = u.view(T * B, -1), x.reshape(T * B, In)
+    if b is None:
+        torch.mm(flat_x, U.t(), out=flat_u)
+    else:
+        torch.addmm(b, flat_x, U.t(), out=flat_u)
+    return u
+
+
 class _LipschitzScan(torch.autograd.Function):
+    """``hs`` of the recurrence for ``u = x`` (``U`` None) or ``u = x U^T + b`` (the projection
+    and its gradients inside the Function, so that ``u`` and ``du`` are scratch storage)."""
+
     @staticmethod
-    def forward(ctx, u, h0, A, W, eps, solver, every):
-        native = _native_kernels(u)
+    def forward(ctx, x, h0, A, W, U, b, eps, solver, every):
+        native = _native_kernels(x)
+        u = _project(x, U, b)
         hs, acts = _fused_kernels.forward(
             u, h0, A, W, eps, solver, save=every is None, native=native
         )
-        ctx.save_for_backward(u, h0, A, W, hs, *acts)
+        # u is needed in backward only to rebuild stage values (every); x, U, b always (the
+        # projection's gradients, and the double backward)
+        u_saved = u if (U is not None and every is not None) else None
+        ctx.save_for_backward(x, h0, A, W, U, b, u_saved, hs, *acts)
         ctx.native = native
         ctx.eps = eps
         ctx.solver = solver
@@ -216,19 +256,37 @@ class _LipschitzScan(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, G):
-        u, h0, A, W, hs, *acts = ctx.saved_tensors
-        need_u, need_h0, need_A, need_W = ctx.needs_input_grad[:4]
+        x, h0, A, W, U, b, u_saved, hs, *acts = ctx.saved_tensors
+        need_x, need_h0, need_A, need_W, need_U, need_b = ctx.needs_input_grad[:6]
         if torch.is_grad_enabled():  # create_graph=True: differentiable backward via plain ops
-            return _differentiable_backward(ctx, G, (u, h0, A, W)) + (None, None, None)
+            grads = _differentiable_backward(ctx, G, (x, h0, A, W, U, b))
+            return grads + (None, None, None)
+        projected = U is not None
+        u = u_saved if projected else x
+        need_u = need_x or (projected and (need_U or need_b))
         needs = (need_u, need_h0, need_A or need_W)
         du, dh0, dA, dW = _fused_kernels.backward(
             ctx.native, G, u, h0, A, W, hs, acts, ctx.eps, ctx.solver, ctx.every, needs
         )
+        dx = dU = db = None
+        if projected:
+            T, B, H = du.shape
+            flat = du.view(T * B, H)
+            if need_x:
+                dx = torch.mm(flat, U).view(x.shape)
+            if need_U:
+                dU = torch.mm(flat.t(), x.reshape(T * B, -1))
+            if need_b:
+                db = flat.sum(0)
+        else:
+            dx = du if need_x else None
         return (
-            du if need_u else None,
+            dx,
             dh0 if need_h0 else None,
             dA if need_A else None,
             dW if need_W else None,
+            dU,
+            db,
             None,
             None,
             None,
@@ -236,14 +294,47 @@ class _LipschitzScan(torch.autograd.Function):
 
 
 def _differentiable_backward(ctx, G, inputs):
-    needs = ctx.needs_input_grad[:4]
-    wrt = [x for x, need in zip(inputs, needs, strict=True) if need]
-    hs = reference_scan(*inputs, ctx.eps, ctx.solver)
+    x, h0, A, W, U, b = inputs
+    needs = ctx.needs_input_grad[:6]
+    wrt = [t for t, need in zip(inputs, needs, strict=True) if need]
+    u = x if U is None else torch.nn.functional.linear(x, U, b)
+    hs = reference_scan(u, h0, A, W, ctx.eps, ctx.solver)
     grads = iter(torch.autograd.grad(hs, wrt, G, create_graph=True, allow_unused=True))
     return tuple(next(grads) if need else None for need in needs)
 
 
 # ---------------------------------------------------------------------------------------------
+def _check_scan(u_shape, h0: Tensor, A: Tensor, W: Tensor, tensors: dict) -> None:
+    T, B, H = u_shape
+    if T == 0:
+        raise ValueError("u must have at least one time step, got T = 0")
+    if tuple(h0.shape) != (B, H) or tuple(A.shape) != (H, H) or tuple(W.shape) != (H, H):
+        raise ValueError(
+            f"shapes do not match: u {tuple(u_shape)}, h0 {tuple(h0.shape)} (expected {(B, H)}), "
+            f"A {tuple(A.shape)}, W {tuple(W.shape)} (expected {(H, H)})"
+        )
+    dtypes = {name: t.dtype for name, t in tensors.items() if t is not None}
+    if len(set(dtypes.values())) > 1:
+        raise TypeError("dtypes differ: " + ", ".join(f"{k} {v}" for k, v in dtypes.items()))
+
+
+def _run(x, h0, A, W, U, b, eps, solver, checkpoint_every):
+    every = check_optional_int(
+        "checkpoint_every",
+        checkpoint_every if checkpoint_every is not None else _CHECKPOINT.get(),
+        ge=1,
+    )
+    eps = float(eps)
+    inputs = (x, h0, A, W, U, b)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs):
+        return _LipschitzScan.apply(x, h0, A, W, U, b, eps, solver, every)
+    with torch.no_grad():
+        hs, _ = _fused_kernels.forward(
+            _project(x, U, b), h0, A, W, eps, solver, save=False, native=_native_kernels(x)
+        )
+    return hs
+
+
 def lipschitz_scan(
     u: Tensor, h0: Tensor, A: Tensor, W: Tensor, eps: float, solver: str, *,
     checkpoint_every: int | None = None,
@@ -261,32 +352,34 @@ def lipschitz_scan(
             backward. Defaults to the value set by :func:`fused_checkpointing` (None).
 
     Differentiable w.r.t. ``u``, ``h0``, ``A`` and ``W``, to any order. Without grad (inference)
-    no stage values are saved.
+    no stage values are saved. On CPU the returned tensor may live in storage reused from an
+    earlier call that nothing holds any more (see :func:`fused_buffer_reuse`).
     """
     check_choice("solver", solver, FUSED_SOLVERS)
     if not isinstance(u, Tensor) or u.dim() != 3:
         got = tuple(u.shape) if isinstance(u, Tensor) else type(u).__name__
         raise ValueError(f"u must be a (T, B, H) tensor, got {got}")
-    T, B, H = u.shape
-    if T == 0:
-        raise ValueError("u must have at least one time step, got T = 0")
-    if tuple(h0.shape) != (B, H) or tuple(A.shape) != (H, H) or tuple(W.shape) != (H, H):
+    _check_scan(u.shape, h0, A, W, {"u": u, "h0": h0, "A": A, "W": W})
+    return _run(u, h0, A, W, None, None, eps, solver, checkpoint_every)
+
+
+def lipschitz_layer_scan(
+    x: Tensor, h0: Tensor, U: Tensor, b: Tensor | None, A: Tensor, W: Tensor, eps: float,
+    solver: str, *, checkpoint_every: int | None = None,
+) -> Tensor:
+    """:func:`lipschitz_scan` of ``u = x U^T + b`` with the input projection inside the fused
+    Function (what :class:`~lipschitz_rnn.LipschitzRNN` runs): ``x`` is (T, B, I), ``U`` (H, I),
+    ``b`` (H,) or None. ``u`` and its gradient are then scratch storage reused across calls
+    instead of arrays that autograd holds; differentiable w.r.t. every tensor argument."""
+    check_choice("solver", solver, FUSED_SOLVERS)
+    if not isinstance(x, Tensor) or x.dim() != 3:
+        got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"x must be a (T, B, I) tensor, got {got}")
+    if U.dim() != 2 or U.shape[1] != x.shape[2] or (b is not None and b.shape != U.shape[:1]):
         raise ValueError(
-            f"shapes do not match: u {tuple(u.shape)}, h0 {tuple(h0.shape)} (expected {(B, H)}), "
-            f"A {tuple(A.shape)}, W {tuple(W.shape)} (expected {(H, H)})"
+            f"shapes do not match: x {tuple(x.shape)}, U {tuple(U.shape)} (expected (H, "
+            f"{x.shape[2]})), b {None if b is None else tuple(b.shape)}"
         )
-    if not (u.dtype == h0.dtype == A.dtype == W.dtype):
-        raise TypeError(f"dtypes differ: u {u.dtype}, h0 {h0.dtype}, A {A.dtype}, W {W.dtype}")
-    every = check_optional_int(
-        "checkpoint_every",
-        checkpoint_every if checkpoint_every is not None else _CHECKPOINT.get(),
-        ge=1,
-    )
-    eps = float(eps)
-    if torch.is_grad_enabled() and any(x.requires_grad for x in (u, h0, A, W)):
-        return _LipschitzScan.apply(u, h0, A, W, eps, solver, every)
-    with torch.no_grad():
-        hs, _ = _fused_kernels.forward(
-            u, h0, A, W, eps, solver, save=False, native=_native_kernels(u)
-        )
-    return hs
+    T, B, _ = x.shape
+    _check_scan((T, B, U.shape[0]), h0, A, W, {"x": x, "h0": h0, "U": U, "b": b, "A": A, "W": W})
+    return _run(x, h0, A, W, U, b, eps, solver, checkpoint_every)

@@ -20,6 +20,8 @@ Everything else about a scheme is derived from the tableau here, once:
   ``1 + z + z^2/2``);
 * :func:`max_stable_step`: the largest ``eps`` with ``|R(e lambda)| < 1`` for every ``e`` in
   ``(0, eps)`` and every eigenvalue ``lambda`` of the linear part;
+* :func:`affine_step`: the step on ``dh/dt = A h + tau_i`` (``tau_i`` the forcing seen by
+  stage ``i``) as the matrices of ``h' = R(eps A) h + eps sum_i Q_i tau_i``;
 * :func:`two_stage_form`: the coefficients with which the fused scan's kernels write a
   two-stage scheme.
 
@@ -47,6 +49,7 @@ __all__ = [
     "stability_polynomial",
     "STABILITY_POLYNOMIALS",
     "max_stable_step",
+    "affine_step",
     "two_stage_form",
 ]
 
@@ -178,6 +181,35 @@ def max_stable_step(eigenvalues: Any, solver: str | Scheme) -> float:
         poly = sq[1:]  # divide by e
         best = min(best, _smallest_positive_root(poly[::-1]))
     return best
+
+
+def affine_step(A: Any, eps: float, solver: str | Scheme) -> tuple[np.ndarray, list[np.ndarray]]:
+    """``(R, [Q_1 .. Q_s])`` with one step of ``dh/dt = A h + tau`` equal to
+    ``h' = R h + eps sum_i Q_i tau_i``, where ``tau_i`` is the forcing evaluated by stage ``i``.
+
+    ``R = R(eps A)`` is the stability polynomial at the matrix (float64 numpy arrays). For the
+    Lipschitz unit ``tau_i = tanh(...)`` has ``||tau_i||_2 <= sqrt(H)``, so
+    ``||h'|| <= ||R|| ||h|| + eps sqrt(H) sum_i ||Q_i||``.
+    """
+    scheme = get_scheme(solver)
+    A = np.asarray(A, dtype=np.float64)
+    n = A.shape[0]
+    eye = np.eye(n)
+    s = scheme.stages
+    # stage i: k_i = A (h + eps sum_j a_ij k_j) + tau_i = Kh_i h + sum_m Kt_i[m] tau_m
+    Kh: list[np.ndarray] = []
+    Kt: list[list[np.ndarray]] = []
+    for i, row in enumerate(scheme.a):
+        arg_h = eye + eps * sum((a * Kh[j] for j, a in enumerate(row)), np.zeros((n, n)))
+        Kh.append(A @ arg_h)
+        Kt.append([
+            A @ (eps * sum((a * Kt[j][m] for j, a in enumerate(row)), np.zeros((n, n))))
+            + (eye if m == i else 0.0)
+            for m in range(s)
+        ])
+    R = eye + eps * sum(b * Kh[i] for i, b in enumerate(scheme.b))
+    Q = [sum(b * Kt[i][m] for i, b in enumerate(scheme.b)) for m in range(s)]
+    return R, Q
 
 
 # ----------------------------------------------------------------------------------------------
