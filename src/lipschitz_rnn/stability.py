@@ -14,11 +14,24 @@ tableau in :mod:`lipschitz_rnn.models.solvers`). ``max_stable_eps`` is the large
 that every step in ``(0, eps)`` is stable: the smallest positive root in ``e`` of
 ``|R(e lambda)|^2 = 1`` over all eigenvalues (0 when some ``Re lambda >= 0``).
 
+Eigenvalues inside the region make the linear part of the step asymptotically contracting; its
+2-norm ``||R(eps A)||_2 < 1`` makes it contracting at every step, so that with the bounded
+``tanh`` term the discrete state stays bounded for any input, any initial state and any number of
+steps (a hidden state carried from batch to batch cannot blow up): ``bounded_state``, with
+``||h_t|| <= max(||h_0||, state_bound)``, ``state_bound = eps sqrt(H) sum_i ||Q_i|| / (1 - q)``
+from the step's affine form ``h' = R h + eps sum_i Q_i tanh(.)_i``
+(:func:`~lipschitz_rnn.models.solvers.affine_step`), ``q = ||R||_2``. The
+``"stable"`` parametrisation of the cell guarantees ``||I + eps A||_2 <= 1 - eps gamma_A``, hence
+all three of ``A_sym`` negative definite, ``eps_stable`` and ``bounded_state``
+(``||R(eps A)||_2 <= (1 + (1 - eps gamma_A)^2) / 2`` for RK2 and Heun). Theorem 1 needs more:
+``W`` small against ``A_sym`` (condition a) or (b).
+
 All quantities are computed in float64.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -26,7 +39,7 @@ import torch
 from torch import nn
 
 from .models.lipschitz import LipschitzRNNCell
-from .models.solvers import STABILITY_POLYNOMIALS, max_stable_step
+from .models.solvers import STABILITY_POLYNOMIALS, affine_step, max_stable_step
 
 __all__ = [
     "StabilityCertificate",
@@ -40,7 +53,10 @@ __all__ = [
 @dataclass(frozen=True)
 class StabilityCertificate:
     """What :func:`certify` reports for one cell. Eigenvalues are of the symmetric parts
-    ``A_sym = (A + A^T)/2`` and ``W_sym = (W + W^T)/2``."""
+    ``A_sym = (A + A^T)/2`` and ``W_sym = (W + W^T)/2``; ``step_linear_norm`` is
+    ``||R(eps A)||_2``, the 2-norm of the linear part of one step (``I + eps A`` for Euler);
+    ``bounded_state`` says it is below 1, and then every trajectory satisfies
+    ``||h_t||_2 <= max(||h_0||_2, state_bound)`` whatever the input (``inf`` otherwise)."""
 
     hidden_size: int
     solver: str
@@ -59,16 +75,50 @@ class StabilityCertificate:
     globally_stable: bool
     max_stable_eps: float
     eps_stable: bool
+    step_linear_norm: float = math.nan
+    bounded_state: bool = False
+    state_bound: float = math.inf
+    parametrization: str = "symmetric_skew"
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def verdict(self) -> str:
+        """One line: what is certified, and the first reason why more is not."""
+        region = f"eps inside the {self.solver} stability region"
+        if self.globally_stable and self.eps_stable:
+            return f"certified: globally exponentially stable (Theorem 1), {region}"
+        if self.eps_stable and self.bounded_state:
+            why = (
+                f"sigma_min(-A_sym) = {-self.A_sym_eig_max:.3g} > sigma_max(W) = "
+                f"{self.W_sigma_max:.3g}"
+                if self.A_sym_negative_definite
+                else "A_sym negative definite"
+            )
+            return (
+                f"certified: A Hurwitz, {region}, state bounded for any input; not the global "
+                f"exponential stability of Theorem 1, which needs {why}"
+            )
+        if not self.eps_stable:
+            why = (
+                f"the spectral abscissa of A is {self.A_spectral_abscissa:.3g} >= 0"
+                if self.A_spectral_abscissa >= 0
+                else f"eps {self.eps:g} > the largest stable step {self.max_stable_eps:.3g}"
+            )
+            return f"not certified: {why} (parametrization='stable' keeps A inside)"
+        return (
+            f"not certified: ||R(eps A)||_2 = {self.step_linear_norm:.6g} >= 1, the state can "
+            "grow transiently (parametrization='stable' keeps it below 1)"
+        )
 
     def __str__(self) -> str:
         def yn(b: bool) -> str:
             return "yes" if b else "no"
 
         lines = [
-            f"Lipschitz cell, hidden {self.hidden_size}, solver {self.solver}, eps {self.eps:g}",
+            f"Lipschitz cell, hidden {self.hidden_size}, solver {self.solver}, eps {self.eps:g}"
+            + ("" if self.parametrization == "symmetric_skew"
+               else f", parametrization {self.parametrization}"),
             f"  eig(A_sym) in [{self.A_sym_eig_min:.4g}, {self.A_sym_eig_max:.4g}]"
             f"   spectral abscissa of A {self.A_spectral_abscissa:.4g}",
             f"  eig(W_sym) in [{self.W_sym_eig_min:.4g}, {self.W_sym_eig_max:.4g}]"
@@ -79,6 +129,10 @@ class StabilityCertificate:
             f"{yn(self.globally_stable)}",
             f"  step: largest stable eps {self.max_stable_eps:.4g};"
             f" eps {self.eps:g} inside: {yn(self.eps_stable)}",
+            f"  linear part of the step: ||R(eps A)||_2 {self.step_linear_norm:.6g} ->"
+            f" state bounded for any input and length: {yn(self.bounded_state)}"
+            + (f" (||h_t|| <= max(||h_0||, {self.state_bound:.4g}))" if self.bounded_state
+               else ""),
         ]
         return "\n".join(lines)
 
@@ -115,6 +169,10 @@ def certify_cell(cell: nn.Module) -> StabilityCertificate:
         and bool(torch.linalg.eigvalsh(0.5 * (cross + cross.T)).min() > 0)
     )
     eps_max = max_stable_step(eig_A, cell.solver)
+    R, Q = affine_step(A.numpy(), float(cell.eps), cell.solver)
+    step_norm = float(np.linalg.norm(R, 2))
+    forcing = float(cell.eps) * np.sqrt(n) * sum(float(np.linalg.norm(q, 2)) for q in Q)
+    bound = forcing / (1.0 - step_norm) if step_norm < 1.0 else math.inf
     return StabilityCertificate(
         hidden_size=n,
         solver=cell.solver,
@@ -133,6 +191,10 @@ def certify_cell(cell: nn.Module) -> StabilityCertificate:
         globally_stable=bool(cond_a or cond_b),
         max_stable_eps=float(eps_max),
         eps_stable=bool(cell.eps < eps_max),
+        step_linear_norm=step_norm,
+        bounded_state=step_norm < 1.0,
+        state_bound=bound,
+        parametrization=str(getattr(cell, "parametrization", "symmetric_skew")),
     )
 
 
