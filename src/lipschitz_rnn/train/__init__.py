@@ -1,7 +1,7 @@
 """Training: configurations and presets, the loop with exact resume, per-task batching."""
 
 from .config import TrainConfig, list_presets, resolve_config
-from .loop import DivergenceError, RunInterrupted, evaluate_run, load_run, train
+from .loop import DistributedError, DivergenceError, RunInterrupted, evaluate_run, load_run, train
 
 __all__ = [
     "TrainConfig",
@@ -11,5 +11,6 @@ __all__ = [
     "evaluate_run",
     "load_run",
     "DivergenceError",
+    "DistributedError",
     "RunInterrupted",
 ]

@@ -10,6 +10,16 @@ Kinds (from :class:`lipschitz_rnn.data.Task`):
   frames): mean squared error;
 * ``language_model`` (ptb-char): truncated BPTT over ``bptt``-step segments of ``batch_size``
   parallel streams, the hidden state carried (detached) across segments; bits per character.
+
+Under several processes (:meth:`TaskRunner.distribute`) every rank takes its share of each
+global batch: a contiguous block of the batch's items (of the streams, for a language model;
+:meth:`DistContext.share`), so the batch order is the one a single process draws. A rank left
+without items (a last batch smaller than the number of ranks) runs one item with zero weight, so
+that every rank takes part in the gradient all-reduce. Datasets that draw fresh random data per
+item (npcifar's noise) are collated whole on every rank and then sliced, so their generator
+advances exactly as in one process. Evaluation splits its batches over the ranks and sums the
+per-batch numbers in batch order (the single-process sums); a language model's evaluation runs
+whole on every rank (its state is carried over the split).
 """
 
 from __future__ import annotations
@@ -25,6 +35,7 @@ from .._checks import check_int
 from ..analysis import lyapunov_spectrum
 from ..data import get_task
 from .config import TrainConfig
+from .distributed import DistContext
 
 LN2 = math.log(2.0)
 #: parallel streams when evaluating a language model (state carried over the whole split)
@@ -57,7 +68,26 @@ class TaskRunner:
         self.is_lm = t.kind == "language_model"
         self.vocab_size = t.output_size if self.is_lm else None
         self.model_input_size = t.input_size
-        self._carry = None  # LM hidden state carried across segments
+        self._carry = None  # LM hidden state carried across segments (this rank's streams)
+        self.dist = DistContext()
+
+    def distribute(self, dist: DistContext) -> None:
+        """Take rank ``dist.rank``'s share of every training batch and split evaluation over
+        the ranks. Raises ValueError for what cannot be shared."""
+        if dist.enabled and self.is_lm and self.config.batch_size < dist.world_size:
+            raise ValueError(
+                f"batch_size={self.config.batch_size} parallel streams cannot be shared by "
+                f"{dist.world_size} processes: use at least one stream per process"
+            )
+        if dist.enabled and self._fresh_noise() and self.task.collate_fn is not None:
+            raise ValueError(
+                f"task {self.task.name!r} draws fresh random data into custom batches, which "
+                "cannot be shared between processes; train it in one process"
+            )
+        self.dist = dist
+
+    def _fresh_noise(self) -> bool:
+        return isinstance(getattr(self.task.train, "generator", None), torch.Generator)
 
     # --- bookkeeping for the run directory -----------------------------------------------------
     def meta_to_save(self) -> dict[str, Any]:
@@ -71,11 +101,30 @@ class TaskRunner:
             out["carry"] = [p.detach().cpu() for p in parts]
         return out
 
+    def checkpoint_state(self) -> dict[str, Any]:
+        """:meth:`state` with the whole LM carry (gathered from every rank: a collective, so
+        every rank calls it); resumes under any number of processes."""
+        out = self.state()
+        if self.dist.enabled and self.is_lm:
+            parts = self.dist.all_gather_object(out.get("carry"))
+            if any(p is None for p in parts):
+                out.pop("carry", None)
+            else:
+                out["carry"] = [torch.cat([p[i] for p in parts], dim=1)
+                                for i in range(len(parts[0]))]
+        return out
+
     def load_state(self, s: dict[str, Any]) -> None:
+        """Restore :meth:`state` or :meth:`checkpoint_state` (a whole carry is cut to this
+        rank's streams)."""
         if s and s.get("data_rng") is not None:
             self.task.set_rng_state(s["data_rng"])
         if s and s.get("carry"):
-            parts = [p.to(self.device) for p in s["carry"]]
+            parts = list(s["carry"])
+            lo, hi = self._stream_share()
+            if parts[0].shape[1] == self.config.batch_size and hi - lo != self.config.batch_size:
+                parts = [p[:, lo:hi] for p in parts]
+            parts = [p.to(self.device) for p in parts]
             self._carry = tuple(parts) if len(parts) > 1 else parts[0]
         else:
             self._carry = None
@@ -116,6 +165,9 @@ class TaskRunner:
     def _lm_num_segments(self, split: str, batch_size: int) -> int:
         data = self._lm_stream(split, batch_size)
         return max(0, math.ceil((data.shape[0] - 1) / self.config.bptt))
+
+    def _stream_share(self) -> tuple[int, int]:
+        return self.dist.share(self.config.batch_size)
 
     def _lm_segment(self, split: str, batch_size: int, i: int) -> tuple[Tensor, Tensor]:
         data = self._lm_stream(split, batch_size)
@@ -161,13 +213,31 @@ class TaskRunner:
         return loss, float(loss.detach()) * y.numel(), y.numel(), x.shape[1], None
 
     def train_step(self, model: nn.Module, batch):
+        """(loss, metric_sum, count, sequences) of this rank's share of ``batch``: ``loss`` is
+        the mean over the share's ``count`` scored elements (zero-weighted for an empty share)."""
         if self.is_lm:
-            seg = self._lm_segment("train", self.config.batch_size, int(batch))
-            loss, ms, count, seqs, h = self._forward_loss(model, seg, self._carry)
+            x, y = self._lm_segment("train", self.config.batch_size, int(batch))
+            if self.dist.enabled:
+                lo, hi = self._stream_share()
+                x, y = x[:, lo:hi], y[:, lo:hi]
+            loss, ms, count, seqs, h = self._forward_loss(model, (x, y), self._carry)
             self._carry = _detach_state(h)
             return loss, ms, count, seqs
-        data = self._collate(self.task.train, batch)
+        if not self.dist.enabled:
+            data = self._collate(self.task.train, batch)
+            loss, ms, count, seqs, _ = self._forward_loss(model, data)
+            return loss, ms, count, seqs
+        lo, hi = self.dist.share(len(batch))
+        empty = hi == lo
+        if self._fresh_noise():  # the generator draws for every item, in the global order
+            x, y = self._collate(self.task.train, batch)
+            lo, hi = (0, 1) if empty else (lo, hi)
+            data = (x[lo:hi], y[lo:hi])
+        else:
+            data = self._collate(self.task.train, batch[:1] if empty else batch[lo:hi])
         loss, ms, count, seqs, _ = self._forward_loss(model, data)
+        if empty:  # takes part in the gradient all-reduce with zero gradients
+            return loss * 0.0, 0.0, 0.0, 0
         return loss, ms, count, seqs
 
     def finish_metric(self, metric_sum: float, count: float, loss_sum: float) -> float:
@@ -192,13 +262,8 @@ class TaskRunner:
                     loss_sum += float(loss) * c
                     count += c
             else:
-                ds = getattr(self.task, split)
-                n = len(ds)
-                bs = self.config.eval_batch_size
-                for i in range(0, n, bs):
-                    batch = self._collate(ds, torch.arange(i, min(i + bs, n)))
-                    loss, ms, c, _, _ = self._forward_loss(model, batch)
-                    loss_sum += float(loss) * c
+                for ls, ms, c in self._eval_batches(model, split):
+                    loss_sum += ls
                     metric_sum += ms
                     count += c
             return {
@@ -207,6 +272,24 @@ class TaskRunner:
             }
         finally:
             model.train(was_training)
+
+    def _eval_batches(self, model: nn.Module, split: str) -> list[tuple[float, float, float]]:
+        """(loss * count, metric sum, count) of every evaluation batch of ``split``, in order;
+        under several processes each rank computes every ``world_size``-th batch."""
+        ds = getattr(self.task, split)
+        n = len(ds)
+        bs = self.config.eval_batch_size
+        starts = list(range(0, n, bs))
+        d = self.dist
+        mine = {}
+        for i in starts[d.rank :: d.world_size]:
+            batch = self._collate(ds, torch.arange(i, min(i + bs, n)))
+            loss, ms, c, _, _ = self._forward_loss(model, batch)
+            mine[i] = (float(loss) * c, ms, c)
+        if d.enabled:
+            for part in d.all_gather_object(mine):
+                mine.update(part)
+        return [mine[i] for i in starts]
 
     def sample_inputs(self, split: str, n: int) -> Tensor:
         """Time-major inputs (T, n, features) of the first ``n`` items of ``split`` (for analysis)."""
