@@ -256,3 +256,15 @@ def test_kill_at_random_points_then_resume(tmp_path):
         assert json.loads((out / "results.json").read_text())["test"] == json.loads(
             (ref / "results.json").read_text()
         )["test"]
+
+
+def test_messages_keep_their_brackets(tmp_path, capsys, monkeypatch):
+    """rich reads "[grid]" as a style tag and drops it; the CLI prints messages literally."""
+    from lipschitz_rnn import train as train_pkg
+
+    def load_run(*a, **k):
+        raise ValueError("[grid] lr: the list is empty")
+
+    monkeypatch.setattr(train_pkg.loop, "load_run", load_run)
+    assert main(["certify", str(tmp_path)]) == 2
+    assert "[grid] lr: the list is empty" in capsys.readouterr().out

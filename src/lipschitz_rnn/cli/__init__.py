@@ -11,7 +11,9 @@ import argparse
 import logging
 import sys
 
-from . import analysis, bench, train
+from rich.markup import escape
+
+from . import analysis, bench, report, sweep, train
 from ._common import configure_console, console, process_settings, run_training
 
 __all__ = ["main", "build_parser", "run_training", "process_settings", "console", "EXIT_CODES"]
@@ -24,6 +26,7 @@ EXIT_CODES = {
     "files (the message names what and where)",
     3: "training diverged (non-finite loss); the message names the epoch and step",
     4: "a file could not be written (disk full, no permission); the previous version is intact",
+    5: "a distributed run (torchrun) lost a rank: it died, failed or hung past the timeout",
     130: "interrupted (Ctrl-C); a training run saved a checkpoint to --resume from",
 }
 
@@ -41,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = p.add_subparsers(dest="command", required=True)
-    for group in (train, analysis, bench):
+    for group in (train, analysis, bench, report, sweep):
         group.add_commands(sub)
     return p
 
@@ -55,24 +58,27 @@ def main(argv: list[str] | None = None) -> int:
     )
     logging.captureWarnings(True)  # library warnings as one log line, not a source excerpt
     from .._io import WriteError
-    from ..train.loop import DivergenceError, RunInterrupted
+    from ..train.loop import DistributedError, DivergenceError, RunInterrupted
 
     try:
         return int(args.func(args) or 0)
     except RunInterrupted as e:
-        console.print(f"[yellow]interrupted:[/] {e}")
+        console.print(f"[yellow]interrupted:[/] {escape(str(e))}")
         return 130
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]")
         return 130
     except DivergenceError as e:
-        console.print(f"[bold red]diverged:[/] {e}")
+        console.print(f"[bold red]diverged:[/] {escape(str(e))}")
         return 3
     except WriteError as e:
-        console.print(f"[bold red]error:[/] {e}")
+        console.print(f"[bold red]error:[/] {escape(str(e))}")
         return 4
+    except DistributedError as e:
+        console.print(f"[bold red]error:[/] {escape(str(e))}")
+        return 5
     except (ValueError, TypeError, FileNotFoundError) as e:
-        console.print(f"[bold red]error:[/] {e}")
+        console.print(f"[bold red]error:[/] {escape(str(e))}")
         return 2
     finally:
         logging.captureWarnings(False)

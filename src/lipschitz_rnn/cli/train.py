@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from rich.table import Table
 
-from ._common import console, data_dir_arg, run_training
+from ._common import console, data_dir_arg, dist_kwargs, distributed_args, run_training
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
@@ -52,7 +53,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if args.lyapunov_every is not None:
             overrides["lyapunov_every"] = args.lyapunov_every
         run_training(None, args.resume, data_dir=args.data_dir, resume=True,
-                     overrides=overrides, resume_from=args.resume_from)
+                     overrides=overrides, resume_from=args.resume_from, **dist_kwargs(args),
+                     callbacks=_tensorboard(_saved_config(args.resume), args.tensorboard))
         return 0
     if args.resume_from != "last":
         raise ValueError("--resume-from goes with --resume RUN_DIR")
@@ -63,12 +65,34 @@ def _cmd_train(args: argparse.Namespace) -> int:
     overrides = parse_set(args.set or [])
     if args.lyapunov_every is not None:
         overrides["lyapunov_every"] = args.lyapunov_every
+    if args.tensorboard:
+        overrides["tensorboard"] = True  # recorded in config.toml
     config = resolve_config(
         task=args.task, model=args.model, preset=args.preset, overrides=overrides
     )
     _check_names(config)
-    run_training(config, args.out, data_dir=args.data_dir, force=args.force)
+    run_training(config, args.out, data_dir=args.data_dir, force=args.force, **dist_kwargs(args),
+                 callbacks=_tensorboard(config, False))
     return 0
+
+
+def _saved_config(run_dir):
+    """The configuration of the run in ``run_dir``, or None when it has none (the loop then
+    says so)."""
+    from ..train.config import TrainConfig
+
+    path = Path(run_dir) / "config.toml"
+    return TrainConfig.from_toml(path.read_text()) if path.is_file() else None
+
+
+def _tensorboard(config, flag: bool) -> list:
+    """The TensorBoard callback when ``--tensorboard`` or the config asks for it."""
+    from ..train.tensorboard import tensorboard_callbacks
+
+    try:
+        return tensorboard_callbacks(config, force=flag)
+    except ImportError as e:
+        raise ValueError(f"--tensorboard: {e}") from None  # main() prints it literally
 
 
 def _check_names(config) -> None:
@@ -117,6 +141,7 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
     console.print("[bold]stability certificate of the trained layer[/]")
     for cert in certify(model):
         console.print(str(cert))
+        console.print(cert.verdict(), markup=False)
     return 0
 
 
@@ -158,7 +183,14 @@ def add_commands(sub) -> None:
         metavar="E",
         help="log a Lyapunov spectrum summary every E epochs",
     )
+    s.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help="also log to RUN_DIR/tb/ for TensorBoard (config key tensorboard; needs "
+        "lipschitz-rnn[tensorboard])",
+    )
     data_dir_arg(s)
+    distributed_args(s)
     s.set_defaults(func=_cmd_train)
 
     s = sub.add_parser("evaluate", help="re-compute a run's test metrics from its best checkpoint")

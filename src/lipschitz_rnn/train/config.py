@@ -32,7 +32,8 @@ class TrainConfig:
     "x0.1 at epoch 90" is ``[90]``). ``clip_grad_norm = 0`` disables clipping; ``max_batches = 0``
     uses every batch. ``test_every = E > 0`` also evaluates the test set after every E-th epoch
     and logs it in ``metrics.jsonl`` (a learning curve for comparison with published per-epoch
-    test curves; the model is still selected on validation only).
+    test curves; the model is still selected on validation only). ``tensorboard = true``: the
+    ``train`` command also logs to ``RUN/tb/`` (:mod:`lipschitz_rnn.train.tensorboard`).
     """
 
     task: str = "digits"
@@ -60,6 +61,7 @@ class TrainConfig:
     lyapunov_batch: int = 8
     lyapunov_k: int = 0
     test_every: int = 0
+    tensorboard: bool = False
 
     def validate(self) -> TrainConfig:
         def pos_int(name: str, allow_zero: bool = False) -> None:
@@ -82,6 +84,8 @@ class TrainConfig:
         for n in ("momentum", "weight_decay", "lr_decay_factor", "clip_grad_norm"):
             setattr(self, n, check_float(n, getattr(self, n), ge=0))
         self.lr = check_float("lr", self.lr, gt=0)
+        if not isinstance(self.tensorboard, bool):
+            raise ValueError(f"tensorboard must be true or false, got {self.tensorboard!r}")
         if self.optimizer not in ("adam", "sgd"):
             raise ValueError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
         if not isinstance(self.lr_decay_epochs, list) or not all(
