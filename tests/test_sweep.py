@@ -288,8 +288,12 @@ def test_asha_scheduler_on_the_validation_metric(tmp_path):
     assert sched._time_attr == "epoch" and sched._metric == "valid_metric"
     assert sched._max_t == 9 and sched._metric_op == -1.0
     assert make_scheduler(SchedulerContext(SchedulerSpec(), "max", 2, (), tmp_path)) == (None, None)
-    with pytest.raises(ValueError, match="not implemented"):
-        make_scheduler(SchedulerContext(SchedulerSpec("lyapunov"), "max", 2, (), tmp_path))
+    # spectrum-guided pruning (sweep/pruning.py) is a Stopper deciding at an LE epoch after 0
+    sched, stopper = make_scheduler(
+        SchedulerContext(SchedulerSpec("lyapunov"), "max", 2, (0, 1), tmp_path))
+    assert sched is None and type(stopper).__name__ == "LyapunovStopper"
+    with pytest.raises(ValueError, match="decision_epoch"):
+        make_scheduler(SchedulerContext(SchedulerSpec("lyapunov"), "max", 2, (0,), tmp_path))
 
 
 def test_run_trial_reports_each_epoch_with_spectrum_features(tmp_path):

@@ -10,7 +10,8 @@ metric on the validation split, ``mode`` says whether higher is better), ``valid
 * ``asha``: Ray's ``ASHAScheduler`` on ``valid_metric`` with ``time_attr = "epoch"`` (so rungs
   stay right when a trial is resumed), ``max_t`` the longest trial's epochs, options
   ``grace_period`` (default 1) and ``reduction_factor`` (default 4);
-* ``lyapunov``: reserved for spectrum-guided pruning; its options reach the factory unchecked.
+* ``lyapunov``: spectrum-guided pruning, installed by :mod:`.pruning` (options
+  ``decision_epoch``, ``fraction``, ``min_history``, ``predictor``).
 """
 
 from __future__ import annotations
@@ -56,16 +57,17 @@ def _asha(ctx: SchedulerContext) -> Any:
     )
 
 
-def _not_implemented(ctx: SchedulerContext) -> Any:
+def _not_installed(ctx: SchedulerContext) -> Any:
     raise ValueError(
-        f"[scheduler] kind = {ctx.spec.kind!r} is not implemented yet; use 'fifo' or 'asha'"
+        f"[scheduler] kind = {ctx.spec.kind!r}: no factory registered (import "
+        "lipschitz_rnn.sweep.pruning)"
     )
 
 
 _FACTORIES: dict[str, Callable[[SchedulerContext], Any]] = {
     "fifo": _fifo,
     "asha": _asha,
-    "lyapunov": _not_implemented,
+    "lyapunov": _not_installed,
 }
 
 
