@@ -296,6 +296,17 @@ def test_asha_scheduler_on_the_validation_metric(tmp_path):
         make_scheduler(SchedulerContext(SchedulerSpec("lyapunov"), "max", 2, (0,), tmp_path))
 
 
+def test_trials_log_to_tensorboard_when_the_spec_asks(tmp_path):
+    pytest.importorskip("tensorboard")
+    spec = tiny_spec(grid={"lr_decay_factor": [1.0]})
+    spec["set"]["tensorboard"] = True
+    t = load_spec(spec).trials[0]
+    outcome = run_trial(tmp_path, t.id, t.config, load_spec(spec).lyapunov, torch.randn(10, 2, 2),
+                        report=lambda r: None)
+    assert outcome["status"] == "ok"
+    assert list((tmp_path / "trials" / t.id / "tb").glob("events.out.tfevents.*"))
+
+
 def test_run_trial_reports_each_epoch_with_spectrum_features(tmp_path):
     spec = load_spec(tiny_spec(grid={"lr_decay_factor": [1.0]}))
     t = spec.trials[0]

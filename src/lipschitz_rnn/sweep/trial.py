@@ -41,6 +41,7 @@ from ..analysis import NonFiniteStateError, spectrum_features
 from ..train.callbacks import Callback, RunContext
 from ..train.config import TrainConfig
 from ..train.loop import DivergenceError, train
+from ..train.tensorboard import tensorboard_callbacks
 from .probe import probe_spectrum
 from .spec import LyapunovSpec
 
@@ -224,15 +225,17 @@ def _attempt(tdir: Path, trial_id: str, config: TrainConfig, lyap: LyapunovSpec,
              data_dir, report) -> dict[str, Any]:
     earlier = read_status(tdir) or {}
     (tdir / STATUS_FILE).unlink(missing_ok=True)  # the outcome of an earlier attempt
+    # TensorBoard per trial when the spec sets it: tensorboard --logdir SWEEP compares them
     cb = SweepCallback(tdir, inputs, lyap, report=report)
+    callbacks = [cb, *tensorboard_callbacks(config)]
     resume = (tdir / "config.toml").is_file()
     t0 = time.perf_counter()
     status, error, results, tb = "ok", None, None, None
     try:
         if resume:
-            results = train(None, tdir, data_dir=data_dir, resume=True, callbacks=[cb])
+            results = train(None, tdir, data_dir=data_dir, resume=True, callbacks=callbacks)
         else:
-            results = train(config, tdir, data_dir=data_dir, force=True, callbacks=[cb])
+            results = train(config, tdir, data_dir=data_dir, force=True, callbacks=callbacks)
     except DivergenceError as e:
         status, error = "diverged", str(e)
     except Exception as e:  # noqa: BLE001 - recorded in trial.json; the sweep goes on
