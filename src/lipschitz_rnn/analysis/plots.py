@@ -29,7 +29,9 @@ from .features import entropy_rate, kaplan_yorke_dimension
 __all__ = [
     "new_figure",
     "save_png",
+    "draw_spectrum",
     "plot_spectrum",
+    "evolution_figure",
     "plot_evolution",
     "plot_density",
     "plot_curves",
@@ -76,17 +78,12 @@ def _as_exponent_matrix(spectrum: Any) -> Tensor:
     return e.sort(-1, descending=True).values
 
 
-def plot_spectrum(spectrum: Any, path: str | os.PathLike[str], *, title: str | None = None) -> str:
-    """Plot exponent index vs value (batch mean, +-1 std band and min-max spread) to a PNG.
-
-    ``spectrum`` is a :class:`~lipschitz_rnn.analysis.LyapunovSpectrum`, its ``to_dict()``, or
-    a (k,) / (batch, k) array. Returns the path.
-    """
+def draw_spectrum(ax: Any, spectrum: Any) -> Tensor:
+    """Draw exponent index vs value (batch mean, +-1 std band and min-max spread) on ``ax``;
+    returns the mean spectrum. ``spectrum`` as for :func:`plot_spectrum`."""
     e = _as_exponent_matrix(spectrum)
     mean, idx = e.mean(0), torch.arange(1, e.shape[1] + 1)
     std = e.std(0) if e.shape[0] > 1 else torch.zeros_like(mean)
-    fig, axes = new_figure()
-    ax = axes[0, 0]
     if e.shape[0] > 1:
         ax.fill_between(idx, e.amin(0), e.amax(0), color="C0", alpha=0.15, label="min-max")
         ax.fill_between(idx, mean - std, mean + std, color="C0", alpha=0.3, label="±1 std")
@@ -94,23 +91,27 @@ def plot_spectrum(spectrum: Any, path: str | os.PathLike[str], *, title: str | N
     ax.axhline(0.0, color="k", lw=0.8, ls="--")
     ax.set_xlabel("exponent index")
     ax.set_ylabel("Lyapunov exponent (per unit time)")
-    ky, ent = float(kaplan_yorke_dimension(mean)), float(entropy_rate(mean))
-    ax.set_title(title or f"λ1 = {float(mean[0]):.4g}, KY dim = {ky:.3g}, Σλ+ = {ent:.3g}")
     ax.legend(loc="best", fontsize="small")
     ax.grid(alpha=0.3)
+    return mean
+
+
+def plot_spectrum(spectrum: Any, path: str | os.PathLike[str], *, title: str | None = None) -> str:
+    """Plot exponent index vs value (batch mean, +-1 std band and min-max spread) to a PNG.
+
+    ``spectrum`` is a :class:`~lipschitz_rnn.analysis.LyapunovSpectrum`, its ``to_dict()``, or
+    a (k,) / (batch, k) array. Returns the path.
+    """
+    fig, axes = new_figure()
+    ax = axes[0, 0]
+    mean = draw_spectrum(ax, spectrum)
+    ky, ent = float(kaplan_yorke_dimension(mean)), float(entropy_rate(mean))
+    ax.set_title(title or f"λ1 = {float(mean[0]):.4g}, KY dim = {ky:.3g}, Σλ+ = {ent:.3g}")
     return save_png(fig, path)
 
 
-def plot_evolution(
-    records: Sequence[tuple[Any, Any]], path: str | os.PathLike[str], *, title: str | None = None
-) -> str:
-    """Plot how the spectrum moved during training, to a PNG.
-
-    ``records``: a sequence of ``(epoch, exponents)`` where ``exponents`` is a (k,) list (or
-    (batch, k), averaged) or a LyapunovSpectrum / its ``to_dict()``. Left: each epoch's
-    spectrum, coloured by epoch; right: the largest, median and smallest exponent against epoch.
-    Returns the path.
-    """
+def evolution_figure(records: Sequence[tuple[Any, Any]], *, title: str | None = None):
+    """The figure of :func:`plot_evolution` (a matplotlib Figure, not saved)."""
     recs = list(records)
     if not recs:
         raise ValueError("records is empty: need at least one (epoch, exponents) pair")
@@ -146,7 +147,20 @@ def plot_evolution(
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
     fig.suptitle(title or "Lyapunov spectrum during training")
-    return save_png(fig, path)
+    return fig
+
+
+def plot_evolution(
+    records: Sequence[tuple[Any, Any]], path: str | os.PathLike[str], *, title: str | None = None
+) -> str:
+    """Plot how the spectrum moved during training, to a PNG.
+
+    ``records``: a sequence of ``(epoch, exponents)`` where ``exponents`` is a (k,) list (or
+    (batch, k), averaged) or a LyapunovSpectrum / its ``to_dict()``. Left: each epoch's
+    spectrum, coloured by epoch; right: the largest, median and smallest exponent against epoch.
+    Returns the path.
+    """
+    return save_png(evolution_figure(records, title=title), path)
 
 
 # ----------------------------------------------------------------------------------------------

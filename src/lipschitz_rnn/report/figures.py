@@ -18,6 +18,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from ..analysis.plots import draw_spectrum, evolution_figure
 from ..models.solvers import stability_polynomial
 
 __all__ = [
@@ -162,26 +163,15 @@ def eigenvalue_plane(eig_A: Sequence[complex], eig_W: Sequence[complex], solver:
 
 
 def lyapunov_spectrum(d: dict) -> str:
-    """A ``lyapunov.json``: the spectrum (batch mean, ±1 std, min-max) and, when recorded, the
-    convergence history of the running estimates."""
-    mean = _floats(d.get("mean") or [])
-    exps = d.get("exponents") or []
+    """A ``lyapunov.json``: the spectrum (drawn by :func:`lipschitz_rnn.analysis.plots.
+    draw_spectrum`) and, when recorded, the convergence history of the running estimates."""
     rows = d.get("history") or []
     hist = np.asarray([_floats(r) for r in rows], dtype=np.float64) if rows else np.zeros((0, 0))
     steps = np.asarray(d.get("history_steps") or [], dtype=np.float64)
     has_hist = hist.ndim == 2 and hist.shape[0] > 0 and steps.size == hist.shape[0]
     fig, axes = _new(2 if has_hist else 1, width=9.0 if has_hist else 5.5)
-    ax = axes[0]
-    idx = np.arange(1, mean.size + 1)
-    if len(exps) > 1:
-        e = np.asarray([_floats(r) for r in exps], dtype=np.float64)
-        std = _floats(d.get("std") or [0.0] * mean.size)
-        ax.fill_between(idx, np.nanmin(e, 0), np.nanmax(e, 0), color="C0", alpha=0.15,
-                        label="min-max")
-        ax.fill_between(idx, mean - std, mean + std, color="C0", alpha=0.3, label="±1 std")
-    ax.plot(idx, mean, "o-" if mean.size <= 40 else "-", ms=3, color="C0", label="mean")
-    ax.axhline(0.0, color="k", lw=0.8, ls="--")
-    _style(ax, "exponent index", "Lyapunov exponent", "spectrum")
+    draw_spectrum(axes[0], d)
+    axes[0].set_title("spectrum")
     if has_hist:
         ax = axes[1]
         k = hist.shape[1]
@@ -196,27 +186,9 @@ def lyapunov_spectrum(d: dict) -> str:
 
 
 def lyapunov_evolution(records: Sequence[tuple[float, Sequence[float]]]) -> str:
-    """Spectra logged during training (``(epoch, spectrum)`` pairs): each spectrum coloured by
-    epoch, and the largest, median and smallest exponent against epoch."""
-    from matplotlib import cm, colors
-
-    epochs = [float(e) for e, _ in records]
-    spectra = [np.sort(_floats(s))[::-1] for _, s in records]
-    fig, (ax1, ax2) = _new(2, width=9.0)
-    hi = max(epochs) if max(epochs) > min(epochs) else min(epochs) + 1
-    norm = colors.Normalize(min(epochs), hi)
-    cmap = matplotlib.colormaps["viridis"]
-    for ep, s in zip(epochs, spectra, strict=True):
-        ax1.plot(np.arange(1, s.size + 1), s, color=cmap(norm(ep)), lw=1.2)
-    ax1.axhline(0.0, color="k", lw=0.8, ls="--")
-    fig.colorbar(cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax1, label="epoch")
-    _style(ax1, "exponent index", "Lyapunov exponent", "spectrum per epoch")
-    ax2.plot(epochs, [s[0] for s in spectra], "o-", ms=3, label="λ max")
-    ax2.plot(epochs, [float(np.median(s)) for s in spectra], "s-", ms=3, label="λ median")
-    ax2.plot(epochs, [s[-1] for s in spectra], "^-", ms=3, label="λ min")
-    ax2.axhline(0.0, color="k", lw=0.8, ls="--")
-    _style(ax2, "epoch", "Lyapunov exponent", "extremes")
-    return svg_data_uri(fig)
+    """Spectra logged during training (``(epoch, spectrum)`` pairs), as
+    :func:`lipschitz_rnn.analysis.plots.plot_evolution` draws them."""
+    return svg_data_uri(evolution_figure(records))
 
 
 def hessian_density(d: dict) -> str:
