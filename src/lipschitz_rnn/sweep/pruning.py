@@ -102,18 +102,14 @@ def replay(sweep_dir: str | Path, *, decision_epoch: int | None = None, fraction
 
     # lyapunov: predictor fitted on the finished (not stopped) trials before this one
     stopped = np.zeros(len(rows), dtype=bool)
-    preds_seen: list[float] = []
-    for i, r in enumerate(rows):
-        x = _features(r, d)
-        hist = [j for j in range(i) if not stopped[j] and _features(rows[j], d) is not None]
+    feats = [_features(r, d) for r in rows]
+    for i, x in enumerate(feats):
+        hist = [j for j in range(i) if not stopped[j] and feats[j] is not None]
         if x is None or len(hist) < min_history:
             continue
-        pred = fit_predictor(np.stack([_features(rows[j], d) for j in hist]), y[hist], d)
-        p = float(predict(pred, x)[0])
-        seen = [float(v) for v in predict(pred, np.stack(
-            [_features(rows[j], d) for j in range(i) if _features(rows[j], d) is not None]))]
-        stopped[i] = _below(p, seen, fraction)
-        preds_seen.append(p)
+        pred = fit_predictor(np.stack([feats[j] for j in hist]), y[hist], d)
+        seen = predict(pred, np.stack([f for f in feats[:i] if f is not None])).tolist()
+        stopped[i] = _below(float(predict(pred, x)[0]), seen, fraction)
     rules = {"lyapunov": outcome(stopped)}
 
     stopped = np.zeros(len(rows), dtype=bool)
