@@ -162,9 +162,11 @@ def run_training(config, out, *, data_dir=None, resume=False, force=False, overr
         _set_threads(threads, dist)
         if not dist.is_main:  # the other ranks report errors only
             logging.getLogger().setLevel(logging.ERROR)
-        return _train_and_report(config, out, dist, data_dir=data_dir, resume=resume,
-                                 force=force, overrides=overrides, resume_from=resume_from,
-                                 callbacks=callbacks)
+        results = _train_and_report(config, out, dist, data_dir=data_dir, resume=resume,
+                                    force=force, overrides=overrides, resume_from=resume_from,
+                                    callbacks=callbacks)
+        dist.close(synchronize=True)
+        return results
     finally:
         dist.close()
 

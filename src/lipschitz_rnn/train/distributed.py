@@ -339,9 +339,14 @@ class DistContext:
         bad = tuple((r, tot[4 + r]) for r in range(self.world_size) if not math.isfinite(tot[4 + r]))
         return StepTotals(tot[0], tot[1], tot[2], tot[3], bad)
 
-    def close(self) -> None:
-        """Destroy the process group if :func:`init_from_env` created it."""
+    def close(self, *, synchronize: bool = False) -> None:
+        """Destroy the process group if :func:`init_from_env` created it (a no-op afterwards).
+        ``synchronize``: after a run that ended well on every rank, meet at a barrier first, so
+        that no rank tears its connections down while another still holds them (gloo aborts
+        the process then)."""
         if self.owns_group and tdist.is_available() and tdist.is_initialized():
+            if synchronize:
+                tdist.barrier()
             try:
                 tdist.destroy_process_group()
             except Exception as e:  # noqa: BLE001 - closing after a failure must not mask it
