@@ -24,6 +24,7 @@ when it fails on any.
 from __future__ import annotations
 
 import datetime
+import gc
 import logging
 import math
 import os
@@ -345,6 +346,9 @@ class DistContext:
         that no rank tears its connections down while another still holds them (gloo aborts
         the process then)."""
         if self.owns_group and tdist.is_available() and tdist.is_initialized():
+            # free what still holds gloo work (the DDP reducer of a finished run) while the
+            # group is alive: freed at interpreter exit instead, it aborts the process
+            gc.collect()
             if synchronize:
                 tdist.barrier()
             try:
