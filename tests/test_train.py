@@ -131,8 +131,11 @@ def test_presets_and_config_errors():
         "smnist-lipschitz-128-euler",
         "psmnist-lipschitz-64-rk2",
         "npcifar-lipschitz-256",
-        "speech-lipschitz-256",
+        "speech-lipschitz-256-euler",
+        "speech-lipschitz-256-rk2",
+        "speech-lstm-155",
         "ptb-char-lipschitz-256",
+        "ptb-char-lstm-168",
         "digits-lipschitz",
     ):
         assert name in presets and presets[name]
