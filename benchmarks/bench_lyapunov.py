@@ -193,6 +193,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=1000, help="T of the Lipschitz workload")
     p.add_argument("--lstm-steps", type=int, default=200, help="T of the LSTM-128 workload")
     p.add_argument("--skip-k-sweep", action="store_true")
+    p.add_argument(
+        "--default-only",
+        action="store_true",
+        help="only the default-initialised cell (the issue-12 comparison: default call against "
+        "the analytic dense loop)",
+    )
     p.add_argument("--json", default=None, help="write the rows to this file")
     args = p.parse_args(argv)
     if args.threads:
@@ -214,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
         input_size=1,
         progress=progress,
     )
+    if args.default_only:
+        return _report(rows, args, load)
     rows += run_case(
         "lipschitz-euler",
         lipschitz_case(H, IN),
@@ -246,6 +254,10 @@ def main(argv: list[str] | None = None) -> int:
                 input_size=IN,
                 progress=progress,
             )
+    return _report(rows, args, load)
+
+
+def _report(rows, args, load) -> int:
     print(format_rows(rows))
     load_end = os.getloadavg() if hasattr(os, "getloadavg") else None
     print(

@@ -109,6 +109,18 @@ class _LipschitzBlock(_LinearInputBlock):
         H, AWt = self.H, self.AWt
         dense = h.shape[0] * H * H * h.element_size() <= DENSE_JF_BYTES
 
+        if dense and self.solver == "euler":
+            # rk_step's euler update h + eps f(h), with the tangent's V + eps V Jf^T done as one
+            # batched GEMM that accumulates into V (beta = 1): no separate pass over (B, k, H)
+            zz = h @ AWt
+            s = torch.tanh(zz[:, H:] + u)
+            d = _dtanh(s)
+            Jf = torch.addcmul(self.A, d.unsqueeze(-1), self.W)
+            V2 = torch.baddbmm(V, V, Jf.mT, alpha=self.eps)
+            if dU is not None:
+                V2 = torch.addcmul(V2, d.unsqueeze(1), dU, value=self.eps)
+            return h + self.eps * (zz[:, :H] + s), V2
+
         def f_pair(pair: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
             # (f(y), Jf(y)[Y, dU]) for tangent rows Y (B, k, H)
             y, Y = pair
