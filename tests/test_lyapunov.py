@@ -480,3 +480,20 @@ def test_plots_write_png(tmp_path):
     assert not [f for f in os.listdir(tmp_path) if f.startswith(".tmp-")]
     with pytest.raises(ValueError, match="records is empty"):
         plot_evolution([], tmp_path / "e.png")
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_lipschitz_dense_euler_step_equals_the_generic_step(monkeypatch, layers):
+    """The euler tangent as one baddbmm (the dense per-sequence Jacobian, the default path) and
+    the shared-weight form through rk_step (used for states too large to form Jf) give the same
+    exponents, and the same states to the last bit (the state update is rk_step's order)."""
+    from lipschitz_rnn.analysis import _units
+
+    m = LipschitzRNN(IN, 6, num_layers=layers, eps=0.3, init_std=6.0, dtype=DT)
+    x = torch.randn(40, 3, IN, generator=_gen(21), dtype=DT)
+    dense = lyapunov_spectrum(m, x, k=5, reorth_every=1)
+    monkeypatch.setattr(_units, "DENSE_JF_BYTES", 0)
+    shared = lyapunov_spectrum(m, x, k=5, reorth_every=1)
+    assert torch.equal(dense.final_state, shared.final_state)
+    assert (dense.exponents - shared.exponents).abs().max() < 1e-12
+    assert float(dense.exponents.abs().max()) > 1e-3  # a non-trivial spectrum is compared
