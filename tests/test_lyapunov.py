@@ -497,3 +497,19 @@ def test_lipschitz_dense_euler_step_equals_the_generic_step(monkeypatch, layers)
     assert torch.equal(dense.final_state, shared.final_state)
     assert (dense.exponents - shared.exponents).abs().max() < 1e-12
     assert float(dense.exponents.abs().max()) > 1e-3  # a non-trivial spectrum is compared
+
+
+def test_auto_takes_long_blocks_on_a_default_lipschitz_cell():
+    """Issue 12, item 5: on a default-initialised Lipschitz cell (nearly neutral, spectrum within
+    ~1e-3 of 0) ``auto`` re-orthonormalises only every AUTO_MAX_BLOCK steps and agrees with a QR
+    at every step."""
+    from lipschitz_rnn.analysis._qr import AUTO_MAX_BLOCK
+
+    torch.manual_seed(0)
+    cell = LipschitzRNNCell(1, 64, dtype=DT)
+    x = torch.randn(200, 4, 1, generator=_gen(22), dtype=DT)
+    auto = lyapunov_spectrum(cell, x)
+    every = lyapunov_spectrum(cell, x, reorth_every=1)
+    assert auto.reorth_every == AUTO_MAX_BLOCK
+    assert auto.householder_fallbacks == 0
+    assert (auto.exponents - every.exponents).abs().max() < 1e-12
