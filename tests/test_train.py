@@ -8,7 +8,13 @@ import torch
 from lipschitz_rnn._io import load_checkpoint
 from lipschitz_rnn.cli import main
 from lipschitz_rnn.train.config import TrainConfig, list_presets, parse_set, resolve_config
-from lipschitz_rnn.train.loop import DivergenceError, RunInterrupted, evaluate_run, train
+from lipschitz_rnn.train.loop import (
+    DivergenceError,
+    RunInterrupted,
+    evaluate_run,
+    load_run,
+    train,
+)
 
 
 def tiny(task="digits", **kw):
@@ -280,3 +286,34 @@ def test_cli_bench_errors(capsys):
     if not torch.cuda.is_available():
         assert main(["bench", "--device", "cuda"]) == 2
         assert "CUDA is not available" in capsys.readouterr().out
+
+
+def test_certify_needs_no_data(tmp_path, monkeypatch, capsys):
+    """A run writes model.json; load_run(data=False) and `certify` rebuild the model from it
+    without reading the data set, and the weights are those of the data-backed load."""
+    import lipschitz_rnn.train.rundir as rundir
+
+    out = tmp_path / "run"
+    train(tiny(epochs=1, max_batches=2), out)
+    sizes = json.loads((out / "model.json").read_text())
+    assert sizes == {"input_size": 8, "output_size": 10, "readout": "last", "vocab_size": None}
+    _, _, with_data = load_run(out)
+    capsys.readouterr()
+    assert main(["certify", str(out)]) == 0
+    expected = capsys.readouterr().out
+
+    def no_data(*a, **k):
+        raise AssertionError("the data set was read")
+
+    monkeypatch.setattr(rundir, "TaskRunner", no_data)
+    config, runner, model = load_run(out, data=False)
+    assert runner is None and config.task == "digits"
+    a, b = with_data.state_dict(), model.state_dict()
+    assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
+    assert main(["certify", str(out)]) == 0
+    assert capsys.readouterr().out == expected and "Lipschitz cell, hidden 16" in expected
+    with pytest.raises(AssertionError, match="data set was read"):  # data=True still loads it
+        load_run(out)
+    (out / "model.json").unlink()  # an older run: falls back to the task
+    with pytest.raises(AssertionError, match="data set was read"):
+        load_run(out, data=False)

@@ -118,7 +118,8 @@ def _cmd_certify(args: argparse.Namespace) -> int:
     from ..stability import certify
     from ..train.loop import load_run
 
-    _, _, model = load_run(args.run_dir, data_dir=args.data_dir, which=args.checkpoint)
+    # the weights only: no data set needed for runs that wrote model.json
+    _, _, model = load_run(args.run_dir, data_dir=args.data_dir, which=args.checkpoint, data=False)
     for cert in certify(model):
         console.print(str(cert))
     return 0
@@ -137,7 +138,7 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
     results = run_training(config, args.out, force=args.force)
     acc = results["test"]["accuracy"]
     console.print(f"[bold green]test accuracy {100 * acc:.2f}%[/]")
-    _, _, model = load_run(args.out)
+    _, _, model = load_run(args.out, data=False)
     console.print("[bold]stability certificate of the trained layer[/]")
     for cert in certify(model):
         console.print(str(cert))

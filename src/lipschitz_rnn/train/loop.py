@@ -46,6 +46,7 @@ from .rundir import (
     evaluate_run,
     lipschitz_eigs,
     load_run,
+    model_sizes,
     read_run,
     rng_state,
     seed_everything,
@@ -217,6 +218,7 @@ def _train(config, out: Path, dist: DistContext, *, data_dir, resume, force, ove
         meta = runner.meta_to_save()
         if meta:
             write_json(out / "task_meta.json", meta)
+        write_json(out / "model.json", model_sizes(runner))
 
     dist.on_main(prepare_dir)
     n_params = sum(p.numel() for p in model.parameters())

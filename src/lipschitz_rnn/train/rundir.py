@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._checks import check_choice
+from .._checks import check_bool, check_choice
 from .._io import CheckpointError, atomic_write_text, load_checkpoint, previous_path
 from ..models import LipschitzRNNCell, SequenceModel, build
 from .config import TrainConfig, resolve_config
@@ -35,6 +35,7 @@ __all__ = [
     "RESUMABLE_KEYS",
     "apply_resume_overrides",
     "build_model",
+    "model_sizes",
     "load_run",
     "evaluate_run",
     "read_run",
@@ -42,7 +43,7 @@ __all__ = [
 
 #: what a run directory holds besides the analyses' outputs (removed by ``force``)
 RUN_FILES = ("checkpoints", "metrics.jsonl", "results.json", "config.toml", "task_meta.json",
-             "resumes.jsonl")
+             "model.json", "resumes.jsonl")
 
 #: settings that may change when a run is resumed: the length, the learning-rate schedule and
 #: what is monitored; everything else defines the run and is refused
@@ -59,15 +60,34 @@ RESUMABLE_KEYS = (
 )
 
 
-def build_model(config: TrainConfig, runner: TaskRunner) -> nn.Module:
+def model_sizes(runner: TaskRunner) -> dict[str, Any]:
+    """What :func:`build_model` takes from the task (written to a run's ``model.json``, so that
+    the model can be rebuilt without the data, e.g. to certify it)."""
+    return {
+        "input_size": runner.model_input_size,
+        "output_size": runner.output_size,
+        "readout": runner.readout,
+        "vocab_size": runner.vocab_size,
+    }
+
+
+def build_model(config: TrainConfig, runner: TaskRunner | None = None, *,
+                sizes: dict[str, Any] | None = None) -> nn.Module:
+    """The run's model from its config and the task's sizes (``runner``, or ``sizes`` as
+    :func:`model_sizes` gives them)."""
+    if sizes is None:
+        if runner is None:
+            raise ValueError("build_model needs the task's runner or its sizes")
+        sizes = model_sizes(runner)
     rnn = build(
         config.model,
-        runner.model_input_size,
+        sizes["input_size"],
         config.hidden_size,
         num_layers=config.num_layers,
         **config.model_kwargs,
     )
-    return SequenceModel(rnn, runner.output_size, mode=runner.readout, vocab_size=runner.vocab_size)
+    return SequenceModel(rnn, sizes["output_size"], mode=sizes["readout"],
+                         vocab_size=sizes["vocab_size"])
 
 
 # --- random state ---------------------------------------------------------------------------------
@@ -247,20 +267,31 @@ def lipschitz_eigs(model: nn.Module) -> list[dict] | None:
     return out
 
 
-def load_run(run_dir: str | Path, *, data_dir=None, which: str = "best", device: str = "cpu"):
+def load_run(run_dir: str | Path, *, data_dir=None, which: str = "best", device: str = "cpu",
+             data: bool = True):
     """(config, runner, model) of a run directory, with the ``which`` checkpoint loaded
-    (``"best"``, ``"last"``, or ``"best.prev"``/``"last.prev"`` for their previous versions)."""
+    (``"best"``, ``"last"``, or ``"best.prev"``/``"last.prev"`` for their previous versions).
+
+    ``data=False``: the model only (``runner`` is None), rebuilt from the run's ``model.json``
+    without reading the data set, where the run has that file (runs of this version on); older
+    runs still load their task."""
     run = Path(run_dir)
     if not (run / "config.toml").is_file():
         raise FileNotFoundError(f"run_dir: {run} is not a run directory (no config.toml)")
+    check_bool("data", data)
     config = TrainConfig.from_toml((run / "config.toml").read_text())
     dev = torch.device(device)
-    runner = TaskRunner(config, data_dir=data_dir, device=dev)
+    sizes = None
+    if not data and (run / "model.json").is_file():
+        sizes = json.loads((run / "model.json").read_text())
+        runner = None
+    else:
+        runner = TaskRunner(config, data_dir=data_dir, device=dev)
     with warnings.catch_warnings():
         # the construction-time stability notice describes the random initial weights, which the
         # checkpoint replaces at once (certify the loaded model instead)
         warnings.filterwarnings("ignore", "LipschitzRNNCell: .* at construction", RuntimeWarning)
-        model = build_model(config, runner).to(dev)
+        model = build_model(config, runner, sizes=sizes).to(dev)
     check_choice("which", which, ("best", "last", "best.prev", "last.prev"))
     ck = run / "checkpoints" / f"{which}.pt"
     try:
