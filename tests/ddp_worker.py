@@ -23,7 +23,7 @@ from lipschitz_rnn.cli import main as cli_main
 from lipschitz_rnn.models import _native
 from lipschitz_rnn.train import tasks
 from lipschitz_rnn.train.config import TrainConfig
-from lipschitz_rnn.train.distributed import init_from_env
+from lipschitz_rnn.train.distributed import init_from_env, origin_rank
 from lipschitz_rnn.train.loop import train
 
 
@@ -71,6 +71,7 @@ def run_cases(base: Path, cases: list[dict]) -> None:
             outcome[case["name"]] = {"results": res}
         except Exception as e:  # noqa: BLE001 - recorded for the test to judge
             outcome[case["name"]] = {"error": type(e).__name__, "message": str(e),
+                                     "origin": origin_rank(e),
                                      "traceback": traceback.format_exc()}
     outcome["native"] = _native.load() is not None  # the fused path's native CPU kernels
     (base / f"outcome{dist.rank}.json").write_text(json.dumps(outcome))

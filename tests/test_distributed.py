@@ -197,6 +197,44 @@ def test_divergence_on_one_rank_stops_all(cases):
     assert [m["error"] for m in msgs] == ["DivergenceError"] * 2
     assert msgs[0]["message"] == msgs[1]["message"]
     assert "non-finite loss (nan) at epoch 1, step 3/6 on rank 1 of 2" in msgs[0]["message"]
+    assert [m["origin"] for m in msgs] == [0, 0]  # one report (rank 0's) for the command line
+
+
+class _RankOneOfTwo(DistContext):
+    """Rank 1 of 2 with canned collectives: rank 0 failed (no process group needed)."""
+
+    def broadcast_object(self, obj):
+        return ("error", ValueError("bad setting, found on rank 0"))
+
+    def all_gather_object(self, obj):
+        return [KeyError("rank 0's own"), obj]
+
+
+def test_errors_of_another_rank_are_marked_and_reported_once(monkeypatch):
+    from lipschitz_rnn.cli import error_line
+    from lipschitz_rnn.train.distributed import origin_rank
+
+    d = _RankOneOfTwo(rank=1, world_size=2)
+    with pytest.raises(ValueError, match="found on rank 0") as e1:
+        d.on_main(lambda: 1)
+    with pytest.raises(KeyError) as e2:
+        d.agree(lambda: 1)
+    assert origin_rank(e1.value) == 0 and origin_rank(e2.value) == 0
+    with pytest.raises(RuntimeError) as own:
+        d.agree(lambda: (_ for _ in ()).throw(RuntimeError("mine")))
+    assert origin_rank(own.value) is None  # its own error: this rank reports it
+
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert error_line("error: ", e1.value) is None  # rank 0 prints it
+    assert error_line("error: ", own.value) == "rank 1: error: mine"
+    assert error_line("interrupted", None, every_rank=False) is None
+    monkeypatch.setenv("RANK", "0")
+    assert error_line("error: ", e1.value) == "error: bad setting, found on rank 0"
+    assert error_line("interrupted", None, every_rank=False) == "interrupted"
+    monkeypatch.delenv("RANK")
+    monkeypatch.delenv("WORLD_SIZE")
+    assert error_line("[b]x:[/] ", ValueError("[grid] literal")) == "[b]x:[/] \\[grid] literal"
 
 
 # --- the command line: kill, resume, cross-resume, a hung rank --------------------------------

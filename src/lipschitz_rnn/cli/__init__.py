@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from rich.markup import escape
@@ -63,25 +64,55 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except RunInterrupted as e:
-        console.print(f"[yellow]interrupted:[/] {escape(str(e))}")
+        _report("[yellow]interrupted:[/] ", e, every_rank=False)
         return 130
     except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/]")
+        _report("[yellow]interrupted[/]", None, every_rank=False)
         return 130
     except DivergenceError as e:
-        console.print(f"[bold red]diverged:[/] {escape(str(e))}")
+        _report("[bold red]diverged:[/] ", e)
         return 3
     except WriteError as e:
-        console.print(f"[bold red]error:[/] {escape(str(e))}")
+        _report("[bold red]error:[/] ", e)
         return 4
     except DistributedError as e:
-        console.print(f"[bold red]error:[/] {escape(str(e))}")
+        _report("[bold red]error:[/] ", e)
         return 5
     except (ValueError, TypeError, FileNotFoundError) as e:
-        console.print(f"[bold red]error:[/] {escape(str(e))}")
+        _report("[bold red]error:[/] ", e)
         return 2
     finally:
         logging.captureWarnings(False)
+
+
+def _rank_and_world() -> tuple[int, int]:
+    """This process's rank and the world size under torchrun (0, 1 otherwise)."""
+    try:
+        return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return 0, 1
+
+
+def error_line(label: str, e: BaseException | None, *, every_rank: bool = True) -> str | None:
+    """The line the CLI prints for ``e`` (rich markup in ``label``, the message literal), or None
+    when another process reports it: under torchrun an error that one rank raised and the others
+    re-raise (``origin_rank``) is printed by its own rank alone, and ``every_rank=False`` events
+    (an interrupt reaches every rank) by rank 0 alone. Other ranks' lines start ``rank N:``."""
+    rank, world = _rank_and_world()
+    if world > 1:
+        from ..train.distributed import origin_rank
+
+        origin = origin_rank(e) if e is not None else None
+        if (origin is not None and origin != rank) or (not every_rank and rank != 0):
+            return None
+    tag = f"rank {rank}: " if world > 1 and rank != 0 else ""
+    return f"{tag}{label}{escape(str(e)) if e is not None else ''}"
+
+
+def _report(label: str, e: BaseException | None, *, every_rank: bool = True) -> None:
+    line = error_line(label, e, every_rank=every_rank)
+    if line is not None:
+        console.print(line)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -45,6 +45,8 @@ __all__ = [
     "StepTotals",
     "init_from_env",
     "default_backend",
+    "origin_rank",
+    "mark_origin",
     "DEFAULT_TIMEOUT_S",
     "ENV_BACKEND",
     "ENV_TIMEOUT",
@@ -155,6 +157,25 @@ def _is_comm_error(e: BaseException) -> bool:
     if dist_error is not None and isinstance(e, dist_error):
         return True
     return isinstance(e, RuntimeError) and any(w in str(e).lower() for w in _COMM_WORDS)
+
+
+#: attribute set on an exception that a rank raises on behalf of another rank (its value: the
+#: rank where it was raised first), so that only that rank reports it
+ORIGIN_ATTR = "lipschitz_rnn_origin_rank"
+
+
+def origin_rank(e: BaseException) -> int | None:
+    """The rank whose error ``e`` is, when this process re-raised it (None: its own error)."""
+    return getattr(e, ORIGIN_ATTR, None)
+
+
+def mark_origin(e: BaseException, rank: int) -> BaseException:
+    """``e``, marked as the error of ``rank`` (which alone reports it); returned for ``raise``."""
+    try:
+        setattr(e, ORIGIN_ATTR, rank)
+    except AttributeError:  # an exception type without a __dict__: reported twice at worst
+        pass
+    return e
 
 
 def _portable(e: BaseException) -> BaseException:
@@ -304,7 +325,7 @@ class DistContext:
         if err is not None:
             raise err
         if kind == "error":
-            raise payload
+            raise mark_origin(payload, 0)
         return payload
 
     def agree(self, fn: Callable[[], T]) -> T:
@@ -321,9 +342,9 @@ class DistContext:
         errors = self.all_gather_object(None if err is None else _portable(err))
         if err is not None:
             raise err
-        for e in errors:
+        for r, e in enumerate(errors):
             if e is not None:
-                raise e
+                raise mark_origin(e, r)
         return result
 
     def step_totals(self, loss: Tensor, metric_sum: float, count: float,

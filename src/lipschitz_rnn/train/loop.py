@@ -35,7 +35,7 @@ from .._checks import check_choice
 from .._io import atomic_write_text, load_checkpoint, save_checkpoint, write_json
 from .callbacks import Callback, RunContext, StepInfo
 from .config import TrainConfig
-from .distributed import DistContext, DistributedError, init_from_env
+from .distributed import DistContext, DistributedError, init_from_env, mark_origin
 from .rundir import (
     RESUMABLE_KEYS,
     RUN_FILES,
@@ -309,9 +309,11 @@ def _train(config, out: Path, dist: DistContext, *, data_dir, resume, force, ove
                         ranks = ", ".join(str(r) for r, _ in tot.bad)
                         where = f" on rank{'s' if len(tot.bad) > 1 else ''} {ranks} of " \
                                 f"{dist.world_size}"
-                    raise DivergenceError(_divergence_message(
+                    err = DivergenceError(_divergence_message(
                         tot.bad[0][1], epoch, step + 1, n_steps, ckpt_dir / "last.pt",
                         have_ckpt, where))
+                    # every rank raises the same message; rank 0 alone reports it
+                    raise mark_origin(err, 0) if dist.enabled else err
                 if dist.enabled:
                     # DDP averages gradients over the ranks: this weighting makes the result
                     # the gradient of the mean over the global batch
