@@ -16,6 +16,11 @@ model's own step by torch.func.vmap(torch.func.jacrev(.)), Q <- J @ Q, Household
 A second baseline for the Lipschitz rows, ``analytic dense``: the same loop with the Euler step's
 Jacobian written out (``I + eps (A + diag(1 - tanh^2) W)``) instead of jacrev.
 
+A third, for the Lipschitz rows: ``auto, stages via rk_step``, the default call with the
+per-stage tangent update done by :func:`~lipschitz_rnn.models.solvers.rk_step` after a plain
+batched GEMM (the code before the fused stages of ``analysis/_units.py``); ``--solver rk2``
+times the RK2 cell.
+
 Rows: ``fast r=1`` is lyapunov_spectrum with reorth_every=1 (same QR schedule as the baseline);
 ``fast auto`` is the default call, reorth_every="auto" (same exponents in exact arithmetic; QR
 only when the basis has grown ill-conditioned, here every 32 steps). Timings are medians of interleaved repeats
@@ -26,6 +31,7 @@ exponents of every row are compared with the baseline's (max |difference|, must 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -37,7 +43,7 @@ import warnings
 import torch
 from torch import nn
 
-from lipschitz_rnn.analysis import lyapunov_spectrum
+from lipschitz_rnn.analysis import _units, lyapunov_spectrum
 from lipschitz_rnn.analysis.lyapunov import _initial_basis
 from lipschitz_rnn.models import LipschitzRNNCell
 
@@ -84,15 +90,28 @@ def analytic_dense_lipschitz(cell, drive, h0: torch.Tensor, k: int) -> torch.Ten
     return (acc / drive.shape[0]).sort(-1, descending=True).values
 
 
-def lipschitz_case(H: int, input_size: int, seed: int = 0, default_init: bool = False):
+@contextlib.contextmanager
+def stages_via_rk_step():
+    """The Lipschitz tangent without the fused per-stage GEMM: every scheme through rk_step."""
+    saved = _units.chain_coefficients
+    _units.chain_coefficients = lambda solver: None
+    try:
+        yield
+    finally:
+        _units.chain_coefficients = saved
+
+
+def lipschitz_case(H: int, input_size: int, seed: int = 0, default_init: bool = False,
+                   solver: str = "euler"):
     torch.manual_seed(seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        if default_init:  # every setting at its default (euler, eps 0.03)
-            cell = LipschitzRNNCell(input_size, H, dtype=DT)
+        if default_init:  # every other setting at its default (eps 0.03)
+            cell = LipschitzRNNCell(input_size, H, solver=solver, dtype=DT)
         else:
             # M_A, M_W entries of std 1/sqrt(H) (init_std / H): a spectrum that is not trivial
-            cell = LipschitzRNNCell(input_size, H, eps=0.03, init_std=H**0.5, dtype=DT)
+            cell = LipschitzRNNCell(input_size, H, eps=0.03, init_std=H**0.5, solver=solver,
+                                    dtype=DT)
     ctx = cell.recurrence()
     return cell, (lambda h, u: cell.step(h, u, ctx)), cell.input_projection, H
 
@@ -134,6 +153,13 @@ def run_case(name, case, *, T, B, k, repeats, input_size, auto=True, progress=pr
         variants["analytic dense"] = lambda s=T: analytic_dense_lipschitz(model, drive[:s], h0, k)
     if auto:  # the default call
         variants["fast auto"] = lambda s=T: lyapunov_spectrum(model, x[:s], k=k)
+        if isinstance(model, LipschitzRNNCell) and _units.chain_coefficients(model.solver):
+
+            def unfused(s=T):
+                with stages_via_rk_step():
+                    return lyapunov_spectrum(model, x[:s], k=k)
+
+            variants["auto, stages via rk_step"] = unfused
     for fn in variants.values():  # warm-up (functorch transforms, allocator), untimed
         fn(min(T, 3))
     times: dict[str, list[float]] = {v: [] for v in variants}
@@ -166,7 +192,7 @@ def run_case(name, case, *, T, B, k, repeats, input_size, auto=True, progress=pr
                 "speedup": base / med,
                 "max_abs_diff": err,
                 "lambda_1": float(results[v].mean(0)[0]),
-                "auto_block": blocks if v == "fast auto" else None,
+                "auto_block": blocks if v.startswith(("fast auto", "auto,")) else None,
             }
         )
     return rows
@@ -199,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         help="only the default-initialised cell (the issue-12 comparison: default call against "
         "the analytic dense loop)",
     )
+    p.add_argument("--solver", default="euler", help="scheme of the Lipschitz cells")
     p.add_argument("--json", default=None, help="write the rows to this file")
     args = p.parse_args(argv)
     if args.threads:
@@ -211,8 +238,8 @@ def main(argv: list[str] | None = None) -> int:
         H, T, B, Hl, Tl, reps, ks = 128, args.steps, 16, 128, args.lstm_steps, args.repeats, (8, 32)
     IN = 8
     rows = run_case(
-        "lipschitz default",
-        lipschitz_case(H, 1, default_init=True),
+        f"lipschitz default ({args.solver})",
+        lipschitz_case(H, 1, default_init=True, solver=args.solver),
         T=T,
         B=B,
         k=H,
@@ -223,8 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.default_only:
         return _report(rows, args, load)
     rows += run_case(
-        "lipschitz-euler",
-        lipschitz_case(H, IN),
+        f"lipschitz-{args.solver}",
+        lipschitz_case(H, IN, solver=args.solver),
         T=T,
         B=B,
         k=H,
@@ -245,8 +272,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_k_sweep:
         for k in ks:
             rows += run_case(
-                "lipschitz-euler",
-                lipschitz_case(H, IN),
+                f"lipschitz-{args.solver}",
+                lipschitz_case(H, IN, solver=args.solver),
                 T=T,
                 B=B,
                 k=k,

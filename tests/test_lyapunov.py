@@ -482,14 +482,17 @@ def test_plots_write_png(tmp_path):
         plot_evolution([], tmp_path / "e.png")
 
 
+@pytest.mark.parametrize("solver", ["euler", "rk2", "heun"])
 @pytest.mark.parametrize("layers", [1, 2])
-def test_lipschitz_dense_euler_step_equals_the_generic_step(monkeypatch, layers):
-    """The euler tangent as one baddbmm (the dense per-sequence Jacobian, the default path) and
-    the shared-weight form through rk_step (used for states too large to form Jf) give the same
-    exponents, and the same states to the last bit (the state update is rk_step's order)."""
+def test_lipschitz_dense_chain_step_equals_the_generic_step(monkeypatch, layers, solver):
+    """The euler and rk2 tangents as one baddbmm per stage (the dense per-sequence Jacobian, the
+    default path; heun goes through rk_step with it) and the shared-weight form through rk_step
+    (used for states too large to form Jf) give the same exponents, and the same states to the
+    last bit (the state update is rk_step's order)."""
     from lipschitz_rnn.analysis import _units
 
-    m = LipschitzRNN(IN, 6, num_layers=layers, eps=0.3, init_std=6.0, dtype=DT)
+    assert (_units.chain_coefficients(solver) is None) == (solver == "heun")
+    m = LipschitzRNN(IN, 6, num_layers=layers, eps=0.3, init_std=6.0, solver=solver, dtype=DT)
     x = torch.randn(40, 3, IN, generator=_gen(21), dtype=DT)
     dense = lyapunov_spectrum(m, x, k=5, reorth_every=1)
     monkeypatch.setattr(_units, "DENSE_JF_BYTES", 0)
@@ -497,6 +500,18 @@ def test_lipschitz_dense_euler_step_equals_the_generic_step(monkeypatch, layers)
     assert torch.equal(dense.final_state, shared.final_state)
     assert (dense.exponents - shared.exponents).abs().max() < 1e-12
     assert float(dense.exponents.abs().max()) > 1e-3  # a non-trivial spectrum is compared
+
+
+def test_chain_coefficients_of_the_schemes():
+    from lipschitz_rnn.analysis._units import chain_coefficients
+    from lipschitz_rnn.models.solvers import Scheme
+
+    assert chain_coefficients("euler") == (1.0,)
+    assert chain_coefficients("rk2") == (0.5, 1.0)
+    assert chain_coefficients("heun") is None
+    # a three-stage chain, and one whose third stage also uses the first
+    assert chain_coefficients(Scheme("c3", ((), (0.5,), (0.0, 0.5)), (0.0, 0.0, 1.0))) == (0.5, 0.5, 1.0)
+    assert chain_coefficients(Scheme("x3", ((), (0.5,), (0.1, 0.5)), (0.0, 0.0, 1.0))) is None
 
 
 def test_auto_takes_long_blocks_on_a_default_lipschitz_cell():

@@ -37,7 +37,7 @@ from torch import Tensor
 from ..models._base import RecurrentCell
 from ..models.baselines import AntisymmetricRNNCell, CoRNNCell, ExpRNNCell, ODERNNCell
 from ..models.lipschitz import LipschitzRNNCell
-from ..models.solvers import rk_step
+from ..models.solvers import get_scheme, rk_step
 from ._jvp import jvp_rows
 
 __all__ = ["Block", "block_for_cell", "torch_block"]
@@ -91,7 +91,8 @@ class _LipschitzBlock(_LinearInputBlock):
     ``Jf(y) = A + diag(1 - tanh^2(W y + u)) W`` is formed per sequence, (batch, H, H), when it
     fits in :data:`DENSE_JF_BYTES`: applying it costs one batched GEMM per stage (``k H^2`` per
     sequence) where the shared-weight form ``[V A^T | V W^T]`` costs two (``2 k H^2``), and forming
-    it only ``H^2``. Larger states use the shared-weight form.
+    it only ``H^2``; for euler and rk2 that GEMM also does the stage's update of the tangent rows
+    (:func:`chain_coefficients`). Larger states use the shared-weight form.
     """
 
     def __init__(self, cell: LipschitzRNNCell) -> None:
@@ -103,23 +104,29 @@ class _LipschitzBlock(_LinearInputBlock):
         self.state_size = self.out_size = self.H
         self.eps = cell.eps
         self.solver = cell.solver
+        self.chain = chain_coefficients(cell.solver)
         self.label = f"lipschitz-{cell.solver}"
 
     def tangent(self, h, u, V, dU):
         H, AWt = self.H, self.AWt
         dense = h.shape[0] * H * H * h.element_size() <= DENSE_JF_BYTES
 
-        if dense and self.solver == "euler":
-            # rk_step's euler update h + eps f(h), with the tangent's V + eps V Jf^T done as one
-            # batched GEMM that accumulates into V (beta = 1): no separate pass over (B, k, H)
-            zz = h @ AWt
-            s = torch.tanh(zz[:, H:] + u)
-            d = _dtanh(s)
-            Jf = torch.addcmul(self.A, d.unsqueeze(-1), self.W)
-            V2 = torch.baddbmm(V, V, Jf.mT, alpha=self.eps)
-            if dU is not None:
-                V2 = torch.addcmul(V2, d.unsqueeze(1), dU, value=self.eps)
-            return h + self.eps * (zz[:, :H] + s), V2
+        if dense and self.chain is not None:
+            # a chain scheme (euler, rk2): stage i starts from (h, V) + eps c_i (its stage's
+            # derivative), the last stage's is the step. The state follows rk_step's arithmetic;
+            # each tangent stage is ONE batched GEMM accumulating into V (beta = 1), V + eps c Y
+            # Jf^T, with no separate pass over the (B, k, H) rows.
+            y, Y = h, V
+            for c in self.chain:
+                zz = y @ AWt
+                s = torch.tanh(zz[:, H:] + u)
+                d = _dtanh(s)
+                Jf = torch.addcmul(self.A, d.unsqueeze(-1), self.W)  # (B, H, H)
+                y = h + (self.eps * c) * (zz[:, :H] + s)
+                Y = torch.baddbmm(V, Y, Jf.mT, alpha=self.eps * c)
+                if dU is not None:
+                    Y = torch.addcmul(Y, d.unsqueeze(1), dU, value=self.eps * c)
+            return y, Y
 
         def f_pair(pair: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
             # (f(y), Jf(y)[Y, dU]) for tangent rows Y (B, k, H)
@@ -139,6 +146,16 @@ class _LipschitzBlock(_LinearInputBlock):
             return zz[:, :H] + s, JY
 
         return rk_step(f_pair, (h, V), self.eps, self.solver)
+
+
+def chain_coefficients(solver) -> tuple[float, ...] | None:
+    """``(a_21, a_32, ..., b_s)`` of an explicit scheme whose every stage uses only the one before
+    it and whose update uses only the last stage (euler ``(1,)``, rk2 ``(0.5, 1)``); else None."""
+    scheme = get_scheme(solver)
+    rows = [*scheme.a[1:], scheme.b]
+    if any(any(c != 0.0 for c in row[:-1]) for row in rows):
+        return None
+    return tuple(float(row[-1]) for row in rows)
 
 
 #: the largest per-step (batch, H, H) Jacobian of a Lipschitz unit formed explicitly
