@@ -81,9 +81,12 @@ _SPECS: dict[str, _Spec] = {
                       "language_model", "all", "bpc", 0, _ptb_char),
     "adding": _Spec("adding problem: sum of the two marked values of T (length) inputs",
                     "regression", "last", "mse", 1, synthetic.build_adding, needs_data=False),
-    "copy": _Spec("copy memory: recall 10 symbols after a delay of T (length) steps",
+    "copy": _Spec("copy memory: recall 10 symbols after a delay of T (delay) steps",
                   "classification", "all", "accuracy", synthetic.COPY_ALPHABET,
                   synthetic.build_copy, needs_data=False),
+    "delayed-xor": _Spec("delayed XOR: s[t - delay/2] XOR s[t - delay] of a binary stream, "
+                         "scored from step delay on", "classification", "all", "accuracy", 2,
+                         synthetic.build_delayed_xor, needs_data=False),
     "digits": _Spec("8x8 UCI digits row by row (bundled with scikit-learn): 8 x 8, 10 classes",
                     "classification", "last", "accuracy", 10, digits.build, needs_data=False),
 }
