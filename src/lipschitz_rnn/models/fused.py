@@ -344,7 +344,8 @@ def lipschitz_scan(
     Args:
         u: (T, B, H) projected inputs ``x U^T + b``.
         h0: (B, H) initial state.
-        A, W: (H, H) recurrent matrices (as built by the cell, differentiable).
+        A: (H, H) the linear recurrent matrix (as built by the cell, differentiable).
+        W: (H, H) the recurrent matrix inside the tanh (as built by the cell, differentiable).
         eps: step size.
         solver: ``"euler"``, ``"rk2"`` or ``"heun"``.
         checkpoint_every: None saves the stage values of every step (fastest); an int ``k``

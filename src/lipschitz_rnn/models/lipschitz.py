@@ -77,7 +77,8 @@ class LipschitzRNNCell(RecurrentCell):
         solver: ``"euler"``, ``"rk2"`` (explicit midpoint) or ``"heun"``.
         eps: the step size (> 0).
         beta: the skew weight of the parametrisation, in [0, 1].
-        gamma_A, gamma_W: the diagonal shifts of ``A`` and ``W`` (>= 0).
+        gamma_A: the diagonal shift of ``A`` (>= 0).
+        gamma_W: the diagonal shift of ``W`` (>= 0).
         init_std: ``M_A`` and ``M_W`` start i.i.d. normal with standard deviation
             ``init_std / hidden_size``, the scale of the paper authors' code
             (``gaussian_init_``); the input map ``U`` (``weight_ih``) and ``b`` (``bias_ih``)
