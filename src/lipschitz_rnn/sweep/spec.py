@@ -14,6 +14,8 @@
     n = 4
     seed = 0
     lr = { loguniform = [1e-4, 1e-2] }    # also uniform = [lo, hi], choice = [a, b, ...]
+    # a range per unit (same quantile of the draw, mapped into the trial's unit's range):
+    "model.init_scale" = { loguniform = [0.02, 1.0], by_model = { lipschitz = [16, 256] } }
     [lyapunov]                            # spectra on one fixed probe input
     at_epochs = [0, 1, 2]                 # 0 = at initialisation
     k = 8
@@ -126,7 +128,40 @@ def _where(table: str, key: str) -> str:
 
 
 def _is_distribution(value: Any) -> bool:
-    return isinstance(value, dict) and len(value) == 1 and next(iter(value)) in DISTRIBUTIONS
+    if not isinstance(value, dict) or not value:
+        return False
+    kinds = [k for k in value if k in DISTRIBUTIONS]
+    return len(kinds) == 1 and set(value) <= {kinds[0], "by_model"}
+
+
+@dataclass(frozen=True)
+class _Quantile:
+    """A uniform/loguniform draw with per-unit ranges, kept as its quantile ``u`` in [0, 1)
+    until the trial's unit is known (:meth:`value`)."""
+
+    u: float
+    kind: str
+    default: tuple[float, float]
+    by_model: tuple[tuple[str, tuple[float, float]], ...]
+
+    def value(self, model: str) -> float:
+        lo, hi = dict(self.by_model).get(model, self.default)
+        if self.kind == "uniform":
+            return float(lo + (hi - lo) * self.u)
+        return float(math.exp(math.log(lo) + (math.log(hi) - math.log(lo)) * self.u))
+
+
+def _check_range(where: str, kind: str, arg: Any) -> tuple[float, float]:
+    if not isinstance(arg, list) or len(arg) != 2 or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in arg
+    ):
+        raise TypeError(f"{where}: {kind} takes [low, high] (numbers), got {arg!r}")
+    lo, hi = float(arg[0]), float(arg[1])
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise ValueError(f"{where}: {kind} needs finite low < high, got {arg!r}")
+    if kind == "loguniform" and lo <= 0:
+        raise ValueError(f"{where}: loguniform needs low > 0, got {arg!r}")
+    return lo, hi
 
 
 def _flatten(table: str, d: dict[str, Any]) -> dict[str, Any]:
@@ -264,43 +299,66 @@ def _parse_sample(d: Any) -> tuple[int, int, dict[str, dict[str, Any]]]:
         if not _is_distribution(dist):
             raise TypeError(f"{where}: expected a table with one of {list(DISTRIBUTIONS)}, "
                             f"e.g. {{ uniform = [0.1, 1.0] }}, got {dist!r}")
-        (kind, arg), = dist.items()
+        kind = next(k for k in dist if k in DISTRIBUTIONS)
+        arg = dist[kind]
         if not isinstance(arg, list):
             raise TypeError(f"{where}: {kind} takes a list, got {arg!r}")
         if kind == "choice":
+            if "by_model" in dist:
+                raise ValueError(f"{where}: by_model goes with uniform or loguniform, not choice")
             if not arg:
                 raise ValueError(f"{where}: choice: the list is empty")
             for v in arg:
                 _check_value("sample", key, v)
             continue
-        if len(arg) != 2 or not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in arg
-        ):
-            raise TypeError(f"{where}: {kind} takes [low, high] (numbers), got {arg!r}")
-        lo, hi = float(arg[0]), float(arg[1])
-        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-            raise ValueError(f"{where}: {kind} needs finite low < high, got {arg!r}")
-        if kind == "loguniform" and lo <= 0:
-            raise ValueError(f"{where}: loguniform needs low > 0, got {arg!r}")
+        _check_range(where, kind, arg)
+        if "by_model" in dist:
+            _check_by_model(where, kind, dist["by_model"])
         if "." not in key and not isinstance(_CONFIG_KEYS[key].default, float):
             raise TypeError(f"{where}: {kind} draws floats but {key} is "
                             f"{type(_CONFIG_KEYS[key].default).__name__}; use choice")
     return n, seed, dists
 
 
+def _check_by_model(where: str, kind: str, by_model: Any) -> None:
+    if not isinstance(by_model, dict) or not by_model:
+        raise TypeError(f"{where}: by_model must be a table unit = [low, high], got {by_model!r}")
+    for unit, rng in by_model.items():
+        if unit not in MODELS:
+            raise ValueError(f"{where}: by_model: unknown unit {unit!r}; known: {sorted(MODELS)}")
+        _check_range(f"{where} by_model.{unit}", kind, rng)
+
+
 def _draw(dists: dict[str, dict[str, Any]], n: int, seed: int) -> list[dict[str, Any]]:
     rng = np.random.default_rng(seed)
     points: list[dict[str, Any]] = [{} for _ in range(n)]
     for key, dist in dists.items():  # key by key, so adding a key keeps the others' draws
-        (kind, arg), = dist.items()
+        kind = next(k for k in dist if k in DISTRIBUTIONS)
+        arg = dist[kind]
         for p in points:
-            if kind == "choice":
+            if "by_model" in dist:
+                p[key] = _Quantile(
+                    float(rng.random()), kind, (float(arg[0]), float(arg[1])),
+                    tuple((m, (float(r[0]), float(r[1]))) for m, r in dist["by_model"].items()),
+                )
+            elif kind == "choice":
                 p[key] = arg[int(rng.integers(len(arg)))]
             elif kind == "uniform":
                 p[key] = float(rng.uniform(arg[0], arg[1]))
             else:
                 p[key] = float(math.exp(rng.uniform(math.log(arg[0]), math.log(arg[1]))))
     return points
+
+
+def _per_unit(params: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+    """Draws with per-unit ranges become values for the trial's unit (``model``, swept or
+    the spec's own; a preset's unit when neither names one)."""
+    if not any(isinstance(v, _Quantile) for v in params.values()):
+        return params
+    model = params.get("model", base.get("model"))
+    if model is None and "preset" in base:
+        model = resolve_config(preset=base["preset"]).model
+    return {k: v.value(model) if isinstance(v, _Quantile) else v for k, v in params.items()}
 
 
 def _config_key(params: dict[str, Any]) -> str:
@@ -375,7 +433,7 @@ def load_spec(spec: str | Path | dict[str, Any]) -> SweepSpec:
 
     combos = [dict(zip(grid, vals, strict=True)) for vals in itertools.product(*grid.values())]
     points = _draw(dists, n, sample_seed) if dists else [{}]
-    params_list = [{**c, **p} for c in combos for p in points]
+    params_list = [_per_unit({**c, **p}, base) for c in combos for p in points]
     width = max(3, len(str(len(params_list) - 1)))
     config_ids: dict[str, str] = {}
     trials = []

@@ -1,0 +1,78 @@
+"""Per-unit ranges in a sweep's [sample] table (``by_model``)."""
+
+import math
+
+import pytest
+
+from lipschitz_rnn.sweep import load_spec
+
+BASE = {"task": "digits", "model": "lstm", "set": {"hidden_size": 4}}
+
+
+def _spec(**sample):
+    return {**BASE, "grid": {"model": ["rnn", "lipschitz"]}, "sample": {"n": 5, "seed": 3, **sample}}
+
+
+def test_by_model_maps_one_quantile_into_each_units_range():
+    spec = load_spec(_spec(**{"model.init_scale": {
+        "loguniform": [0.02, 1.0], "by_model": {"lipschitz": [16.0, 256.0]}}}))
+    rnn = [t for t in spec.trials if t.config.model == "rnn"]
+    lip = [t for t in spec.trials if t.config.model == "lipschitz"]
+    assert len(rnn) == len(lip) == 5
+    for a, b in zip(rnn, lip, strict=True):
+        pa, pb = a.params["model.init_scale"], b.params["model.init_scale"]
+        assert 0.02 <= pa <= 1.0 and 16.0 <= pb <= 256.0
+        # the same quantile of the draw: the position within each log-range agrees
+        qa = math.log(pa / 0.02) / math.log(1.0 / 0.02)
+        qb = math.log(pb / 16.0) / math.log(256.0 / 16.0)
+        assert qa == pytest.approx(qb, abs=1e-12)
+        # and it reaches the unit: the Lipschitz cell's init_std, the others' U(-p, p)
+        assert b.config.model_kwargs["init_scale"] == pb
+    assert len({t.config_id for t in spec.trials}) == 10
+    again = load_spec(spec.raw)
+    assert [t.params for t in again.trials] == [t.params for t in spec.trials]
+
+
+def test_by_model_uniform_and_units_without_an_entry_use_the_default():
+    spec = load_spec(_spec(**{"model.dropout": {"uniform": [0.0, 0.5],
+                                                "by_model": {"lipschitz": [0.1, 0.2]}}}))
+    for t in spec.trials:
+        lo, hi = (0.1, 0.2) if t.config.model == "lipschitz" else (0.0, 0.5)
+        assert lo <= t.params["model.dropout"] <= hi
+
+
+def test_by_model_with_a_sampled_unit():
+    spec = load_spec({**BASE, "sample": {"n": 12, "seed": 0,
+                                         "model": {"choice": ["gru", "lipschitz"]},
+                                         "model.init_scale": {"loguniform": [0.1, 1.0],
+                                                              "by_model": {"lipschitz": [20, 40]}}}})
+    units = {t.config.model for t in spec.trials}
+    assert units == {"gru", "lipschitz"}
+    for t in spec.trials:
+        lo, hi = (20, 40) if t.config.model == "lipschitz" else (0.1, 1.0)
+        assert lo <= t.params["model.init_scale"] <= hi
+
+
+def test_draws_without_by_model_are_unchanged():
+    """Adding per-unit ranges to one key must not move the other keys' draws."""
+    plain = load_spec(_spec(lr={"loguniform": [1e-4, 1e-2]}))
+    with_ranges = load_spec(_spec(lr={"loguniform": [1e-4, 1e-2]}, **{"model.init_scale": {
+        "loguniform": [0.02, 1.0], "by_model": {"lipschitz": [16.0, 256.0]}}}))
+    assert [t.params["lr"] for t in plain.trials] == [t.params["lr"] for t in with_ranges.trials]
+
+
+@pytest.mark.parametrize(
+    "dist,exc,needle",
+    [
+        ({"choice": [0.1, 0.2], "by_model": {"rnn": [1, 2]}}, ValueError, "not choice"),
+        ({"uniform": [0.1, 1.0], "by_model": {"nope": [1, 2]}}, ValueError, "unknown unit 'nope'"),
+        ({"uniform": [0.1, 1.0], "by_model": {"rnn": [2, 1]}}, ValueError, "by_model.rnn"),
+        ({"loguniform": [0.1, 1.0], "by_model": {"rnn": [0, 1]}}, ValueError, "low > 0"),
+        ({"uniform": [0.1, 1.0], "by_model": []}, TypeError, "by_model must be a table"),
+        ({"uniform": [0.1, 1.0], "by_model": {"rnn": "x"}}, TypeError, "low, high"),
+    ],
+)
+def test_bad_by_model_is_refused_naming_the_key(dist, exc, needle):
+    with pytest.raises(exc, match=needle) as info:
+        load_spec(_spec(**{"model.init_scale": dist}))
+    assert "[sample] model.init_scale" in str(info.value)
