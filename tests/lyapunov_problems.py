@@ -1,6 +1,8 @@
 """Shared problems and the dense reference for the Lyapunov-spectrum tests (tests/test_lyapunov.py).
 
-* maps with published spectra: Hénon, logistic, Lorenz-63 (RK4 step as a map), linear maps;
+* maps with published spectra: Hénon, logistic, Lorenz-63 (RK4 step as a map), linear maps
+  (non-normal, and with exponents spread over +-5 per step), a linear map that switches from a
+  rotation to a wide spectrum;
 * :func:`dense_reference`: the textbook QR method written independently of the library -- the
   full Jacobian of the model's own one-step forward by torch.autograd.functional.jacobian, J @ Q,
   Householder QR (torch.linalg.qr) every step, float64;
@@ -57,7 +59,7 @@ def linear_map(M: torch.Tensor):
     """``h -> h M^T`` (column maths ``h' = M h``), called as ``step(h, None)``."""
 
     def step(h, x):
-        return h @ M.T
+        return h @ M.T.to(h.dtype)
 
     return step
 
@@ -74,6 +76,34 @@ def nonnormal_matrix() -> tuple[torch.Tensor, list[float]]:
         [math.log(0.9), math.log(0.5), math.log(0.2), math.log(1.1), math.log(1.1)], reverse=True
     )
     return M, exact
+
+
+def wide_linear_matrix(
+    n: int = 5, spread: float = 5.0, seed: int = 3
+) -> tuple[torch.Tensor, list[float]]:
+    """A non-normal ``S diag(e^{lambda}) S^{-1}`` with exponents evenly spread over
+    ``[-spread, spread]`` per step (``S = I + 0.5 N(0, 1)``, seeded); returns (M, exponents
+    descending)."""
+    g = torch.Generator().manual_seed(seed)
+    S = torch.eye(n, dtype=torch.float64) + 0.5 * torch.randn(
+        n, n, generator=g, dtype=torch.float64
+    )
+    exps = torch.linspace(spread, -spread, n, dtype=torch.float64)
+    return S @ torch.diag(exps.exp()) @ torch.linalg.inv(S), exps.tolist()
+
+
+def switching_linear(M: torch.Tensor, seed: int = 4):
+    """``step(h, x)``: a random rotation (all exponents 0) where ``x[:, 0] == 0``, ``h -> M h``
+    where it is 1 -- a quiet system whose spectrum widens suddenly."""
+    n = M.shape[0]
+    g = torch.Generator().manual_seed(seed)
+    rot, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
+
+    def step(h, x):
+        s = x[:, :1]
+        return (1 - s) * (h @ rot.T.to(h.dtype)) + s * (h @ M.T.to(h.dtype))
+
+    return step
 
 
 # --- state layout -------------------------------------------------------------------------------

@@ -13,6 +13,12 @@ Tolerances (absolute, exponents per unit time):
 * sum of the full spectrum = time average of log|det J| (dense J by autograd): 1e-10.
 * every fast path vs the dense-Jacobian Householder loop of tests/lyapunov_problems.py: 1e-10.
 * reorth_every = 4 / "auto" vs 1 on a contracting system: 1e-9.
+* the default "auto" vs reorth_every=1 on wide spectra (Hénon, a linear map with exponents over
+  +-5 per step, one that switches to +-5 (float32: +-1) after 150 steps of a rotation, a
+  saturated tanh RNN, a
+  Lipschitz cell with large gamma, an LSTM), float64 and float32: relative 1e-10 (absolute
+  1e-12) in float64, relative 1e-4 (absolute 1e-5) in float32 -- round-off, far below any
+  statistical error; the same -inf entries (float32 tanh' == 0), nothing else non-finite.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 
 import lyapunov_problems as P
 import pytest
@@ -420,12 +427,13 @@ def test_to_dict_is_json_and_round_trips():
     assert d["batch_size"] == 3 and d["k"] == 4 and d["steps"] == 6 and d["warmup"] == 2
     assert len(d["kaplan_yorke_dimension"]) == 3 and isinstance(d["entropy_rate_of_mean"], float)
     # -inf exponents (a singular Jacobian) become null, still strict JSON
-    z = lyapunov_spectrum(
-        lambda h: h * torch.tensor([1.0, 0.0], dtype=h.dtype),
-        steps=3,
-        h0=torch.ones(1, 2),
-        warmup=1,
-    )
+    with pytest.warns(RuntimeWarning, match="-inf"):
+        z = lyapunov_spectrum(
+            lambda h: h * torch.tensor([1.0, 0.0], dtype=h.dtype),
+            steps=3,
+            h0=torch.ones(1, 2),
+            warmup=1,
+        )
     assert z.exponents[0, 1] == -math.inf and z.exponents[0, 0] == 0.0
     assert json.loads(json.dumps(z.to_dict(), allow_nan=False))["exponents"][0][1] is None
 
@@ -528,3 +536,142 @@ def test_auto_takes_long_blocks_on_a_default_lipschitz_cell():
     assert auto.reorth_every == AUTO_MAX_BLOCK
     assert auto.householder_fallbacks == 0
     assert (auto.exponents - every.exponents).abs().max() < 1e-12
+
+
+# ------------------------------------------------------------------------------------------------
+# wide spectra: the default reorth_every="auto" against reorth_every=1 (issue 26)
+# ------------------------------------------------------------------------------------------------
+#: "auto" vs reorth_every=1: round-off, far below any statistical error of the exponents
+AUTO_TOL = {torch.float64: dict(rtol=1e-10, atol=1e-12), torch.float32: dict(rtol=1e-4, atol=1e-5)}
+BOTH = pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+
+
+def _auto_and_every_step(system, dtype, **kw):
+    """The default call and reorth_every=1: the same non-finite entries (a -inf only where
+    reorth_every=1 has one), the finite ones equal to AUTO_TOL."""
+    auto = lyapunov_spectrum(system, dtype=dtype, **kw)
+    every = lyapunov_spectrum(system, dtype=dtype, reorth_every=1, **kw)
+    assert not torch.isnan(auto.exponents).any()
+    fin = torch.isfinite(every.exponents)
+    assert torch.equal(torch.isfinite(auto.exponents), fin)
+    assert torch.equal(auto.exponents[~fin], every.exponents[~fin])
+    torch.testing.assert_close(auto.exponents[fin], every.exponents[fin], **AUTO_TOL[dtype])
+    return auto, every
+
+
+@BOTH
+def test_auto_henon_is_finite_and_matches_every_step(dtype):
+    """The issue's call: over long blocks the contracting column of the Hénon map (lambda_1 -
+    lambda_2 = 2.04 per step) fell below round-off relative to the expanding one; "auto" gave
+    -inf (float32) or -1.33 (float64) for lambda_2."""
+    h0 = torch.full((4, 2), 0.1, dtype=dtype)
+    auto, every = _auto_and_every_step(P.henon, dtype, steps=1500, h0=h0, warmup=100)
+    assert torch.isfinite(auto.exponents).all()
+    for j in range(2):
+        assert abs(float(auto.mean[j]) - P.HENON_EXPONENTS[j]) < 0.02
+    tol = 1e-12 if dtype == torch.float64 else 1e-5  # det J = -b at every step
+    sums = auto.exponents.sum(-1)
+    assert torch.allclose(sums, torch.full_like(sums, math.log(P.HENON_B)), rtol=0, atol=tol)
+
+
+@BOTH
+def test_auto_linear_map_spread_over_plus_minus_5(dtype):
+    M, exact = P.wide_linear_matrix(5, 5.0)
+    h0 = torch.zeros(2, 5, dtype=dtype)  # the state stays 0; only the tangents grow
+    auto, _ = _auto_and_every_step(P.linear_map(M), dtype, steps=300, h0=h0, warmup=30)
+    assert torch.allclose(auto.mean, torch.tensor(exact, dtype=DT), rtol=0, atol=1e-3)
+
+
+@BOTH
+def test_auto_redoes_a_block_when_the_spectrum_widens_suddenly(dtype):
+    """150 steps of a rotation (blocks grow to AUTO_MAX_BLOCK), then exponents spread over
+    +-w per step: the block that spans the switch loses the lower directions unless it is
+    redone. w = 5 in float64; 1 in float32, where one step of +-5 (e^10) already costs a QR
+    at every step ~eps e^8.6 = 6e-4 per step: reorth_every=1's own round-off, which two runs
+    with different rounding histories do not share."""
+    from lipschitz_rnn.analysis._qr import AUTO_MAX_BLOCK
+
+    w = 5.0 if dtype == torch.float64 else 1.0
+    M, _ = P.wide_linear_matrix(5, w)
+    x = torch.zeros(400, 2, 1, dtype=dtype)
+    x[150:] = 1.0
+    h0 = torch.zeros(2, 5, dtype=dtype)
+    auto, every = _auto_and_every_step(P.switching_linear(M), dtype, inputs=x, h0=h0)
+    assert AUTO_MAX_BLOCK in torch.diff(auto.history_steps).tolist()  # long blocks were taken
+    # after the switch: +-w per step over 250 of the 400 steps
+    exact = torch.linspace(w, -w, 5, dtype=DT) * 250 / 400
+    assert torch.allclose(every.mean, exact, rtol=0, atol=0.02)
+
+
+@BOTH
+def test_auto_saturated_tanh_rnn(dtype):
+    torch.manual_seed(1)
+    rnn = nn.RNN(3, 16)
+    with torch.no_grad():
+        for p in rnn.parameters():
+            p.mul_(5.0)  # saturated: tanh' from ~1 down to 0 (exactly 0 in float32)
+    x = torch.randn(200, 2, 3, generator=_gen(5))
+    with warnings.catch_warnings():
+        # float32: tanh' == 0 exactly annihilates a direction for both schedules (-inf)
+        warnings.simplefilter("ignore", RuntimeWarning)
+        auto, _ = _auto_and_every_step(rnn, dtype, inputs=x.to(dtype), warmup=20)
+    assert float(auto.exponents[:, -1].max()) < -5  # a wide spectrum indeed
+
+
+@BOTH
+def test_auto_lipschitz_cell_large_gamma(dtype):
+    cell = LipschitzRNNCell(3, 16, eps=0.1, gamma_A=5.0, gamma_W=5.0, init_std=4.0, dtype=DT)
+    x = torch.randn(200, 2, 3, generator=_gen(6), dtype=dtype)
+    auto, _ = _auto_and_every_step(cell, dtype, inputs=x, warmup=20)
+    assert float(auto.mean[0] - auto.mean[-1]) > 1.0  # spread over > 1 nat per step
+
+
+@BOTH
+def test_auto_lstm_h_and_c(dtype):
+    torch.manual_seed(2)
+    lstm = nn.LSTM(3, 8)
+    x = torch.randn(200, 2, 3, generator=_gen(7), dtype=dtype)
+    auto, _ = _auto_and_every_step(lstm, dtype, inputs=x, warmup=20)
+    assert auto.k == 16 and torch.isfinite(auto.exponents).all()
+
+
+def test_exactly_annihilated_direction_is_minus_inf_with_a_warning():
+    """A Jacobian with an exactly zero direction: -inf for every schedule, never silently."""
+    step = P.linear_map(torch.diag(torch.tensor([2.0, 0.5, 0.0], dtype=DT)))
+    for every in ("auto", 1):
+        with pytest.warns(RuntimeWarning, match="1 exponent.* -inf"):
+            r = lyapunov_spectrum(
+                step, steps=50, h0=torch.zeros(1, 3), warmup=30, reorth_every=every
+            )
+        assert r.exponents[0, 2] == -math.inf
+        exact = torch.tensor([math.log(2.0), math.log(0.5)], dtype=DT)
+        assert torch.allclose(r.exponents[0, :2], exact, rtol=0, atol=1e-12)
+
+
+def test_auto_blocks_verification():
+    """A block is accepted only with a positive definite Gram matrix, a small alignment and a
+    small spread of log R_ii; a block of one step always (that is reorth_every=1)."""
+    from lipschitz_rnn.analysis._qr import AutoBlocks, Orthonormalizer
+
+    pol = AutoBlocks(torch.float64)
+    # two equal rows: the Gram matrix is singular (Cholesky fails, alignment inf)
+    V = torch.tensor([[[1.0, 2.0, 0.0], [1.0, 2.0, 0.0]]], dtype=DT)
+    measured, overflow = pol.measure(*Orthonormalizer()(V)[1:])
+    assert not overflow and not pol.accept(4, *measured) and pol.accept(1, *measured)
+    # orthogonal rows (alignment 1) graded by e^-20: rejected by the spread alone
+    V = torch.tensor([[[1.0, 0.0, 0.0], [0.0, math.exp(-20.0), 0.0]]], dtype=DT)
+    measured, _ = pol.measure(*Orthonormalizer()(V)[1:])
+    assert measured[0] < 1e-12 and abs(measured[1] - 20.0) < 1e-12
+    assert not pol.accept(4, *measured)
+    # well conditioned: accepted, and the next block plans longer
+    V = torch.tensor([[[1.0, 0.1, 0.0], [0.0, 0.5, 0.0]]], dtype=DT)
+    measured, _ = pol.measure(*Orthonormalizer()(V)[1:])
+    assert pol.accept(4, *measured)
+    pol.block = 4
+    pol.after(4, True, measured)
+    assert pol.block > 4
+    # a rejected block is redone at most half as long
+    pol.after(16, False, (50.0, 50.0, 1.0))
+    assert pol.block == 1 and pol.redone_steps == 16
+    # float32 budgets are tighter than float64's
+    assert AutoBlocks(torch.float32).accept_spread < pol.accept_spread

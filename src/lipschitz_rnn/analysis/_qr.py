@@ -29,6 +29,11 @@ the rows before it; ``||v_j||^2 = G_jj`` comes free with the Gram matrix), a low
 :class:`Orthonormalizer` adds a memory: when most of the batch needed Householder QR, the next
 calls go straight to it (no wasted Cholesky pass) until the alignment falls back below
 ``REFINE_TOL``. One host synchronisation per call decides the branches.
+
+:class:`AutoBlocks` is the ``reorth_every="auto"`` schedule: it plans each block from the
+growth of the alignment and of the spread of ``log diag R`` seen so far, accepts a block only
+when its QR shows that no direction was lost to round-off, and has a rejected block redone,
+shorter, from its start.
 """
 
 from __future__ import annotations
@@ -42,8 +47,8 @@ __all__ = [
     "Orthonormalizer",
     "orthonormalize_rows",
     "householder_rows",
-    "next_block",
-    "median_block",
+    "AutoBlocks",
+    "AUTO_MAX_BLOCK",
     "REFINE_TOL",
     "FALLBACK_TOL",
     "SECOND_PASS_TOL",
@@ -171,30 +176,131 @@ class Orthonormalizer:
 # ----------------------------------------------------------------------------------------------
 # how often: reorth_every="auto"
 # ----------------------------------------------------------------------------------------------
-#: ``reorth_every="auto"``: the basis is re-orthonormalised once its alignment (the largest
-#: ``||v_j|| / R_jj``, see :mod:`._qr`) is predicted to reach AUTO_ALIGN (one Cholesky-QR pass
-#: stays accurate to ~AUTO_ALIGN^2 * u), at most every AUTO_MAX_BLOCK steps, and before any
-#: tangent norm could leave [e^-AUTO_LOG_RANGE, e^AUTO_LOG_RANGE].
-AUTO_ALIGN = 10.0
+#: the longest block ``reorth_every="auto"`` takes.
 AUTO_MAX_BLOCK = 32
-AUTO_LOG_RANGE = 200.0
 
 
-def next_block(align: float, since: int, logd: Tensor) -> int:
-    """The next block length for ``reorth_every="auto"`` from the last block's growth."""
-    if not math.isfinite(align):
-        return 1
-    rate = math.log(max(align, 1.0)) / since  # log-alignment growth per step
-    block = AUTO_MAX_BLOCK if rate <= 1e-12 else int(math.log(AUTO_ALIGN) / rate)
-    ext = logd[torch.isfinite(logd)]
-    if ext.numel():
-        norm_rate = float(ext.abs().max()) / since  # log-norm change per step
-        if norm_rate > 0:
-            block = min(block, int(AUTO_LOG_RANGE / norm_rate))
-    return max(1, min(block, AUTO_MAX_BLOCK))
+#: how much longer than the last block the next one may be.
+AUTO_GROWTH = 4
+#: how much of the largest recent growth rate the plan keeps per step (see AutoBlocks.after).
+RATE_MEMORY = 0.9
 
 
-def median_block(blocks: list[int]) -> int:
-    if not blocks:
-        return 1
-    return int(sorted(blocks)[len(blocks) // 2])
+def _fit(budget: float, rate: float) -> int:
+    """The longest block over which a quantity growing by ``rate`` per step stays within
+    ``budget``; 0 when nothing fits (an infinite rate)."""
+    if rate <= budget / AUTO_MAX_BLOCK:
+        return AUTO_MAX_BLOCK
+    return int(budget / rate)  # 0 for an infinite rate
+
+
+def _capped(rate: float, cap: float) -> float:
+    return rate if rate <= cap else cap  # nan -> cap
+
+
+class AutoBlocks:
+    """The ``reorth_every="auto"`` policy: plan each block, verify it, or have it redone.
+
+    Over a block of ``L`` steps the tangent rows are multiplied by ``L`` Jacobians before the
+    QR. A direction that contracts at rate ``lambda_j`` relative to ``lambda_1`` shrinks by
+    ``e^{-(lambda_1 - lambda_j) L}`` against the rows it is orthogonalised against; each product
+    rounds a row to ``eps`` (machine epsilon) of its norm, so the part of row ``j`` that carries
+    ``R_jj`` keeps a relative accuracy of about ``eps * a`` (``a = ||v_j|| / R_jj``, the
+    alignment; ``ln(1/eps)/ln(10)`` digits lose ``ln(a)/ln(10)``), and none once ``a`` reaches
+    ``1/eps`` -- the direction is gone (the symptom: ``-inf`` or a wrong exponent). Cholesky-QR
+    squares the loss (``eps a^2``). With ``P = ln(1/eps)`` the precision in nats (36.0 in
+    float64, 15.9 in float32), a block is **accepted** only when
+
+    * its Gram matrix was positive definite in working precision (a failed Cholesky makes the
+      alignment inf) and ``ln a <= P / 8`` (``a <= 90`` in float64, ``a <= 7.3`` in float32):
+      one Cholesky-QR pass is then accurate to ``eps a^2 <= eps^{3/4}`` (2e-12, 6e-6);
+    * the spread of its log R diagonal over the block, ``max_j ln R_jj - min_j ln R_jj`` (the
+      ratio of the diagonal extremes), is at most ``P / 4`` (9.0 / 4.0 nats: the rows were
+      graded by at most ``eps^{-1/4}``). The alignment is measured at the end of the block
+      only, and a rotation can line a contracted row up with an axis; the spread records what
+      the block did to the norms whatever the angles;
+    * every ``|ln R_jj| <= ln(float max) / 4`` (177 / 22 nats: norms whose Gram matrix neither
+      overflows nor underflows) and nothing is nan.
+
+    A block of one step is always accepted: it is exactly what ``reorth_every=1`` does. A
+    rejected block is redone from the state and basis kept from its start (the trajectory
+    does not depend on the basis), at most half as long; its QR is discarded.
+
+    The next block is **planned** from a per-step rate of ``max(ln a, spread)`` (and one of
+    ``max |ln R_jj|``): the largest over recent blocks, each remembered with weight
+    ``RATE_MEMORY**steps`` (0.9 per step), so that one quiet block between wide ones does not
+    plan a long block. The plan keeps ``rate * L <= P / 16`` (2.25 / 1.0 nats, half the
+    acceptance bound of ``ln a``) and ``|ln R_jj| <= ln(float max) / 8``, and grows by at most
+    ``AUTO_GROWTH`` (4) per block up to ``AUTO_MAX_BLOCK`` (32) steps. Blocks start at one
+    step, so a wide spectrum (the Hénon map's ``lambda_1 - lambda_2`` = 2.04 per step, an
+    LSTM's ~9 nats) keeps blocks of one -- ``reorth_every=1`` exactly -- while a nearly neutral
+    one (a default Lipschitz cell) reaches 32 after three blocks. A nan or infinite rate (a
+    failed Cholesky, a direction annihilated exactly) counts as ``4 P / 16`` per step: blocks
+    of one until it has faded (~20 steps).
+    """
+
+    def __init__(self, dtype: torch.dtype) -> None:
+        nats = -math.log(torch.finfo(dtype).eps)
+        log_max = math.log(torch.finfo(dtype).max)
+        self.accept_log_align = nats / 8
+        self.accept_spread = nats / 4
+        self.accept_log_norm = log_max / 4
+        self.plan_log_align = nats / 16
+        self.plan_log_norm = log_max / 8
+        self.rate = 0.0  # the largest recent growth rate of ln alignment and spread, per step
+        self.norm_rate = 0.0  # ... and of max |ln R_jj|
+        self.block = 1  # the planned length of the next block
+        self.used: list[int] = []  # the lengths of the accepted blocks
+        self.redone_steps = 0  # steps run again after a rejected block
+
+    @staticmethod
+    def measure(logd: Tensor, align: float) -> tuple[tuple[float, float, float], bool]:
+        """``((ln alignment, spread, max |ln R_jj|), overflow)`` of a block's QR in one host
+        sync; ``overflow``: some ``ln R_jj`` is nan or +inf (``-inf``, a direction annihilated
+        exactly, is not an overflow)."""
+        spread = (logd.amax(-1) - logd.amin(-1)).amax()
+        overflow = (torch.isnan(logd) | (logd == math.inf)).any()
+        stats = torch.stack([spread, logd.abs().amax(), overflow.to(logd.dtype)]).tolist()
+        log_align = math.log(max(align, 1.0)) if align == align else math.nan
+        return (log_align, float(stats[0]), float(stats[1])), bool(stats[2])
+
+    def accept(self, since: int, log_align: float, spread: float, log_norm: float) -> bool:
+        """Whether the block of ``since`` steps is kept (nan never passes)."""
+        if since <= 1:
+            return True
+        return (
+            log_align <= self.accept_log_align
+            and spread <= self.accept_spread
+            and log_norm <= self.accept_log_norm
+        )
+
+    def after(self, since: int, accepted: bool, measured: tuple[float, float, float]) -> None:
+        """Plan the next block after one of ``since`` steps was accepted or rejected."""
+        log_align, spread, log_norm = measured
+        # nan/inf (a failed Cholesky, a direction annihilated exactly) count as 4x the rate
+        # that plans one step: blocks of one, until it has faded (~20 steps)
+        rate = _capped(max(log_align, spread) / since, 4 * self.plan_log_align)
+        if math.isnan(log_align + spread):
+            rate = 4 * self.plan_log_align
+        norm_rate = _capped(log_norm / since, 4 * self.plan_log_norm)
+        # the largest recent rate: it forgets by RATE_MEMORY per step, so one quiet block
+        # between wide ones does not plan a long block
+        fade = RATE_MEMORY**since
+        self.rate = max(rate, self.rate * fade)
+        self.norm_rate = max(norm_rate, self.norm_rate * fade)
+        longest = min(
+            _fit(self.plan_log_align, self.rate), _fit(self.plan_log_norm, self.norm_rate)
+        )
+        if accepted:
+            self.used.append(since)
+            block = min(longest, AUTO_GROWTH * max(self.block, since))
+        else:
+            self.redone_steps += since
+            block = min(longest, since // 2)
+        self.block = max(1, min(block, AUTO_MAX_BLOCK))
+
+    def median(self) -> int:
+        """The median accepted block length (1 if none)."""
+        if not self.used:
+            return 1
+        return int(sorted(self.used)[len(self.used) // 2])

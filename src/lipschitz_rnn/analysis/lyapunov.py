@@ -26,7 +26,10 @@ the system objects of :mod:`lipschitz_rnn.analysis._systems`; the estimator's lo
   sequences whose tangent vectors have nearly aligned are redone more carefully -- a second
   Cholesky pass (CholeskyQR2) on accelerators, Householder QR on the CPU (cheaper there than two
   passes) -- and so are those where Cholesky fails; see :mod:`lipschitz_rnn.analysis._qr`.
-  ``reorth_every="auto"`` re-orthonormalises only as often as the conditioning requires.
+  ``reorth_every="auto"`` re-orthonormalises only as often as the spread of the spectrum
+  allows, verifies every block and redoes, shorter, any in which a direction could have been
+  lost to round-off (:class:`lipschitz_rnn.analysis._qr.AutoBlocks`), so its exponents are
+  those of ``reorth_every=1`` up to round-off.
 
 Entry points: :func:`lyapunov_spectrum` -> :class:`LyapunovSpectrum`. :func:`plot_spectrum`,
 :func:`plot_evolution` (from :mod:`.plots`) and :func:`kaplan_yorke_dimension` (from
@@ -36,6 +39,7 @@ Entry points: :func:`lyapunov_spectrum` -> :class:`LyapunovSpectrum`. :func:`plo
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,7 +49,7 @@ from torch import Tensor
 
 from .._checks import check_float, check_int, check_optional_int
 from ._model_state import finite_or_none, nan_for_none
-from ._qr import Orthonormalizer, householder_rows, median_block, next_block
+from ._qr import AutoBlocks, Orthonormalizer, householder_rows
 from ._systems import TangentSystem, resolve_system
 from .features import entropy_rate, kaplan_yorke_dimension
 from .plots import plot_evolution, plot_spectrum
@@ -98,7 +102,8 @@ class LyapunovSpectrum:
         method: which tangent map ran (e.g. ``"lipschitz-rk2"``, ``"torch-lstm x2 layers"``,
             ``"torch.func.jvp"``).
         householder_fallbacks: batch elements x re-orthonormalisations done by Householder QR
-            instead of Cholesky-QR (ill-conditioned bases; see :mod:`._qr`).
+            instead of Cholesky-QR (ill-conditioned bases; see :mod:`._qr`), counting the
+            accepted blocks of ``reorth_every="auto"`` only.
     """
 
     exponents: Tensor
@@ -323,18 +328,22 @@ def lyapunov_spectrum(
         warmup: steps run first (state and tangent basis both evolve and are re-orthonormalised)
             to move onto the attractor and align the basis; not averaged.
         reorth_every: steps between re-orthonormalisations (>= 1), or ``"auto"`` (the default).
-            The
-            exponents do not depend on it in exact arithmetic (the QR factors of a product are
-            the products of the factors); larger values save QR work and stay accurate while
-            the tangent vectors do not align between QRs (they do at a rate of about
-            ``lambda_1 - lambda_k``; sequences whose basis got ill-conditioned are
-            re-orthonormalised by Householder QR instead, and a basis that overflows raises
-            :class:`NonFiniteStateError`). ``"auto"`` starts at 1 and picks
-            each next block length from the growth of the last one, so that the tangent
-            vectors stay far from aligned (``max_j ||v_j|| / R_jj < AUTO_ALIGN`` = 10) and
-            their norms within ``e^{+-200}`` -- at most ``AUTO_MAX_BLOCK`` (32) steps; the
-            result's ``reorth_every`` is then the median block length used. ``1`` is the
-            textbook schedule (QR every step).
+            The exponents do not depend on it in exact arithmetic (the QR factors of a product
+            are the products of the factors), but over a block of ``L`` steps a direction
+            contracting at ``lambda_j`` falls by ``e^{-(lambda_1 - lambda_j) L}`` against the
+            top one and is lost to round-off once that passes the precision (a fixed
+            ``reorth_every`` is the caller's responsibility: sequences whose basis got
+            ill-conditioned are re-orthonormalised by Householder QR, and a basis that
+            overflows raises :class:`NonFiniteStateError`). ``"auto"`` starts with one step,
+            plans each next block from the recent growth of the alignment
+            (``max_j ||v_j|| / R_jj``) and of the spread of ``log R_jj`` per step, and
+            accepts a block only if its Gram matrix was positive definite, the alignment at
+            most ``eps^{-1/8}`` (90 in float64, 7.3 in float32) and the spread at most
+            ``ln(1/eps) / 4`` nats (9.0 / 4.0); a rejected block is redone, at most half as
+            long, from its start. Its exponents equal those of ``reorth_every=1`` to
+            round-off (wide spectra such as the Hénon map or an LSTM keep blocks of one; a
+            default Lipschitz cell reaches ``AUTO_MAX_BLOCK`` = 32 steps); the result's
+            ``reorth_every`` is the median accepted block length.
         dt: the time one step represents; exponents are per unit time (``log R / (steps dt)``).
         batch_first: whether ``inputs`` are batch-major (a layer's own ``batch_first`` flag is
             not consulted).
@@ -349,11 +358,17 @@ def lyapunov_spectrum(
         :class:`LyapunovSpectrum`.
 
     Raises:
-        TypeError / ValueError naming the argument at fault (k larger than the state size,
-        steps < 1, dt <= 0, inputs with the wrong feature count, an unknown system, a
-        bidirectional layer, ...); :class:`NonFiniteStateError` (a ValueError and a
-        FloatingPointError) if the state or the tangent basis becomes non-finite, naming the
-        step.
+        TypeError: an argument of the wrong type (an unknown system, inputs that are not a
+            tensor, ...), named in the message.
+        ValueError: an argument out of range, named (k larger than the state size, steps < 1,
+            dt <= 0, inputs with the wrong feature count, a bidirectional layer, ...).
+        NonFiniteStateError: the state or the tangent basis became non-finite (a ValueError
+            and a FloatingPointError); the message names the step.
+
+    Warns:
+        RuntimeWarning: an exponent is ``-inf``: at some step a Jacobian mapped a tangent
+            direction to exactly zero (a singular Jacobian -- saturated or dead units, a zero
+            row). Every schedule, ``reorth_every=1`` included, gives the same ``-inf``.
     """
     steps = check_optional_int("steps", steps, ge=1)
     warmup = check_int("warmup", warmup, ge=0)
@@ -397,42 +412,69 @@ def lyapunov_spectrum(
 
         Q0 = _initial_basis(n, k, generator).to(device=device, dtype=dtype)
         V = Q0.mT.unsqueeze(0).expand(batch, k, n).contiguous()
-        acc = torch.zeros(batch, k, dtype=dtype, device=device)
+        # the sums of log R_ii in float64 whatever the working precision: a float32 sum of
+        # thousands of terms would round differently for different block lengths
+        acc = torch.zeros(batch, k, dtype=torch.float64, device=device)
         hist_sum: list[Tensor] = []
         hist_steps: list[int] = []
         guard = _FiniteGuard(h.device, total)
         ortho = Orthonormalizer()
+        policy = AutoBlocks(dtype) if auto else None
         since = 0
         block = 1 if auto else reorth_every
-        blocks_used: list[int] = []
-        for t in range(total):
+        start = (0, h, V)  # (step, state, basis) where the current block began
+        t = 0
+        while t < total:
             step = sysm.first_step if t == 0 else sysm.advance
             h, V = step(h, drive[t], V)
             guard(h, t)
             since += 1
             if since == block or t == warmup - 1 or t == total - 1:
                 guard.flush(t + 1)
-                before = ortho.householder_count
-                V, logd, align = ortho(V)
-                if auto:
-                    blocks_used.append(since)
-                    block = next_block(align, since, logd)
-                if ortho.householder_count > before:
-                    # log 0 = -inf is legitimate (a singular Jacobian, e.g. dead ReLU units,
-                    # annihilates a direction); nan / +inf means overflow
-                    if bool((torch.isnan(logd) | (logd == math.inf)).any()):
-                        raise NonFiniteStateError(
-                            f"tangent vectors became non-finite at step {t} (0-based, warmup "
-                            f"included); lower reorth_every (now {reorth_every})"
-                        )
+                before = (ortho.householder_count, ortho.householder_mode)
+                Vq, logd, align = ortho(V)
+                if policy is not None:
+                    measured, overflow = policy.measure(logd, align)
+                    accepted = policy.accept(since, *measured)
+                    policy.after(since, accepted, measured)
+                    block = policy.block
+                    if not accepted:
+                        # redo the block, shorter, from where it began (the state trajectory
+                        # does not depend on the basis, so it is recomputed identically)
+                        ortho.householder_count, ortho.householder_mode = before
+                        t, h, V = start
+                        since = 0
+                        continue
+                elif ortho.householder_count > before[0]:
+                    # log 0 = -inf is legitimate (a singular Jacobian annihilates a direction);
+                    # nan / +inf means overflow
+                    overflow = bool((torch.isnan(logd) | (logd == math.inf)).any())
+                else:
+                    overflow = False
+                if overflow:
+                    raise NonFiniteStateError(
+                        f"tangent vectors became non-finite at step {t} (0-based, warmup "
+                        f"included); lower reorth_every (now {reorth_every!r})"
+                    )
+                V = Vq
                 since = 0
                 if t >= warmup:
-                    acc += logd
+                    acc += logd.to(torch.float64)
                     hist_sum.append(acc.mean(0))
                     hist_steps.append(t + 1 - warmup)
+                start = (t + 1, h, V)
+            t += 1
 
         exps = (acc / (steps * dt)).to(torch.float64).cpu()
         exps = exps.sort(-1, descending=True).values
+        if bool(torch.isneginf(exps).any()):
+            warnings.warn(
+                f"lyapunov_spectrum: {int(torch.isneginf(exps).sum())} exponent(s) are -inf: at "
+                "some step a Jacobian mapped a tangent direction to exactly zero (a singular "
+                "Jacobian: saturated or dead units, a zero row); reorth_every=1 gives the same",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         hsteps = torch.tensor(hist_steps, dtype=torch.int64)
         history = torch.stack(hist_sum).to(torch.float64).cpu()
         history = history / (hsteps.to(torch.float64) * dt).unsqueeze(1)
@@ -451,7 +493,7 @@ def lyapunov_spectrum(
             steps=steps,
             warmup=warmup,
             dt=dt,
-            reorth_every=reorth_every if not auto else median_block(blocks_used),
+            reorth_every=reorth_every if policy is None else policy.median(),
             method=sysm.method,
             householder_fallbacks=ortho.householder_count,
         )
