@@ -4,6 +4,7 @@
   runs on are in :mod:`._systems` (resolution, drive, state), :mod:`._units` (the tangent map of
   every known unit) and :mod:`._jvp` (autograd tangents of arbitrary maps); :mod:`._qr` the
   re-orthonormalisation;
+* :mod:`.flossing` -- gradient flossing: the differentiable spectrum pushed toward a target;
 * :mod:`.features` -- scalar features of a spectrum (Kaplan-Yorke dimension, entropy rate, ...);
 * :mod:`.hessian` -- Hessian spectra through curvlinops operators and scipy;
 * :mod:`.robustness` -- metric against input and weight noise;
@@ -13,6 +14,7 @@
 
 from .compare import compare_table
 from .features import entropy_rate, kaplan_yorke_dimension, spectrum_features
+from .flossing import flossing_loss
 from .hessian import HessianSpectrum, SpectralDensity, hessian_spectrum
 from .lyapunov import LyapunovSpectrum, NonFiniteStateError, lyapunov_spectrum
 from .plots import plot_curves, plot_density, plot_evolution, plot_spectrum
@@ -30,5 +32,5 @@ __all__ = [
     "accuracy_metric", "evaluate_metric", "input_noise_curve", "mse_metric", "plot_curves",
     "weight_noise_curve", "compare_table", "LyapunovSpectrum", "NonFiniteStateError",
     "lyapunov_spectrum", "plot_spectrum", "plot_evolution", "kaplan_yorke_dimension",
-    "entropy_rate", "spectrum_features",
+    "entropy_rate", "spectrum_features", "flossing_loss",
 ]

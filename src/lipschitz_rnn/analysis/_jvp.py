@@ -42,9 +42,13 @@ def jvp_rows(
 
     (In current torch, forward-mode AD through an op mixing a dual tensor with a plain one --
     ``eps * h`` -- is ~100x slower than the op itself, which is why small maps go reverse.)
+
+    ``state['differentiable'] = True`` (gradient flossing) always takes the jvp route: its
+    results stay differentiable, by ordinary autograd, with respect to the tensors ``fn``
+    closes over (the reverse route detaches them).
     """
     live = [i for i, t in enumerate(tangents) if t is not None]
-    if n_out <= DENSE_MAX:
+    if n_out <= DENSE_MAX and not state.get("differentiable"):
         return _rows_by_reverse(fn, primals, tangents, live, state, n_out)
     fixed = list(primals)
 

@@ -119,7 +119,9 @@ def orthonormalize_rows(
         ]
     ).tolist()
     any_bad, any_refine, align_max = bool(flags[0]), bool(flags[1]), float(flags[2])
-    if any_bad and bool(bad.all()):
+    # under autograd a mixed batch goes to Householder QR whole: the failed elements' Cholesky
+    # factors hold garbage whose backward (0 * nan) would poison the gradient
+    if any_bad and (bool(bad.all()) or V.requires_grad):
         Vn, logd = householder_rows(V)
         return Vn, logd, V.shape[0], align_max
     Vn = torch.linalg.solve_triangular(L, V, upper=False, left=True)
@@ -132,6 +134,9 @@ def orthonormalize_rows(
         # pass's alignment is ~1; a large one means the first pass was too inaccurate
         bad = bad | (info2 != 0) | ~(align2 <= SECOND_PASS_TOL)
         any_bad = bool(bad.any())
+        if any_bad and V.requires_grad:
+            Vn, logd = householder_rows(V)
+            return Vn, logd, V.shape[0], align_max
     if not any_bad:
         return Vn, logd, 0, align_max
     idx = bad.nonzero().squeeze(-1)

@@ -196,10 +196,10 @@ class _CallableSystem(TangentSystem):
     """``step(h, x) -> h_next`` (or ``step(h)`` / ``step(h, None)`` without inputs); the state
     size comes from ``h0``."""
 
-    def __init__(self, fn: Callable, autonomous: bool) -> None:
+    def __init__(self, fn: Callable, autonomous: bool, differentiable: bool = False) -> None:
         self.fn = fn
         self.method = "autograd"
-        self._jvp_state: dict = {}
+        self._jvp_state: dict = {"differentiable": differentiable}
         self.one_arg = autonomous and _accepts_one_arg(fn)
 
     def device(self, inputs, h0):
@@ -257,6 +257,12 @@ def _cell_copy(cell: nn.Module, dtype: torch.dtype, device) -> nn.Module:
     return copy.deepcopy(cell).to(device=device, dtype=dtype).eval().requires_grad_(False)
 
 
+def _cell_as_is(cell: nn.Module, dtype: torch.dtype, device) -> nn.Module:
+    """The differentiable resolution uses the cell itself (its parameters are already the
+    caller's ``dtype`` copies, see :func:`lipschitz_rnn.analysis.flossing`)."""
+    return cell
+
+
 def _bidirectional_error(what: str) -> ValueError:
     return ValueError(
         f"system: {what} is bidirectional; Lyapunov exponents need a causal map h_t = F(h_{{t-1}},"
@@ -265,30 +271,41 @@ def _bidirectional_error(what: str) -> ValueError:
     )
 
 
-def resolve_system(system: Any, dtype: torch.dtype, inputs_given: bool) -> TangentSystem:
-    """Turn ``system`` into a :class:`TangentSystem` (parameters copied to ``dtype``)."""
+def resolve_system(
+    system: Any, dtype: torch.dtype, inputs_given: bool, *, differentiable: bool = False
+) -> TangentSystem:
+    """Turn ``system`` into a :class:`TangentSystem` (parameters copied to ``dtype``).
+
+    ``differentiable=True`` keeps the system's tensors in the autograd graph instead (no
+    copies, no detaching; generic tangents by forward mode), so that what the estimator
+    computes can be differentiated with respect to the parameters. The caller makes the
+    parameters ``dtype`` first (:func:`lipschitz_rnn.analysis.flossing.flossing_loss` does it
+    with ``torch.func.functional_call``).
+    """
     embedding = None
+    take = _cell_as_is if differentiable else _cell_copy
     if isinstance(system, SequenceModel):
         if system.embedding is not None:
-            embedding = system.embedding.weight.detach().to(dtype=dtype)
+            embedding = system.embedding.weight.to(dtype=dtype)
+            embedding = embedding if differentiable else embedding.detach()
         system = system.rnn
     if isinstance(system, nn.Module):
         device = model_device(system)
         if embedding is not None:
             embedding = embedding.to(device)
-        with torch.no_grad():
+        with torch.set_grad_enabled(differentiable and torch.is_grad_enabled()):
             if isinstance(system, (RecurrentLayer, RecurrentCell)):
                 if isinstance(system, RecurrentLayer) and system.num_directions != 1:
                     raise _bidirectional_error(type(system).__name__)
                 cells = system.cells if isinstance(system, RecurrentLayer) else [system]
-                cells = [_cell_copy(c, dtype, device) for c in cells]
-                blocks = [block_for_cell(c) for c in cells]
+                cells = [take(c, dtype, device) for c in cells]
+                blocks = [block_for_cell(c, differentiable=differentiable) for c in cells]
                 comps = [[c.hidden_size] * c.num_states for c in cells]
                 return _LayerStack(blocks, comps, device, embedding)
             if isinstance(system, nn.RNNBase):
-                return _torch_rnn_stack(system, dtype, device, embedding)
+                return _torch_rnn_stack(system, dtype, device, embedding, differentiable)
             if isinstance(system, nn.RNNCellBase):
-                return _torch_cell_stack(system, dtype, device)
+                return _torch_cell_stack(system, dtype, device, differentiable)
         if embedding is not None:
             raise TypeError(
                 f"system: SequenceModel.rnn of type {type(system).__name__} is not supported"
@@ -299,7 +316,7 @@ def resolve_system(system: Any, dtype: torch.dtype, inputs_given: bool) -> Tange
             "lipschitz_rnn, torch.nn.RNN/LSTM/GRU, a SequenceModel, or a callable step(h, x)"
         )
     if callable(system):
-        return _CallableSystem(system, autonomous=not inputs_given)
+        return _CallableSystem(system, autonomous=not inputs_given, differentiable=differentiable)
     raise TypeError(
         f"system must be a lipschitz_rnn cell/layer, torch.nn.RNN/LSTM/GRU, a SequenceModel or a "
         f"callable step(h, x) -> h_next; got {type(system).__name__}"
@@ -317,18 +334,22 @@ def _looks_like_step(m: nn.Module) -> bool:
     return root not in ("torch", "lipschitz_rnn") and len(sig.parameters) >= 1
 
 
-def _w(m: nn.Module, name: str, dtype, device) -> Tensor | None:
+def _w(m: nn.Module, name: str, dtype, device, differentiable: bool = False) -> Tensor | None:
     t = getattr(m, name, None)
-    return None if t is None else t.detach().to(device=device, dtype=dtype)
+    if t is None:
+        return None
+    return (t if differentiable else t.detach()).to(device=device, dtype=dtype)
 
 
-def _torch_rnn_stack(rnn: nn.RNNBase, dtype, device, embedding) -> _LayerStack:
+def _torch_rnn_stack(
+    rnn: nn.RNNBase, dtype, device, embedding, differentiable: bool = False
+) -> _LayerStack:
     if rnn.bidirectional:
         raise _bidirectional_error(f"torch.nn.{type(rnn).__name__}")
     proj = getattr(rnn, "proj_size", 0) or 0
     blocks: list[Block] = []
     for layer in range(rnn.num_layers):
-        g = lambda n, layer=layer: _w(rnn, f"{n}_l{layer}", dtype, device)
+        g = lambda n, layer=layer: _w(rnn, f"{n}_l{layer}", dtype, device, differentiable)
         w_hr = g("weight_hr") if proj else None
         blocks.append(
             torch_block(
@@ -339,7 +360,9 @@ def _torch_rnn_stack(rnn: nn.RNNBase, dtype, device, embedding) -> _LayerStack:
     return _LayerStack(blocks, [comps] * rnn.num_layers, device, embedding)
 
 
-def _torch_cell_stack(cell: nn.RNNCellBase, dtype, device) -> _LayerStack:
+def _torch_cell_stack(
+    cell: nn.RNNCellBase, dtype, device, differentiable: bool = False
+) -> _LayerStack:
     if isinstance(cell, nn.LSTMCell):
         mode = "LSTM"
     elif isinstance(cell, nn.GRUCell):
@@ -348,7 +371,7 @@ def _torch_cell_stack(cell: nn.RNNCellBase, dtype, device) -> _LayerStack:
         mode = "RNN_RELU" if cell.nonlinearity == "relu" else "RNN_TANH"
     else:
         raise TypeError(f"system: unsupported torch cell {type(cell).__name__}")
-    g = lambda n: _w(cell, n, dtype, device)
+    g = lambda n: _w(cell, n, dtype, device, differentiable)
     block = torch_block(mode, g("weight_ih"), g("weight_hh"), g("bias_ih"), g("bias_hh"))
     H = cell.hidden_size
     return _LayerStack([block], [[H, H] if mode == "LSTM" else [H]], device)

@@ -241,14 +241,14 @@ class _ExpRNNBlock(_LinearInputBlock):
 class _GenericCellBlock(Block):
     """Any other :class:`RecurrentCell`: its own three pieces, tangents by torch.func.jvp."""
 
-    def __init__(self, cell: RecurrentCell) -> None:
+    def __init__(self, cell: RecurrentCell, differentiable: bool = False) -> None:
         self.cell = cell
         self.ctx = cell.recurrence()
         self.state_size = cell.state_size
         self.out_size = cell.hidden_size
         self.input_size = cell.input_size
         self.label = f"autograd({type(cell).__name__})"
-        self._jvp_state: dict = {}
+        self._jvp_state: dict = {"differentiable": differentiable}
 
     def project(self, x):
         return self.cell.input_projection(x)
@@ -376,9 +376,9 @@ class _LSTMBlock(_LinearInputBlock):
         return out, torch.cat([dh2, dc2], -1)
 
 
-def block_for_cell(cell: RecurrentCell) -> Block:
+def block_for_cell(cell: RecurrentCell, *, differentiable: bool = False) -> Block:
     """The tangent map of ``cell``: hand-written for the known units whose ``step`` is not
-    overridden, torch.func for any other cell."""
+    overridden, torch.func for any other cell (forward mode only when ``differentiable``)."""
     kind = type(cell)
     if isinstance(cell, LipschitzRNNCell) and kind.step is LipschitzRNNCell.step:
         return _LipschitzBlock(cell)
@@ -390,7 +390,7 @@ def block_for_cell(cell: RecurrentCell) -> Block:
         return _CoRNNBlock(cell)
     if isinstance(cell, ExpRNNCell) and kind.step is ExpRNNCell.step:
         return _ExpRNNBlock(cell)
-    return _GenericCellBlock(cell)
+    return _GenericCellBlock(cell, differentiable)
 
 
 def torch_block(mode: str, w_ih: Tensor, w_hh: Tensor, b_ih, b_hh, w_hr=None) -> Block:

@@ -282,6 +282,147 @@ class _FiniteGuard:
         self.checked = upto
 
 
+@dataclass
+class _Sums:
+    """What one run of the estimator's loop leaves: ``acc`` (batch, k) the float64 sums of
+    ``log R_ii`` over the averaged steps (differentiable when the run was), the running
+    batch means behind ``history``, the final state, and the sizes and settings used."""
+
+    acc: Tensor
+    hist_sum: list[Tensor]
+    hist_steps: list[int]
+    h: Tensor
+    n: int
+    k: int
+    batch: int
+    steps: int
+    warmup: int
+    dt: float
+    reorth_every: int
+    method: str
+    householder_count: int
+
+
+def _spectrum_sums(
+    system: Any,
+    inputs: Tensor | None,
+    *,
+    steps: int | None,
+    h0: Any,
+    k: int | None,
+    warmup: int,
+    reorth_every: int | str,
+    dt: float,
+    batch_first: bool,
+    generator: torch.Generator | None,
+    dtype: torch.dtype,
+    differentiable: bool = False,
+) -> _Sums:
+    """The estimator's loop, shared by :func:`lyapunov_spectrum` (under ``no_grad``) and the
+    gradient-flossing loss (``differentiable=True``: the system resolved without copies, so
+    autograd records the run). Arguments as for :func:`lyapunov_spectrum`."""
+    steps = check_optional_int("steps", steps, ge=1)
+    warmup = check_int("warmup", warmup, ge=0)
+    auto = isinstance(reorth_every, str) and reorth_every == "auto"
+    if not auto:
+        if isinstance(reorth_every, str):
+            raise ValueError(f"reorth_every must be an int >= 1 or 'auto', got {reorth_every!r}")
+        reorth_every = check_int("reorth_every", reorth_every, ge=1)
+    dt = check_float("dt", dt, gt=0)
+    if dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"dtype must be torch.float64 or torch.float32, got {dtype!r}")
+    k = check_optional_int("k", k, ge=1)
+
+    sysm = resolve_system(system, dtype, inputs is not None, differentiable=differentiable)
+    device = sysm.device(inputs, h0)
+    # ---- inputs and the number of steps
+    x, batch = None, None
+    if inputs is not None:
+        x = _prepare_inputs(inputs, sysm, batch_first, dtype, device)
+        T, batch = x.shape[0], x.shape[1]
+        if warmup >= T:
+            raise ValueError(f"warmup={warmup} must be smaller than the {T} input steps")
+        if steps is None:
+            steps = T - warmup
+        elif warmup + steps > T:
+            raise ValueError(f"steps={steps} + warmup={warmup} exceeds the {T} steps of inputs")
+    elif steps is None:
+        raise ValueError("steps is required when inputs is None (an autonomous map)")
+    elif sysm.tokens:
+        raise ValueError("inputs (tokens) are required for a SequenceModel with an embedding")
+    total = warmup + steps
+
+    h = sysm.initial_state(h0, batch, dtype, device)
+    batch, n = h.shape
+    if k is None:
+        k = n
+    elif k > n:
+        raise ValueError(f"k={k} is larger than the state size n={n}")
+    drive = sysm.drive(x, total, batch, dtype, device)
+
+    Q0 = _initial_basis(n, k, generator).to(device=device, dtype=dtype)
+    V = Q0.mT.unsqueeze(0).expand(batch, k, n).contiguous()
+    # the sums of log R_ii in float64 whatever the working precision: a float32 sum of
+    # thousands of terms would round differently for different block lengths
+    acc = torch.zeros(batch, k, dtype=torch.float64, device=device)
+    hist_sum: list[Tensor] = []
+    hist_steps: list[int] = []
+    guard = _FiniteGuard(h.device, total)
+    ortho = Orthonormalizer()
+    policy = AutoBlocks(dtype) if auto else None
+    since = 0
+    block = 1 if auto else reorth_every
+    start = (0, h, V)  # (step, state, basis) where the current block began
+    t = 0
+    while t < total:
+        step = sysm.first_step if t == 0 else sysm.advance
+        h, V = step(h, drive[t], V)
+        guard(h, t)
+        since += 1
+        if since == block or t == warmup - 1 or t == total - 1:
+            guard.flush(t + 1)
+            before = (ortho.householder_count, ortho.householder_mode)
+            Vq, logd, align = ortho(V)
+            if policy is not None:
+                measured, overflow = policy.measure(logd, align)
+                accepted = policy.accept(since, *measured)
+                policy.after(since, accepted, measured)
+                block = policy.block
+                if not accepted:
+                    # redo the block, shorter, from where it began (the state trajectory
+                    # does not depend on the basis, so it is recomputed identically)
+                    ortho.householder_count, ortho.householder_mode = before
+                    t, h, V = start
+                    since = 0
+                    continue
+            elif ortho.householder_count > before[0]:
+                # log 0 = -inf is legitimate (a singular Jacobian annihilates a direction);
+                # nan / +inf means overflow
+                overflow = bool((torch.isnan(logd) | (logd == math.inf)).any())
+            else:
+                overflow = False
+            if overflow:
+                raise NonFiniteStateError(
+                    f"tangent vectors became non-finite at step {t} (0-based, warmup "
+                    f"included); lower reorth_every (now {reorth_every!r})"
+                )
+            V = Vq
+            since = 0
+            if t >= warmup:
+                acc = acc + logd.to(torch.float64)
+                hist_sum.append(acc.detach().mean(0))
+                hist_steps.append(t + 1 - warmup)
+            start = (t + 1, h, V)
+        t += 1
+
+    return _Sums(
+        acc=acc, hist_sum=hist_sum, hist_steps=hist_steps, h=h, n=n, k=k, batch=batch,
+        steps=steps, warmup=warmup, dt=dt,
+        reorth_every=reorth_every if policy is None else policy.median(),
+        method=sysm.method, householder_count=ortho.householder_count,
+    )
+
+
 def lyapunov_spectrum(
     system: Any,
     inputs: Tensor | None = None,
@@ -370,101 +511,12 @@ def lyapunov_spectrum(
             direction to exactly zero (a singular Jacobian -- saturated or dead units, a zero
             row). Every schedule, ``reorth_every=1`` included, gives the same ``-inf``.
     """
-    steps = check_optional_int("steps", steps, ge=1)
-    warmup = check_int("warmup", warmup, ge=0)
-    auto = isinstance(reorth_every, str) and reorth_every == "auto"
-    if not auto:
-        if isinstance(reorth_every, str):
-            raise ValueError(f"reorth_every must be an int >= 1 or 'auto', got {reorth_every!r}")
-        reorth_every = check_int("reorth_every", reorth_every, ge=1)
-    dt = check_float("dt", dt, gt=0)
-    if dtype not in (torch.float32, torch.float64):
-        raise TypeError(f"dtype must be torch.float64 or torch.float32, got {dtype!r}")
-    k = check_optional_int("k", k, ge=1)
-
-    sysm = resolve_system(system, dtype, inputs is not None)
-    device = sysm.device(inputs, h0)
     with torch.no_grad():
-        # ---- inputs and the number of steps
-        x, batch = None, None
-        if inputs is not None:
-            x = _prepare_inputs(inputs, sysm, batch_first, dtype, device)
-            T, batch = x.shape[0], x.shape[1]
-            if warmup >= T:
-                raise ValueError(f"warmup={warmup} must be smaller than the {T} input steps")
-            if steps is None:
-                steps = T - warmup
-            elif warmup + steps > T:
-                raise ValueError(f"steps={steps} + warmup={warmup} exceeds the {T} steps of inputs")
-        elif steps is None:
-            raise ValueError("steps is required when inputs is None (an autonomous map)")
-        elif sysm.tokens:
-            raise ValueError("inputs (tokens) are required for a SequenceModel with an embedding")
-        total = warmup + steps
-
-        h = sysm.initial_state(h0, batch, dtype, device)
-        batch, n = h.shape
-        if k is None:
-            k = n
-        elif k > n:
-            raise ValueError(f"k={k} is larger than the state size n={n}")
-        drive = sysm.drive(x, total, batch, dtype, device)
-
-        Q0 = _initial_basis(n, k, generator).to(device=device, dtype=dtype)
-        V = Q0.mT.unsqueeze(0).expand(batch, k, n).contiguous()
-        # the sums of log R_ii in float64 whatever the working precision: a float32 sum of
-        # thousands of terms would round differently for different block lengths
-        acc = torch.zeros(batch, k, dtype=torch.float64, device=device)
-        hist_sum: list[Tensor] = []
-        hist_steps: list[int] = []
-        guard = _FiniteGuard(h.device, total)
-        ortho = Orthonormalizer()
-        policy = AutoBlocks(dtype) if auto else None
-        since = 0
-        block = 1 if auto else reorth_every
-        start = (0, h, V)  # (step, state, basis) where the current block began
-        t = 0
-        while t < total:
-            step = sysm.first_step if t == 0 else sysm.advance
-            h, V = step(h, drive[t], V)
-            guard(h, t)
-            since += 1
-            if since == block or t == warmup - 1 or t == total - 1:
-                guard.flush(t + 1)
-                before = (ortho.householder_count, ortho.householder_mode)
-                Vq, logd, align = ortho(V)
-                if policy is not None:
-                    measured, overflow = policy.measure(logd, align)
-                    accepted = policy.accept(since, *measured)
-                    policy.after(since, accepted, measured)
-                    block = policy.block
-                    if not accepted:
-                        # redo the block, shorter, from where it began (the state trajectory
-                        # does not depend on the basis, so it is recomputed identically)
-                        ortho.householder_count, ortho.householder_mode = before
-                        t, h, V = start
-                        since = 0
-                        continue
-                elif ortho.householder_count > before[0]:
-                    # log 0 = -inf is legitimate (a singular Jacobian annihilates a direction);
-                    # nan / +inf means overflow
-                    overflow = bool((torch.isnan(logd) | (logd == math.inf)).any())
-                else:
-                    overflow = False
-                if overflow:
-                    raise NonFiniteStateError(
-                        f"tangent vectors became non-finite at step {t} (0-based, warmup "
-                        f"included); lower reorth_every (now {reorth_every!r})"
-                    )
-                V = Vq
-                since = 0
-                if t >= warmup:
-                    acc += logd.to(torch.float64)
-                    hist_sum.append(acc.mean(0))
-                    hist_steps.append(t + 1 - warmup)
-                start = (t + 1, h, V)
-            t += 1
-
+        run = _spectrum_sums(
+            system, inputs, steps=steps, h0=h0, k=k, warmup=warmup, reorth_every=reorth_every,
+            dt=dt, batch_first=batch_first, generator=generator, dtype=dtype,
+        )
+        acc, steps, dt, k, batch, h = run.acc, run.steps, run.dt, run.k, run.batch, run.h
         exps = (acc / (steps * dt)).to(torch.float64).cpu()
         exps = exps.sort(-1, descending=True).values
         if bool(torch.isneginf(exps).any()):
@@ -475,8 +527,8 @@ def lyapunov_spectrum(
                 RuntimeWarning,
                 stacklevel=2,
             )
-        hsteps = torch.tensor(hist_steps, dtype=torch.int64)
-        history = torch.stack(hist_sum).to(torch.float64).cpu()
+        hsteps = torch.tensor(run.hist_steps, dtype=torch.int64)
+        history = torch.stack(run.hist_sum).to(torch.float64).cpu()
         history = history / (hsteps.to(torch.float64) * dt).unsqueeze(1)
         std = exps.std(0) if batch > 1 else torch.zeros(k, dtype=torch.float64)
         return LyapunovSpectrum(
@@ -488,12 +540,12 @@ def lyapunov_spectrum(
             kaplan_yorke_dimension=kaplan_yorke_dimension(exps),
             entropy_rate=entropy_rate(exps),
             final_state=h.detach().to(torch.float64).cpu(),
-            state_size=n,
+            state_size=run.n,
             k=k,
             steps=steps,
-            warmup=warmup,
+            warmup=run.warmup,
             dt=dt,
-            reorth_every=reorth_every if policy is None else policy.median(),
-            method=sysm.method,
-            householder_fallbacks=ortho.householder_count,
+            reorth_every=run.reorth_every,
+            method=run.method,
+            householder_fallbacks=run.householder_count,
         )

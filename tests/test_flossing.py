@@ -1,0 +1,270 @@
+"""Gradient flossing: the loss is the spectrum's, and its gradient is right for every unit."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from lipschitz_rnn.analysis import flossing_loss, lyapunov_spectrum
+from lipschitz_rnn.analysis.lyapunov import _initial_basis
+from lipschitz_rnn.models import build
+from lipschitz_rnn.models._base import RecurrentCell, RecurrentLayer
+
+DT = torch.float64
+
+
+def _alive_relu(F, H):
+    """A ReLU RNN whose units stay active on the test inputs (a dead unit is an exactly zero
+    direction: exponent -inf, and a loss of inf)."""
+    rnn = nn.RNN(F, H, nonlinearity="relu")
+    with torch.no_grad():
+        rnn.bias_ih_l0.fill_(2.0)
+        rnn.weight_ih_l0.mul_(0.2)
+        rnn.weight_hh_l0.copy_(0.5 * torch.eye(H) + 0.1 * torch.randn(H, H))
+    return rnn
+
+
+def _units():
+    """(name, float64 module, input features): every unit kind, small."""
+    torch.manual_seed(0)
+    F, H = 3, 5
+    out = [
+        ("rnn", nn.RNN(F, H)),
+        ("rnn-relu", _alive_relu(F, H)),
+        ("gru", nn.GRU(F, H)),
+        ("lstm", nn.LSTM(F, H)),
+        ("lstm-2layers", nn.LSTM(F, H, num_layers=2)),
+        ("rnncell", nn.RNNCell(F, H)),
+        ("lipschitz-euler", build("lipschitz", F, H, solver="euler", eps=0.3, init_std=3.0)),
+        ("lipschitz-rk2", build("lipschitz", F, H, solver="rk2", eps=0.3, init_std=3.0)),
+        ("lipschitz-stable", build("lipschitz", F, H, eps=0.5, init_std=3.0, gamma_A=0.1,
+                                   parametrization="stable")),
+        ("lipschitz-2layers", build("lipschitz", F, H, num_layers=2, eps=0.3, init_std=3.0)),
+        ("odernn", build("odernn", F, H, eps=0.3)),
+        ("antisymmetric", build("antisymmetric", F, H, eps=0.3)),
+        ("antisymmetric-gated", build("antisymmetric", F, H, eps=0.3, gated=True)),
+        ("cornn", build("cornn", F, H)),
+        ("exprnn", build("exprnn", F, H)),
+    ]
+    return [(n, m.double(), F) for n, m in out]
+
+
+UNITS = _units()
+
+
+def _value(loss):
+    return float(loss.detach())
+
+
+def _inputs(F, T=12, B=2, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(T, B, F, generator=g, dtype=DT)
+
+
+def _direction(module, seed=2):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(p.shape, generator=g, dtype=p.dtype) for p in module.parameters()]
+
+
+def _shifted(module, d, s):
+    with torch.no_grad():
+        for p, v in zip(module.parameters(), d, strict=True):
+            p.add_(v, alpha=s)
+
+
+@pytest.mark.parametrize("name,module,F", UNITS, ids=[u[0] for u in UNITS])
+def test_value_is_the_spectrums(name, module, F):
+    x = _inputs(F)
+    kw = dict(k=3, warmup=2)
+    spec = lyapunov_spectrum(module, x, **kw)
+    loss = flossing_loss(module, x, target=0.1, **kw)
+    assert loss.dtype == DT and loss.dim() == 0
+    want = ((spec.exponents - 0.1) ** 2).mean()
+    assert float(loss.detach()) == pytest.approx(float(want), rel=1e-12, abs=1e-14)
+
+
+@pytest.mark.parametrize("name,module,F", UNITS, ids=[u[0] for u in UNITS])
+def test_gradient_against_central_differences(name, module, F):
+    """The directional derivative along a random direction of all parameters, float64."""
+    x = _inputs(F)
+    kw = dict(k=3, warmup=2, target=0.05)
+    module.zero_grad(set_to_none=True)
+    flossing_loss(module, x, **kw).backward()
+    d = _direction(module)
+    g_dot_d = sum(float((p.grad * v).sum()) for p, v in zip(module.parameters(), d, strict=True)
+                  if p.grad is not None)
+    eps = 1e-6
+    _shifted(module, d, eps)
+    up = _value(flossing_loss(module, x, **kw))
+    _shifted(module, d, -2 * eps)
+    down = _value(flossing_loss(module, x, **kw))
+    _shifted(module, d, eps)
+    fd = (up - down) / (2 * eps)
+    assert g_dot_d == pytest.approx(fd, rel=1e-5, abs=1e-8), name
+
+
+def _plain_reference(rnn, x, k, target):
+    """The textbook loop written from the formulas: tanh RNN, Householder QR every step."""
+    W_ih, W_hh = rnn.weight_ih_l0, rnn.weight_hh_l0
+    b = rnn.bias_ih_l0 + rnn.bias_hh_l0
+    T, B, _ = x.shape
+    n = W_hh.shape[0]
+    Q = _initial_basis(n, k, None).to(DT).unsqueeze(0).expand(B, n, k)
+    h = torch.zeros(B, n, dtype=DT)
+    acc = torch.zeros(B, k, dtype=DT)
+    for t in range(T):
+        h = torch.tanh(x[t] @ W_ih.T + b + h @ W_hh.T)
+        Q, R = torch.linalg.qr((1.0 - h * h).unsqueeze(-1) * (W_hh @ Q))
+        acc = acc + torch.log(torch.diagonal(R, dim1=-2, dim2=-1).abs())
+    lam = (acc / T).sort(-1, descending=True).values
+    return ((lam - target) ** 2).mean()
+
+
+@pytest.mark.parametrize("reorth_every", [1, 4, "auto"])
+def test_matches_the_textbook_loop_value_and_gradient(reorth_every):
+    torch.manual_seed(3)
+    rnn = nn.RNN(2, 7).double()
+    with torch.no_grad():
+        rnn.weight_hh_l0.normal_(0.0, 1.3 / 7**0.5)
+    x = _inputs(2, T=40, B=3)
+    ref = _plain_reference(rnn, x, 5, 0.0)
+    g_ref = torch.autograd.grad(ref, list(rnn.parameters()))
+    loss = flossing_loss(rnn, x, k=5, reorth_every=reorth_every)
+    g = torch.autograd.grad(loss, list(rnn.parameters()))
+    assert _value(loss) == pytest.approx(_value(ref), rel=1e-11)
+    for a, b in zip(g, g_ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["lstm", "lipschitz-rk2", "cornn", "gru"])
+def test_block_qr_gradient_equals_the_qr_every_step_gradient(name):
+    module, F = {u[0]: (u[1], u[2]) for u in UNITS}[name]
+    x = _inputs(F, T=30)
+    grads = {}
+    for r in (1, 3, 8, "auto"):
+        loss = flossing_loss(module, x, k=4, warmup=3, reorth_every=r)
+        grads[r] = torch.cat([g.reshape(-1) for g in torch.autograd.grad(
+            loss, list(module.parameters()), allow_unused=True, materialize_grads=True)])
+    for r in (3, 8, "auto"):
+        rel = float((grads[r] - grads[1]).norm() / grads[1].norm())
+        assert rel < 1e-10, (r, rel)
+
+
+def test_a_callable_step_is_differentiated_through_what_it_closes_over():
+    torch.manual_seed(4)
+    W = (torch.randn(4, 4, dtype=DT) * 0.6).requires_grad_(True)
+    U = torch.randn(4, 2, dtype=DT)
+
+    def step(h, x):
+        return torch.tanh(h @ W.T + x @ U.T)
+
+    x = _inputs(2, T=15)
+    h0 = torch.zeros(2, 4, dtype=DT)
+    loss = flossing_loss(step, x, h0=h0, k=2)
+    (g,) = torch.autograd.grad(loss, W)
+    d = torch.randn(4, 4, dtype=DT)
+    eps = 1e-6
+    with torch.no_grad():
+        up = _value(flossing_loss(lambda h, xx: torch.tanh(h @ (W + eps * d).T + xx @ U.T),
+                                 x, h0=h0, k=2))
+        down = _value(flossing_loss(lambda h, xx: torch.tanh(h @ (W - eps * d).T + xx @ U.T),
+                                   x, h0=h0, k=2))
+    assert float((g * d).sum()) == pytest.approx((up - down) / (2 * eps), rel=1e-6)
+
+
+class _ShiftedCell(RecurrentCell):
+    """A cell with its own step (no hand-written tangent map): the autograd route."""
+
+    def __init__(self, F, H):
+        super().__init__(F, H)
+        self.weight_ih = nn.Parameter(torch.randn(H, F) * 0.5)
+        self.weight_hh = nn.Parameter(torch.randn(H, H) * 0.5)
+
+    def input_projection(self, x):
+        return x @ self.weight_ih.T
+
+    def recurrence(self):
+        return (self.weight_hh,)
+
+    def step(self, h, u, ctx):
+        return torch.tanh(h @ ctx[0].T + u) + 0.1 * h
+
+
+class _ShiftedLayer(RecurrentLayer):
+    cell_class = _ShiftedCell
+
+
+def test_a_generic_cell_goes_through_forward_mode_and_is_differentiable():
+    torch.manual_seed(5)
+    cell = _ShiftedCell(2, 20).double()  # 20 > the size where the analysis uses reverse mode
+    x = _inputs(2, T=10)
+    cell.zero_grad(set_to_none=True)
+    flossing_loss(cell, x, k=3).backward()
+    d = _direction(cell)
+    g_dot_d = sum(float((p.grad * v).sum()) for p, v in zip(cell.parameters(), d, strict=True))
+    eps = 1e-6
+    _shifted(cell, d, eps)
+    up = _value(flossing_loss(cell, x, k=3))
+    _shifted(cell, d, -2 * eps)
+    down = _value(flossing_loss(cell, x, k=3))
+    _shifted(cell, d, eps)
+    assert g_dot_d == pytest.approx((up - down) / (2 * eps), rel=1e-5)
+
+
+def test_gradients_land_on_float32_parameters_unchanged():
+    torch.manual_seed(6)
+    rnn = nn.GRU(3, 6)  # float32: the loss runs in float64 on cast views of the parameters
+    before = {n: p.detach().clone() for n, p in rnn.named_parameters()}
+    x = _inputs(3).float()
+    loss = flossing_loss(rnn, x, k=4)
+    assert loss.dtype == DT
+    loss.backward()
+    for n, p in rnn.named_parameters():
+        assert p.dtype == torch.float32 and p.grad is not None and p.grad.dtype == torch.float32
+        assert torch.equal(p.detach(), before[n])
+        assert bool(torch.isfinite(p.grad).all())
+    # the spectrum of the untouched module is unchanged by having been differentiated
+    assert float(loss) == pytest.approx(
+        float((lyapunov_spectrum(rnn, x, k=4).exponents ** 2).mean()), rel=1e-12)
+
+
+def test_flossing_drives_an_edge_of_chaos_rnn_to_the_target_on_held_out_inputs():
+    torch.manual_seed(7)
+    N, k = 16, 8
+    rnn = nn.RNN(1, N)
+    with torch.no_grad():  # gain 1.6: chaotic, largest exponents well above 0
+        rnn.weight_hh_l0.normal_(0.0, 1.6 / N**0.5)
+    g = torch.Generator().manual_seed(8)
+    held_out = torch.randn(60, 8, 1, generator=g)
+
+    def top_k(module):
+        return lyapunov_spectrum(module, held_out, k=k, warmup=10).mean
+
+    before = top_k(rnn)
+    opt = torch.optim.Adam(rnn.parameters(), lr=0.01)
+    for _ in range(150):
+        x = torch.randn(40, 8, 1, generator=g)
+        opt.zero_grad()
+        flossing_loss(rnn, x, k=k, warmup=10).backward()
+        opt.step()
+    after = top_k(rnn)
+    assert float(before.abs().max()) > 0.15
+    assert float(after.abs().max()) < 0.5 * float(before.abs().max())
+    assert float((after**2).mean()) < 0.1 * float((before**2).mean())
+
+
+@pytest.mark.parametrize(
+    "kw,exc,needle",
+    [
+        ({"target": "0"}, TypeError, "target"),
+        ({"target": math.nan}, ValueError, "target"),
+        ({"k": 99}, ValueError, "k=99"),
+        ({"reorth_every": 0}, ValueError, "reorth_every"),
+        ({"dtype": torch.int64}, TypeError, "dtype"),
+    ],
+)
+def test_bad_arguments_name_themselves(kw, exc, needle):
+    rnn = nn.RNN(2, 4)
+    with pytest.raises(exc, match=needle):
+        flossing_loss(rnn, _inputs(2), **kw)
