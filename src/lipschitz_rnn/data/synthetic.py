@@ -133,8 +133,9 @@ def build_copy(*, seed: int, delay: int | None = None, length: int | None = None
     delimiter; ``length`` is its older name (give one of them, or both equal)."""
     if delay is not None and length is not None and delay != length:
         raise ValueError(f"copy: delay={delay} and length={length} name the same setting; give one")
+    name = "delay" if delay is not None else "length"
     length = delay if delay is not None else (100 if length is None else length)
-    length = check_int("delay", length, ge=1)
+    length = check_int(name, length, ge=1)
     sizes = _sizes(n_train, n_valid, n_test)
     out = {s: CopyDataset(n, length, make_rng(seed, "copy", s)) for s, n in sizes.items()}
     meta = {"delay": length, "sequence_length": length + 2 * COPY_SEQ, "seed": seed,
