@@ -5,6 +5,8 @@
 
 * ``cli ARGS``: the ``lipschitz-rnn`` command line, ``main(ARGS)``; exits with its status;
 * ``hang ARGS``: the same, but rank 1 stops answering (sleeps) at its third training step;
+* ``fail0-after ARGS``: the same, but rank 0 fails once training is over (its ``train``
+  returned: every collective is done) with a WriteError, and is then slow to exit (sleeps);
 * ``cases FILE``: the library's ``train`` for each case of the JSON list in ``FILE``
   (``name``, ``config`` or ``resume``, ``data_dir``, ``nan_rank``: that rank's loss becomes NaN
   at its third step); each rank records what happened in ``BASE/outcome<R>.json``.
@@ -53,6 +55,22 @@ def _nan(loss):
     return loss * float("nan")
 
 
+def _fail_after_training(rank_to_fail: int) -> None:
+    """Make the library's ``train`` raise on that rank after it has trained."""
+    from lipschitz_rnn._io import WriteError
+    from lipschitz_rnn.train import loop
+
+    if int(os.environ["RANK"]) != rank_to_fail:
+        return
+    original = loop.train
+
+    def train(*args, **kwargs):
+        original(*args, **kwargs)
+        raise WriteError(Path("run") / "summary.txt", "No space left on device", 28)
+
+    loop.train = train
+
+
 def run_cases(base: Path, cases: list[dict]) -> None:
     dist = init_from_env()  # one process group for every case
     original = tasks.TaskRunner.train_step
@@ -90,6 +108,12 @@ def worker(argv: list[str]) -> int:
     if mode == "hang":
         _patch_step(1, _hang)
         return cli_main(rest)
+    if mode == "fail0-after":
+        _fail_after_training(0)
+        code = cli_main(rest)
+        if os.environ["RANK"] == "0":
+            time.sleep(600)  # a process slow to exit: the others must not wait for it
+        return code
     if mode == "cases":
         run_cases(base, json.loads(Path(rest[0]).read_text()))
         return 0

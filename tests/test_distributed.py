@@ -58,8 +58,20 @@ def _env(**extra) -> dict:
 
 
 def _launch(args: list[str], timeout: float = 240, **env) -> subprocess.CompletedProcess:
-    return subprocess.run([*TORCHRUN, *args], env=_env(**env), capture_output=True, text=True,
-                          timeout=timeout)
+    """torchrun ``args``; past ``timeout`` seconds the launcher and its ranks are killed (no
+    rank outlives a failed test) and the test fails."""
+    cmd = [*TORCHRUN, *args]
+    proc = subprocess.Popen(cmd, env=_env(**env), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        for pid in _children(proc.pid):  # the ranks (torchrun starts them in sessions of their own)
+            os.kill(pid, signal.SIGKILL)
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"torchrun ran past {timeout} s:\n{out[-3000:]}{err[-3000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def _weights(run: Path) -> dict:
@@ -212,6 +224,7 @@ class _RankOneOfTwo(DistContext):
 
 def test_errors_of_another_rank_are_marked_and_reported_once(monkeypatch):
     from lipschitz_rnn.cli import error_line
+    from lipschitz_rnn.train import distributed
     from lipschitz_rnn.train.distributed import origin_rank
 
     d = _RankOneOfTwo(rank=1, world_size=2)
@@ -223,9 +236,15 @@ def test_errors_of_another_rank_are_marked_and_reported_once(monkeypatch):
     with pytest.raises(RuntimeError) as own:
         d.agree(lambda: (_ for _ in ()).throw(RuntimeError("mine")))
     assert origin_rank(own.value) is None  # its own error: this rank reports it
+    with pytest.raises(KeyError) as same:  # the error rank 0 met too: rank 0 reports it
+        d.agree(lambda: (_ for _ in ()).throw(KeyError("rank 0's own")))
+    assert origin_rank(same.value) == 0
 
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")
+    # before the processes joined, an error is one of the arguments: rank 0 prints it
+    assert error_line("error: ", own.value) is None
+    monkeypatch.setattr(distributed, "_GROUPS_CREATED", 1)  # as after init_from_env
     assert error_line("error: ", e1.value) is None  # rank 0 prints it
     assert error_line("error: ", own.value) == "rank 1: error: mine"
     assert error_line("interrupted", None, every_rank=False) is None
@@ -301,9 +320,22 @@ def test_kill_resume_and_cross_resume(tmp_path):
     cross = tmp_path / "cross"
     shutil.copytree(run, cross)
 
-    # the same command with --resume (rank 1 has no run directory at all) ends at the weights
-    # of the uninterrupted run
-    proc = _launch([WORKER, str(base), "cli", "train", "--resume", "run"])
+    # the same command with another setting that defines the run, plus --resume: refused on
+    # rank 0 (the only one with the run directory), one message, nothing written
+    files = lambda: {p.relative_to(run): p.read_bytes()  # noqa: E731
+                     for p in run.rglob("*") if p.is_file()}
+    before = files()
+    proc = _launch([WORKER, str(base), "cli", *CLI, "--set", "hidden_size=8", "--out", "run",
+                    "--resume"])
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert out.count("was started with another configuration") == 1, out
+    assert "hidden_size: 16 in the run, 8 now" in out and "rank 1:" not in out
+    assert files() == before
+
+    # the same command plus --resume, as the README says (rank 1 has no run directory at all),
+    # ends at the weights of the uninterrupted run
+    proc = _launch([WORKER, str(base), "cli", *CLI, "--out", "run", "--resume"])
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert _same(run, full)
     assert list((base / "rank1").iterdir()) == []
@@ -325,6 +357,58 @@ def test_a_hung_rank_stops_the_run_within_the_timeout(tmp_path):
     assert proc.returncode != 0
     out = proc.stdout + proc.stderr
     assert "rank 0 of 2" in out and "did not answer within 3 s" in out, out
+
+
+TINY_CLI = ["train", "--task", "digits", "--model", "rnn", "--set", "hidden_size=4",
+            "--set", "epochs=1", "--set", "max_batches=2"]
+
+
+def test_a_rank_failing_after_training_stops_the_others_at_once(tmp_path):
+    """Rank 0 fails once training is over (the others wait at the final barrier) and is slow to
+    exit: the others stop with its status at once (not after the 300 s timeout), and torchrun
+    then ends rank 0; its message is printed once."""
+    t0 = time.monotonic()
+    proc = _launch([WORKER, str(tmp_path), "fail0-after", *TINY_CLI, "--out", "run"],
+                   timeout=FAIL_LIMIT_S, LIPSCHITZ_RNN_DIST_TIMEOUT="300")
+    assert time.monotonic() - t0 < FAIL_LIMIT_S
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert out.count("No space left on device") == 1, out
+    assert "rank 1:" not in out
+    assert "lipschitz_rnn/cli" not in out and "lipschitz_rnn/train" not in out  # no traceback
+    assert (tmp_path / "rank0" / "run" / "results.json").is_file()  # it had trained
+
+
+def test_a_usage_error_is_printed_once(tmp_path):
+    proc = _launch([WORKER, str(tmp_path), "cli", "train", "--out", "run", "--resume",
+                    "--no-such-option"], timeout=FAIL_LIMIT_S)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert out.count("unrecognized arguments: --no-such-option") == 1, out
+    assert out.count("usage: ") == 1
+
+
+def test_usage_and_settings_errors_only_on_rank_zero(tmp_path, monkeypatch, capsys):
+    """Every rank meets the same usage or settings error before the processes join: rank 0
+    prints it, the others exit with the same status silently."""
+    from lipschitz_rnn.cli import main
+
+    bad_args = ["train", "--task", "digits", "--model", "nope", "--out", str(tmp_path / "r")]
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for rank, silent in (("1", True), ("0", False)):
+        monkeypatch.setenv("RANK", rank)
+        with pytest.raises(SystemExit) as e:
+            main(["train", "--preset"])
+        assert e.value.code == 2
+        usage = capsys.readouterr()
+        assert main(bad_args) == 2
+        settings = capsys.readouterr()
+        if silent:
+            assert usage.out + usage.err + settings.out + settings.err == ""
+        else:
+            assert "expected one argument" in usage.err
+            assert "--model must be one of" in settings.out
+    assert not (tmp_path / "r").exists()
 
 
 # --- pieces, in this process ---------------------------------------------------------------------

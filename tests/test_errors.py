@@ -69,3 +69,78 @@ def test_sequence_model_arguments():
         SequenceModel(LipschitzRNN(2, 3), 4, mode="first")
     with pytest.raises(ValueError, match="output_size"):
         SequenceModel(LipschitzRNN(2, 3), 0)
+
+
+# --- output paths and damaged files (lipschitz_rnn._io) -----------------------------------------
+def test_paths_that_cannot_be_created_name_path_and_reason(tmp_path):
+    import pickle
+
+    from lipschitz_rnn._io import (
+        WriteError,
+        atomic_write_text,
+        check_creatable_dir,
+        ensure_dir,
+        write_json,
+    )
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    for call, target in ((lambda: ensure_dir(blocker / "a" / "b"), blocker / "a" / "b"),
+                         (lambda: check_creatable_dir(blocker / "a"), blocker / "a"),
+                         (lambda: atomic_write_text(blocker / "r.html", "<p>"), blocker / "r.html"),
+                         (lambda: write_json(blocker / "d" / "x.json", {}, checksum=True),
+                          blocker / "d" / "x.json")):
+        with pytest.raises(WriteError) as e:
+            call()
+        assert e.value.path == target and e.value.errno == 20
+        assert str(e.value).endswith(f"{target}: Not a directory ({blocker} is a file)")
+        assert isinstance(e.value, OSError) and "\n" not in str(e.value)
+        back = pickle.loads(pickle.dumps(e.value))  # travels to the other ranks of a run
+        assert type(back) is WriteError and str(back) == str(e.value)
+    assert blocker.read_text() == "x" and list(tmp_path.iterdir()) == [blocker]
+    check_creatable_dir(tmp_path / "new" / "deeper")  # writes nothing
+    assert ensure_dir(tmp_path / "new" / "deeper").is_dir()
+
+
+def test_damaged_json_and_checksum_files_are_named(tmp_path):
+    from lipschitz_rnn._io import DamagedFileError, checksum_path, read_json, write_json
+
+    path = tmp_path / "results.json"
+    write_json(path, {"a": 1}, checksum=True)
+    assert read_json(path) == {"a": 1}
+    checksum_path(path).write_text("not a checksum\n")
+    with pytest.raises(DamagedFileError, match="checksum file .*results.json.sha256.* is damaged"):
+        read_json(path)
+    checksum_path(path).unlink()  # a file of an older version: read unverified
+    path.write_text('{"a": 2}')
+    assert read_json(path) == {"a": 2}
+    path.write_text('{"a": ')
+    with pytest.raises(DamagedFileError, match="results.json is damaged .not JSON"):
+        read_json(path)
+
+
+def test_resume_configuration_differences():
+    from lipschitz_rnn.train.config import TrainConfig
+    from lipschitz_rnn.train.rundir import config_differences, resume_overrides_from
+
+    run = TrainConfig(hidden_size=8, epochs=2, model_kwargs={"eps": 0.3}).validate()
+    same = TrainConfig(hidden_size=8, epochs=2, model_kwargs={"eps": 0.3}, tensorboard=True,
+                       description="another text").validate()
+    assert config_differences(run, same) == {}
+    longer = TrainConfig(hidden_size=8, epochs=5, lr=0.001, model_kwargs={"eps": 0.3}).validate()
+    assert resume_overrides_from("run", run, longer) == {"epochs": 5, "lr": 0.001}
+    other = TrainConfig(hidden_size=16, epochs=5, model_kwargs={"eps": 0.1, "solver": "rk2"})
+    assert config_differences(run, other.validate()) == {
+        "hidden_size": (8, 16), "model.eps": (0.3, 0.1), "model.solver": (None, "rk2"),
+        "epochs": (2, 5)}
+    with pytest.raises(ValueError, match=r"hidden_size: 8 in the run, 16 now; model.eps: 0.3 "
+                                         r"in the run, 0.1 now; model.solver: None"):
+        resume_overrides_from("run", run, other)
+
+
+def test_resume_takes_config_or_overrides(tmp_path):
+    from lipschitz_rnn.train.config import TrainConfig
+    from lipschitz_rnn.train.loop import train
+
+    with pytest.raises(ValueError, match="config .* or overrides .*, not both"):
+        train(TrainConfig(), tmp_path, resume=True, overrides={"epochs": 3})

@@ -1,14 +1,18 @@
 """The command line under faults and bad input: every failure a named message and an exit code,
 nothing half-written, nothing silently ignored."""
 
+import io
 import json
 import os
 import random
+import re
+import shutil
 import signal
 import stat
 import subprocess
 import sys
 import time
+import zipfile
 
 import pytest
 import torch
@@ -268,3 +272,276 @@ def test_messages_keep_their_brackets(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(train_pkg.loop, "load_run", load_run)
     assert main(["certify", str(tmp_path)]) == 2
     assert "[grid] lr: the list is empty" in capsys.readouterr().out
+
+
+# --- resume: the same command plus --resume ---------------------------------------------------
+def test_the_same_command_plus_resume_continues_the_run(tmp_path, reference, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--set", "epochs=1", "--out", str(out)]) == 0
+    # the command of the reference run (epochs=2), plus --resume: one more epoch, the same
+    # weights as the uninterrupted run; the resumable difference is recorded
+    assert main(["train", *TINY, "--out", str(out), "--resume"]) == 0
+    assert _same_weights(out, reference)
+    (record,) = [json.loads(line) for line in (out / "resumes.jsonl").read_text().splitlines()]
+    assert record["changed"] == {"epochs": [1, 2]}
+    # the finished run, the same command again: nothing left to train, nothing changed
+    before = (out / "checkpoints" / "last.pt").read_bytes()
+    assert main(["train", *TINY, "--out", str(out), "--resume"]) == 0
+    assert (out / "checkpoints" / "last.pt").read_bytes() == before
+
+
+def test_the_same_command_plus_resume_refuses_another_configuration(tmp_path, reference,
+                                                                   capsys):
+    files = {p: p.read_bytes() for p in reference.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    code = main(["train", *TINY, "--set", "hidden_size=16", "--set", "model.solver=rk2",
+                 "--out", str(reference), "--resume"])
+    assert code == 2
+    (line,) = capsys.readouterr().out.strip().splitlines()
+    assert "hidden_size: 8 in the run, 16 now" in line and "model.solver: None in the run" in line
+    assert str(reference) in line
+    # --resume without a value needs --out; --force and --resume contradict each other; the
+    # value form keeps refusing what it refused
+    assert main(["train", *TINY, "--resume"]) == 2
+    assert "--out RUN_DIR" in capsys.readouterr().out
+    assert main(["train", *TINY, "--out", str(reference), "--resume", "--force"]) == 2
+    assert "--force" in capsys.readouterr().out
+    assert main(["train", "--resume", str(reference), "--preset", "digits-lipschitz"]) == 2
+    assert "--out RUN_DIR --resume" in capsys.readouterr().out
+    assert main(["train", *TINY, "--out", str(tmp_path / "none"), "--resume"]) == 2
+    assert "config.toml missing" in capsys.readouterr().out
+    assert {p: p.read_bytes() for p in reference.rglob("*") if p.is_file()} == files
+
+
+# --- output paths that cannot be created or written ----------------------------------------------
+def _one_line(capsys) -> str:
+    captured = capsys.readouterr()
+    lines = (captured.out + captured.err).strip().splitlines()
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def test_output_paths_through_a_file_exit_4(tmp_path, reference, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("mine")
+    spec = tmp_path / "spec.toml"
+    spec.write_text('task = "digits"\nmodel = "rnn"\n[set]\nepochs = 1\n[grid]\nlr = [0.001]\n')
+    for args, target in (
+        (["train", *TINY, "--out", str(blocker / "run")], blocker / "run"),
+        (["train", *TINY, "--out", str(blocker)], blocker),
+        (["sweep", str(spec), "--out", str(blocker / "sweep")], blocker / "sweep"),
+        (["report", str(reference), "--out", str(blocker / "r.html")], blocker / "r.html"),
+    ):
+        assert main(args) == 4, args
+        line = _one_line(capsys)
+        assert line.startswith("error: could not") and str(target) in line, line
+        assert "Not a directory" in line and "File exists" not in line, line
+    assert blocker.read_text() == "mine" and sorted(tmp_path.iterdir()) == [blocker, spec]
+
+
+def test_unwritable_report_exits_4_and_leaves_nothing(tmp_path, reference, monkeypatch, capsys):
+    def refuse(*a, **k):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(_io.tempfile, "mkstemp", refuse)
+    target = tmp_path / "r.html"
+    assert main(["report", str(reference), "--out", str(target)]) == 4
+    assert _one_line(capsys) == f"error: could not write {target}: Permission denied"
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_read_only_parent_exits_4_before_training(tmp_path, capsys):
+    ro = tmp_path / "ro"
+    ro.mkdir(mode=0o555)
+    assert main(["train", *TINY, "--out", str(ro / "run")]) == 4
+    line = _one_line(capsys)
+    assert str(ro / "run") in line and "Permission denied" in line
+    assert list(ro.iterdir()) == []
+
+
+def test_os_errors_about_an_output_path_exit_4(tmp_path, reference, monkeypatch, capsys):
+    from lipschitz_rnn import report
+
+    target = tmp_path / "r.html"
+
+    def fail(paths, out):
+        raise IsADirectoryError(21, "Is a directory", str(out))
+
+    monkeypatch.setattr(report, "write_report", fail)
+    assert main(["report", str(reference), "--out", str(target)]) == 4
+    assert _one_line(capsys) == f"error: could not create or write {target}: Is a directory"
+
+    def elsewhere(paths, out):  # not about the output: an internal error, not hidden
+        raise IsADirectoryError(21, "Is a directory", "/somewhere/else")
+
+    monkeypatch.setattr(report, "write_report", elsewhere)
+    with pytest.raises(IsADirectoryError):
+        main(["report", str(reference), "--out", str(target)])
+
+
+# --- checksums: damaged checkpoints and results ---------------------------------------------------
+def _pickle_corruptions(good: bytes, n: int = 512) -> list[tuple[str, bytes]]:
+    """``good`` (a torch zip file) with byte 0x8a written at each of the first ``n`` bytes of
+    its pickle (where parsing fails in many ways: IndexError, TypeError, AssertionError)."""
+    info = next(i for i in zipfile.ZipFile(io.BytesIO(good)).infolist()
+                if i.filename.endswith("data.pkl"))
+    local = info.header_offset  # the local header: 30 bytes, the name, the extra field
+    start = local + 30 + int.from_bytes(good[local + 26:local + 28], "little") + int.from_bytes(
+        good[local + 28:local + 30], "little")
+    out = []
+    for at in range(start, start + min(n, info.file_size)):
+        if good[at] != 0x8A:
+            out.append((f"0x8a at {at}", good[:at] + b"\x8a" + good[at + 1:]))
+    return out
+
+
+def _corruptions(good: bytes, n: int, seed: int = 0) -> list[tuple[str, bytes]]:
+    """``n`` copies of ``good`` with random bytes written at random offsets, truncations, and
+    the empty file."""
+    rng = random.Random(seed)
+    out = []
+    while len(out) < n:
+        b = bytearray(good)
+        size = rng.choice([1, 2, 8, 64, 512])
+        at = rng.randrange(len(b) - size)
+        b[at:at + size] = rng.randbytes(size)
+        if bytes(b) != good:
+            out.append((f"{size} bytes at {at}", bytes(b)))
+    out += [(f"cut to {f}", good[: int(len(good) * f)]) for f in (0.999, 0.9, 0.5, 0.1, 0.01)]
+    return [*out, ("empty", b"")]
+
+
+def test_every_damaged_checkpoint_is_refused_naming_it(tmp_path, reference):
+    src = reference / "checkpoints"
+    good = (src / "last.pt").read_bytes()
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    path = folder / "last.pt"
+    (folder / "last.pt.sha256").write_bytes((src / "last.pt.sha256").read_bytes())
+    path.write_bytes(good)
+    assert load_checkpoint(path)["epoch"] == 3  # the checksum matches the file written
+    for what, data in _corruptions(good, 60) + _pickle_corruptions(good):
+        path.write_bytes(data)
+        with pytest.raises(_io.CheckpointError) as e:
+            load_checkpoint(path)
+        msg = str(e.value)
+        assert msg.startswith(f"checkpoint {path} is damaged") and "\n" not in msg, what
+
+
+def test_damaged_checkpoints_without_checksum_never_escape(tmp_path, reference, caplog):
+    """A checkpoint of an older version (no checksum) loads unverified, with a logged note; a
+    damaged one either loads or raises CheckpointError: never another exception."""
+    import logging
+    import warnings
+
+    path = tmp_path / "last.pt"
+    good = (reference / "checkpoints" / "last.pt").read_bytes()
+    path.write_bytes(good)
+    with caplog.at_level(logging.INFO, logger="lipschitz_rnn._io"):
+        assert load_checkpoint(path)["epoch"] == 3
+    assert "no recorded checksum" in caplog.text and str(path) in caplog.text
+    for what, data in _corruptions(good, 60, seed=1) + _pickle_corruptions(good):
+        path.write_bytes(data)
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            try:
+                load_checkpoint(path)
+            except _io.CheckpointError as e:
+                # one line: no warning before it, no second line in it
+                assert str(path) in str(e) and "\n" not in str(e) and not seen, what
+
+
+def test_damaged_checkpoint_on_the_command_line(tmp_path, reference, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--set", "epochs=1", "--out", str(out)]) == 0
+    assert main(["train", "--resume", str(out), "--set", "epochs=2"]) == 0
+    last = out / "checkpoints" / "last.pt"
+    good = last.read_bytes()
+    capsys.readouterr()
+    for what, data in _corruptions(good, 6, seed=2)[::2]:
+        last.write_bytes(data)
+        assert main(["train", "--resume", str(out), "--set", "epochs=3"]) == 2, what
+        line = _one_line(capsys)
+        assert str(last) in line and "damaged" in line and "--resume-from previous" in line
+        assert main(["evaluate", str(out), "--checkpoint", "last"]) == 2, what
+        line = _one_line(capsys)
+        assert str(last) in line and "--checkpoint best" in line
+    # the previous checkpoint (end of epoch 1) continues to the reference's weights
+    assert main(["train", "--resume", str(out), "--resume-from", "previous"]) == 0
+    assert _same_weights(out, reference)
+
+
+def test_damaged_results_are_refused(tmp_path, reference, capsys):
+    from lipschitz_rnn.train.rundir import read_results
+
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    path = out / "results.json"
+    good = path.read_text()
+    assert read_results(out) == json.loads(good)
+    res = json.loads(good)
+    res["test"]["accuracy"] = 0.99  # still valid JSON: only the checksum tells
+    for text in (json.dumps(res, indent=2) + "\n", good[: len(good) // 2], ""):
+        path.write_text(text)
+        with pytest.raises(_io.DamagedFileError, match=f"{re.escape(str(path))} is damaged"):
+            read_results(out)
+        assert main(["compare", str(out), "--out", str(tmp_path / "cmp")]) == 2
+        line = _one_line(capsys)
+        assert str(path) in line and "damaged" in line
+    assert not (tmp_path / "cmp").exists()
+
+
+def _crash_at(monkeypatch, k: int):
+    """Make the k-th atomic write from now on "crash" (raise; nothing after it runs)."""
+    real = _io.atomic_write_bytes
+    calls = {"n": 0}
+
+    class Crash(Exception):
+        pass
+
+    def write(path, data):
+        calls["n"] += 1
+        if calls["n"] == k:
+            raise Crash(path)
+        real(path, data)
+
+    monkeypatch.setattr(_io, "atomic_write_bytes", write)
+    return Crash, calls
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_a_crash_while_saving_never_makes_a_good_checkpoint_look_damaged(tmp_path, monkeypatch,
+                                                                        legacy):
+    """Crash at every write of save_checkpoint (sidecars, file, previous version), twice in a
+    row: the checkpoint and its previous version always load, as one of the versions saved."""
+    versions = [{"v": torch.full((64,), float(i))} for i in range(4)]
+    for k1 in range(1, 8):
+        for k2 in (0, 2, 4, 5):
+            path = tmp_path / f"{k1}-{k2}" / "last.pt"
+            _io.save_checkpoint(path, versions[0], keep_previous=True)
+            _io.save_checkpoint(path, versions[1], keep_previous=True)
+            if legacy:  # written by an older version: no checksums
+                for p in path.parent.glob("*.sha256"):
+                    p.unlink()
+            for i, k in ((2, k1), (3, k2)):
+                crash, calls = _crash_at(monkeypatch, k)
+                try:
+                    _io.save_checkpoint(path, versions[i], keep_previous=True)
+                except crash:
+                    pass
+                monkeypatch.undo()
+            got = float(load_checkpoint(path)["v"][0])
+            prev = float(load_checkpoint(_io.previous_path(path))["v"][0])
+            assert got in (1.0, 2.0, 3.0) and prev in (0.0, 1.0, 2.0) and prev <= got, (k1, k2)
+
+
+def test_a_damaged_checkpoint_is_not_kept_as_the_previous_version(tmp_path, caplog):
+    path = tmp_path / "last.pt"
+    _io.save_checkpoint(path, {"v": 1}, keep_previous=True)
+    _io.save_checkpoint(path, {"v": 2}, keep_previous=True)
+    path.write_bytes(path.read_bytes()[:-10])
+    _io.save_checkpoint(path, {"v": 3}, keep_previous=True)
+    assert load_checkpoint(path)["v"] == 3
+    assert load_checkpoint(_io.previous_path(path))["v"] == 1  # the good one, kept
+    assert "not kept as last.prev.pt" in caplog.text

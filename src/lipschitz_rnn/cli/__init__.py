@@ -11,6 +11,7 @@ import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 
 from rich.markup import escape
 
@@ -26,7 +27,9 @@ EXIT_CODES = {
     2: "bad usage or input: a wrong argument or setting, missing or damaged data or checkpoint "
     "files (the message names what and where)",
     3: "training diverged (non-finite loss); the message names the epoch and step",
-    4: "a file could not be written (disk full, no permission); the previous version is intact",
+    4: "a file or directory could not be created or written (disk full, no permission, a path "
+    "through a file): one line names it and the system's reason; nothing is left half-written "
+    "and a previous version is intact",
     5: "a distributed run (torchrun) lost a rank: it died, failed or hung past the timeout",
     130: "interrupted (Ctrl-C); a training run saved a checkpoint to --resume from",
 }
@@ -36,8 +39,18 @@ def _exit_codes_help() -> str:
     return "exit status:\n" + "\n".join(f"  {code:<4} {text}" for code, text in EXIT_CODES.items())
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, silent on the ranks other than 0 under torchrun: a usage error (or --help) is
+    printed once, and every rank exits with the same status."""
+
+    def _print_message(self, message, file=None):
+        rank, world = _rank_and_world()
+        if world <= 1 or rank == 0:
+            super()._print_message(message, file)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="lipschitz-rnn",
         description="Lipschitz RNNs and recurrent networks as dynamical systems.",
         epilog=_exit_codes_help(),
@@ -59,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     logging.captureWarnings(True)  # library warnings as one log line, not a source excerpt
     from .._io import WriteError
+    from ..train.distributed import origin_rank
     from ..train.loop import DistributedError, DivergenceError, RunInterrupted
 
     try:
@@ -78,11 +92,60 @@ def main(argv: list[str] | None = None) -> int:
     except DistributedError as e:
         _report("[bold red]error:[/] ", e)
         return 5
-    except (ValueError, TypeError, FileNotFoundError) as e:
+    except OSError as e:
+        if _about_output(e, args):  # e.g. a folder of --out that cannot be created
+            _report("[bold red]error:[/] ", _output_error(e))
+            return 4
+        if isinstance(e, FileNotFoundError):
+            _report("[bold red]error:[/] ", e)
+            return 2
+        if _reported_elsewhere(e, origin_rank):
+            return 1
+        raise
+    except (ValueError, TypeError) as e:
         _report("[bold red]error:[/] ", e)
         return 2
+    except Exception as e:
+        if _reported_elsewhere(e, origin_rank):  # another rank prints it (and its traceback)
+            return 1
+        raise
     finally:
         logging.captureWarnings(False)
+
+
+def _output_paths(args: argparse.Namespace) -> list[Path]:
+    """What the command writes to: ``--out``, and the run directory of ``train --resume``."""
+    paths = [getattr(args, "out", None)]
+    if args.command == "train" and isinstance(getattr(args, "resume", None), str):
+        paths.append(args.resume)
+    return [Path(p).absolute() for p in paths if isinstance(p, (str, os.PathLike)) and p]
+
+
+def _about_output(e: OSError, args: argparse.Namespace) -> bool:
+    """Whether ``e`` concerns an output path: the path itself, inside it, or a folder above it
+    (created on the way)."""
+    outs = _output_paths(args)
+    for name in (e.filename, e.filename2):
+        if isinstance(name, (str, os.PathLike)) and name:
+            f = Path(name).absolute()
+            if any(f == o or f.is_relative_to(o) or o.is_relative_to(f) for o in outs):
+                return True
+    return False
+
+
+def _output_error(e: OSError) -> OSError:
+    from .._io import WriteError, write_error
+
+    if isinstance(e, WriteError):
+        return e
+    return write_error(Path(e.filename), e, "create or write")
+
+
+def _reported_elsewhere(e: BaseException, origin_rank) -> bool:
+    """Under torchrun: ``e`` is the error of another rank, which prints it."""
+    rank, world = _rank_and_world()
+    origin = origin_rank(e)
+    return world > 1 and origin is not None and origin != rank
 
 
 def _rank_and_world() -> tuple[int, int]:
@@ -96,13 +159,17 @@ def _rank_and_world() -> tuple[int, int]:
 def error_line(label: str, e: BaseException | None, *, every_rank: bool = True) -> str | None:
     """The line the CLI prints for ``e`` (rich markup in ``label``, the message literal), or None
     when another process reports it: under torchrun an error that one rank raised and the others
-    re-raise (``origin_rank``) is printed by its own rank alone, and ``every_rank=False`` events
-    (an interrupt reaches every rank) by rank 0 alone. Other ranks' lines start ``rank N:``."""
+    re-raise (``origin_rank``) is printed by its own rank alone, an error raised before the
+    processes joined their group (bad arguments or settings, the same on every rank) and
+    ``every_rank=False`` events (an interrupt reaches every rank) by rank 0 alone. Other ranks'
+    lines start ``rank N:``."""
     rank, world = _rank_and_world()
     if world > 1:
-        from ..train.distributed import origin_rank
+        from ..train.distributed import group_joined, origin_rank
 
         origin = origin_rank(e) if e is not None else None
+        if origin is None and e is not None and not group_joined():
+            origin = 0  # before the processes met: an error of the arguments, the same on all
         if (origin is not None and origin != rank) or (not every_rank and rank != 0):
             return None
     tag = f"rank {rank}: " if world > 1 and rank != 0 else ""

@@ -165,7 +165,12 @@ def run_training(config, out, *, data_dir=None, resume=False, force=False, overr
         results = _train_and_report(config, out, dist, data_dir=data_dir, resume=resume,
                                     force=force, overrides=overrides, resume_from=resume_from,
                                     callbacks=callbacks)
-        dist.close(synchronize=True)
+    except BaseException as e:
+        # the others may already wait at the final barrier: they stop at once with this error
+        dist.report_failure(e)
+        raise
+    else:
+        dist.finish()  # every rank ended well, or this one raises the error of one that did not
         return results
     finally:
         dist.close()

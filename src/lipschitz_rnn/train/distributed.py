@@ -19,6 +19,11 @@ no-ops in a single process, so the training loop has one code path. Rank 0 alone
 directory: :meth:`DistContext.on_main` runs a function there and gives every rank its result or
 its exception; :meth:`DistContext.agree` runs a function on every rank and raises on all of them
 when it fails on any.
+
+The end of a run: every rank calls :meth:`DistContext.finish` when it succeeded, or
+:meth:`DistContext.report_failure` when it failed. Both go through the process group's key-value
+store rather than a collective, so a rank that fails after training (when the others wait at the
+final barrier) makes them stop at once with its error instead of after the timeout.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import math
 import os
 import pickle
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -44,6 +50,7 @@ __all__ = [
     "DistributedError",
     "StepTotals",
     "init_from_env",
+    "group_joined",
     "default_backend",
     "origin_rank",
     "mark_origin",
@@ -63,6 +70,18 @@ ENV_TIMEOUT = "LIPSCHITZ_RNN_DIST_TIMEOUT"
 
 #: words in the RuntimeError of a failed collective (gloo, NCCL), as opposed to any other error
 _COMM_WORDS = ("gloo", "nccl", "timed out", "connection", "peer", "socket", "watchdog")
+
+#: process groups this process has created (:func:`init_from_env`); numbers their store keys
+_GROUPS_CREATED = 0
+#: seconds between two looks at the store in :meth:`DistContext.finish`
+_POLL_S = 0.02
+
+
+def group_joined() -> bool:
+    """Whether this process has joined a process group of several processes
+    (:func:`init_from_env`). An error raised before is one of the command line or the settings,
+    the same on every rank (the command line prints it on rank 0 alone)."""
+    return _GROUPS_CREATED > 0
 
 
 class DistributedError(RuntimeError):
@@ -147,9 +166,12 @@ def init_from_env(*, backend: str | None = None, timeout_s: float | None = None)
         tdist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout))
     except ValueError as e:
         raise ValueError(f"distributed backend {backend!r}: {e}") from e
+    global _GROUPS_CREATED
+    _GROUPS_CREATED += 1
     log.info("rank %d of %d (local rank %d), backend %s, timeout %g s", rank, world,
              local_rank, backend, timeout)
-    return DistContext(rank, world, local_rank, backend, timeout, owns_group=True)
+    return DistContext(rank, world, local_rank, backend, timeout, owns_group=True,
+                       serial=_GROUPS_CREATED)
 
 
 def _is_comm_error(e: BaseException) -> bool:
@@ -201,6 +223,8 @@ class DistContext:
     timeout_s: float = DEFAULT_TIMEOUT_S
     #: the group was created by :func:`init_from_env` (and is destroyed by :meth:`close`)
     owns_group: bool = False
+    #: which of the groups this process created (the same on every rank): names store keys
+    serial: int = 0
 
     @property
     def enabled(self) -> bool:
@@ -330,7 +354,9 @@ class DistContext:
 
     def agree(self, fn: Callable[[], T]) -> T:
         """``fn()`` run on every rank; when it fails on any rank, every rank raises (its own
-        exception, or the lowest failing rank's)."""
+        exception, or the lowest failing rank's). An exception that a lower rank raised too (the
+        same type and message, e.g. missing data on every rank) is marked as that rank's, so
+        that it is reported once."""
         if not self.enabled:
             return fn()
         err: BaseException | None = None
@@ -341,6 +367,10 @@ class DistContext:
             err = e
         errors = self.all_gather_object(None if err is None else _portable(err))
         if err is not None:
+            first = next(r for r, e in enumerate(errors) if e is not None)
+            theirs = errors[first]
+            if first != self.rank and type(theirs) is type(err) and str(theirs) == str(err):
+                mark_origin(err, first)  # the same error met by a lower rank: it reports it
             raise err
         for r, e in enumerate(errors):
             if e is not None:
@@ -360,6 +390,82 @@ class DistContext:
         tot = self.all_sum(v + slots)
         bad = tuple((r, tot[4 + r]) for r in range(self.world_size) if not math.isfinite(tot[4 + r]))
         return StepTotals(tot[0], tot[1], tot[2], tot[3], bad)
+
+    # --- the end of a run ----------------------------------------------------------------------
+    def _store(self):
+        """The process group's key-value store and this group's key prefix, or None (a single
+        process, a group this context does not own, or a torch without it)."""
+        if not (self.enabled and self.owns_group and tdist.is_available()
+                and tdist.is_initialized()):
+            return None
+        get = getattr(tdist.distributed_c10d, "_get_default_store", None)
+        try:
+            store = get() if get is not None else None
+        except Exception:  # noqa: BLE001 - no store: finish() falls back to a barrier
+            return None
+        if store is None:
+            return None
+        prefix = "lipschitz_rnn/end/{}/{}/{}".format(
+            os.environ.get("TORCHELASTIC_RUN_ID", ""),
+            os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"), self.serial)
+        return store, prefix
+
+    def report_failure(self, error: BaseException) -> None:
+        """Tell the other ranks that this one failed with ``error`` (any time, also when the
+        collectives are out of step: a rank waiting in :meth:`finish` raises it at once). Never
+        raises."""
+        found = self._store()
+        if found is None:
+            return
+        store, prefix = found
+        try:
+            store.set(f"{prefix}/error/{self.rank}", pickle.dumps(_portable(error)))
+            store.add(f"{prefix}/failed", 1)
+        except Exception as e:  # noqa: BLE001 - the others then stop at the timeout
+            log.debug("could not report the failure to the other ranks: %s", e)
+
+    def finish(self) -> None:
+        """The final barrier of a run that ended well on this rank: wait until every rank has
+        ended well, then return; raise at once the error of a rank that reported a failure
+        (:meth:`report_failure`; marked as that rank's, which prints it), or
+        :class:`DistributedError` when a rank neither ends nor fails within the timeout. A
+        no-op in a single process."""
+        if not self.enabled:
+            return
+        gc.collect()  # free what still holds gloo work (a finished run's DDP reducer) first
+        found = self._store()
+        if found is None:
+            if self.owns_group and tdist.is_initialized():
+                self.collective("the final barrier", tdist.barrier)
+            return
+        store, prefix = found
+        deadline = time.monotonic() + self.timeout_s
+        try:
+            store.add(f"{prefix}/done", 1)
+            while store.add(f"{prefix}/failed", 0) == 0:
+                if store.add(f"{prefix}/done", 0) >= self.world_size:
+                    return
+                if time.monotonic() > deadline:
+                    raise TimeoutError("timed out")
+                time.sleep(_POLL_S)
+            err = self._reported_error(store, prefix)
+        except Exception as e:  # noqa: BLE001 - timed out, or the store is gone (a host died)
+            raise self.lost("the final barrier", e) from e
+        raise err
+
+    def _reported_error(self, store, prefix: str) -> BaseException:
+        """The error of the lowest rank that reported one, marked as that rank's."""
+        for r in range(self.world_size):
+            key = f"{prefix}/error/{r}"
+            if store.check([key]):
+                try:
+                    err = pickle.loads(store.get(key))
+                except Exception as e:  # noqa: BLE001 - the message could not be read
+                    err = RuntimeError(f"rank {r} failed ({type(e).__name__} reading its error)")
+                if not isinstance(err, BaseException):
+                    err = RuntimeError(f"rank {r} failed")
+                return mark_origin(err, r)
+        return RuntimeError("another rank failed")
 
     def close(self, *, synchronize: bool = False) -> None:
         """Destroy the process group if :func:`init_from_env` created it (a no-op afterwards).

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from .._checks import check_choice
-from .._io import atomic_write_text, load_checkpoint, save_checkpoint, write_json
+from .._io import atomic_write_text, ensure_dir, load_checkpoint, save_checkpoint, write_json
 from .callbacks import Callback, RunContext, StepInfo
 from .config import TrainConfig
 from .distributed import DistContext, DistributedError, init_from_env, mark_origin
@@ -140,10 +140,13 @@ def train(
 ) -> dict:
     """Train per ``config`` into ``out_dir``; return the content of ``results.json``.
 
-    ``resume=True`` continues the run in ``out_dir`` from ``checkpoints/last.pt`` (``config``
-    must then be None: the saved one is used; ``overrides`` may change the keys in
-    :data:`RESUMABLE_KEYS`, recorded in ``config.toml`` and ``resumes.jsonl``;
-    ``resume_from="previous"`` continues from the checkpoint before the last one).
+    ``resume=True`` continues the run in ``out_dir`` from ``checkpoints/last.pt`` with its
+    saved configuration: ``overrides`` may change the keys in :data:`RESUMABLE_KEYS`, recorded
+    in ``config.toml`` and ``resumes.jsonl``; or ``config`` (then without ``overrides``) is the
+    configuration the run must have, as when the command that started it is repeated: a
+    difference in another key raises ValueError naming it, one in :data:`RESUMABLE_KEYS` is
+    applied as an override. ``resume_from="previous"`` continues from the checkpoint before
+    the last one.
     ``should_stop`` is polled after every step; when it returns True (on any rank) the loop
     saves a resumable checkpoint and raises :class:`RunInterrupted`. A non-finite loss raises
     :class:`DivergenceError` naming the epoch and step, leaving the last good checkpoint in
@@ -174,7 +177,10 @@ def _train(config, out: Path, dist: DistContext, *, data_dir, resume, force, ove
            resume_from, progress, should_stop, epoch_end, callbacks) -> dict:
     if resume:
         if config is not None:
-            raise ValueError("config must be None with resume=True (the run's own is used)")
+            if overrides:
+                raise ValueError("resume=True takes config (the run's configuration, checked) "
+                                 "or overrides (changes to the saved one), not both")
+            config.validate()
         check_choice("resume_from", resume_from, ("last", "previous"))
     else:
         if config is None:
@@ -203,7 +209,7 @@ def _train(config, out: Path, dist: DistContext, *, data_dir, resume, force, ove
         if not resume:
             if force:
                 clear_run_files(out)
-            out.mkdir(parents=True, exist_ok=True)
+            ensure_dir(out)
             atomic_write_text(out / "config.toml", config.to_toml())
         elif changes:
             atomic_write_text(out / "config.toml", config.to_toml())
@@ -416,7 +422,7 @@ def _train(config, out: Path, dist: DistContext, *, data_dir, resume, force, ove
         eigs = lipschitz_eigs(model)
         if eigs is not None:
             results["eigenvalues"] = eigs
-        dist.on_main(lambda: write_json(out / "results.json", results))
+        dist.on_main(lambda: write_json(out / "results.json", results, checksum=True))
         for cb in callbacks:
             cb.on_train_end(ctx, results)
         return results

@@ -25,6 +25,7 @@ from ..analysis import (
 )
 from ..analysis.lyapunov import plot_evolution, plot_spectrum
 from .loop import load_run
+from .rundir import read_results
 from .tasks import analysis_batches, loss_function, metric_function
 
 __all__ = [
@@ -193,11 +194,7 @@ def compare_runs(run_dirs, out: str | Path | None = None) -> tuple[str, str]:
     results = []
     for rd in run_dirs:
         run = Path(rd)
-        res_path = run / "results.json"
-        if not res_path.is_file():
-            raise FileNotFoundError(f"run_dir: {run} has no results.json (unfinished run?)")
-        res = json.loads(res_path.read_text())
-        results.append((run, res))
+        results.append((run, read_results(run)))  # verified against its checksum
     tasks = sorted({res.get("task", "?") for _, res in results})
     if len(tasks) > 1:
         warnings.warn(

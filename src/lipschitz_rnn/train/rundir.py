@@ -5,7 +5,9 @@ per epoch), ``checkpoints/last.pt`` (everything needed to resume: model, optimiz
 epoch and step, the epoch's running sums) and ``checkpoints/best.pt`` (the model with the best
 validation metric), and at the end ``results.json``. Every file is written atomically; both
 checkpoints keep their previous version (``last.prev.pt``, ``best.prev.pt``) as a fallback.
-``resumes.jsonl`` records the settings changed when a run was resumed.
+Checkpoints and ``results.json`` have their SHA-256 beside them (``last.pt.sha256``, ...),
+verified on every load (:mod:`lipschitz_rnn._io`). ``resumes.jsonl`` records the settings
+changed when a run was resumed.
 
 Checkpoints hold the plain model's ``state_dict`` (never a ``DistributedDataParallel``
 wrapper's), so a run resumes under any number of processes.
@@ -13,7 +15,9 @@ wrapper's), so a run resumes under any number of processes.
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import random
 import shutil
 import warnings
@@ -25,7 +29,16 @@ import torch
 from torch import nn
 
 from .._checks import check_bool, check_choice
-from .._io import CheckpointError, atomic_write_text, load_checkpoint, previous_path
+from .._io import (
+    CheckpointError,
+    DamagedFileError,
+    WriteError,
+    atomic_write_text,
+    check_creatable_dir,
+    load_checkpoint,
+    previous_path,
+    read_json,
+)
 from ..models import LipschitzRNNCell, SequenceModel, build
 from .config import TrainConfig, resolve_config
 from .tasks import TaskRunner
@@ -34,6 +47,8 @@ __all__ = [
     "RUN_FILES",
     "RESUMABLE_KEYS",
     "apply_resume_overrides",
+    "config_differences",
+    "read_results",
     "build_model",
     "model_sizes",
     "load_run",
@@ -42,8 +57,8 @@ __all__ = [
 ]
 
 #: what a run directory holds besides the analyses' outputs (removed by ``force``)
-RUN_FILES = ("checkpoints", "metrics.jsonl", "results.json", "config.toml", "task_meta.json",
-             "model.json", "resumes.jsonl")
+RUN_FILES = ("checkpoints", "metrics.jsonl", "results.json", "results.json.sha256",
+             "config.toml", "task_meta.json", "model.json", "resumes.jsonl")
 
 #: settings that may change when a run is resumed: the length, the learning-rate schedule and
 #: what is monitored; everything else defines the run and is refused
@@ -168,11 +183,55 @@ def apply_resume_overrides(
     return new, changes
 
 
+#: settings that neither define a run nor change it: a resume ignores their differences
+#: (``tensorboard``: ``train --tensorboard`` turns the logging on for a session)
+_NOT_COMPARED = ("description", "tensorboard")
+
+
+def _flat(config: TrainConfig) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in config.to_dict().items():
+        if k in ("model_kwargs", "task_kwargs"):
+            out.update({f"{k.split('_')[0]}.{kk}": vv for kk, vv in v.items()})
+        elif k not in _NOT_COMPARED:
+            out[k] = v
+    return out
+
+
+def config_differences(run: TrainConfig, given: TrainConfig) -> dict[str, tuple[Any, Any]]:
+    """``{key: (run's value, given value)}`` for every setting in which ``given`` differs from
+    ``run`` (``model.x``/``task.x`` for the model's and task's options; a missing option shows
+    as None). ``description`` and ``tensorboard`` are not compared."""
+    a, b = _flat(run), _flat(given)
+    keys = dict.fromkeys([*a, *b])
+    return {k: (a.get(k), b.get(k)) for k in keys if a.get(k) != b.get(k)}
+
+
+def resume_overrides_from(out: Path, run: TrainConfig, given: TrainConfig) -> dict[str, Any]:
+    """The overrides that turn the run's configuration ``run`` into ``given`` (a resume that
+    repeats the command that started the run): differences in :data:`RESUMABLE_KEYS` are
+    applied; any other difference raises ValueError naming each setting and both values."""
+    diff = config_differences(run, given)
+    refused = {k: v for k, v in diff.items() if k not in RESUMABLE_KEYS}
+    if refused:
+        listed = "; ".join(f"{k}: {a!r} in the run, {b!r} now" for k, (a, b) in refused.items())
+        raise ValueError(
+            f"--resume: the run in {out} was started with another configuration ({listed}). "
+            "These settings define the run: resume with the settings it was started with, or "
+            "start a new run (another --out, or --force to overwrite it)"
+        )
+    return {k: b for k, (_, b) in diff.items()}
+
+
 def check_fresh_run_dir(out: Path, config: TrainConfig, force: bool) -> None:
-    """Refuse to overwrite another run (or other files) unless ``force``; writes nothing."""
+    """Refuse to overwrite another run (or other files) unless ``force``, and an output
+    directory that cannot be created (:class:`~lipschitz_rnn._io.WriteError`); writes
+    nothing."""
     cfg_path = out / "config.toml"
     if out.exists() and not out.is_dir():
-        raise ValueError(f"output directory {out} is a file")
+        raise WriteError(out, f"{os.strerror(errno.ENOTDIR)} (it is a file)", errno.ENOTDIR,
+                         "create directory")
+    check_creatable_dir(out)
     if out.exists() and any(out.iterdir()) and not force:
         what = "a different run" if cfg_path.is_file() else "other files"
         if cfg_path.is_file():
@@ -224,7 +283,9 @@ def load_resume_checkpoint(ckpt_dir: Path, which: str, device) -> dict | None:
 
 def read_run(out: Path, config, *, resume: bool, force: bool, overrides, resume_from: str):
     """(config, changes, checkpoint or None, whether last.pt exists): reads and checks the run
-    directory without writing (rank 0 alone runs it)."""
+    directory without writing (rank 0 alone runs it). On resume ``config`` is None (the run's
+    own, with ``overrides``) or the configuration the run must have
+    (:func:`resume_overrides_from`)."""
     ckpt_dir = out / "checkpoints"
     if not resume:
         check_fresh_run_dir(out, config, force)
@@ -232,7 +293,10 @@ def read_run(out: Path, config, *, resume: bool, force: bool, overrides, resume_
     cfg_path = out / "config.toml"
     if not cfg_path.is_file():
         raise FileNotFoundError(f"--resume: no run in {out} (config.toml missing)")
-    config, changes = apply_resume_overrides(TrainConfig.from_toml(cfg_path.read_text()), overrides)
+    saved = TrainConfig.from_toml(cfg_path.read_text())
+    if config is not None:  # the command that started the run, repeated: it must match
+        overrides = resume_overrides_from(out, saved, config)
+    config, changes = apply_resume_overrides(saved, overrides)
     ck = load_resume_checkpoint(ckpt_dir, resume_from, "cpu")
     if ck is not None:
         done_epochs = int(ck["epoch"]) - (1 if int(ck["step"]) == 0 else 0)
@@ -306,6 +370,18 @@ def load_run(run_dir: str | Path, *, data_dir=None, which: str = "best", device:
     model.load_state_dict(state["model"])
     model.eval()
     return config, runner, model
+
+
+def read_results(run_dir: str | Path) -> dict:
+    """A run's ``results.json``, verified against its checksum. Raises FileNotFoundError for an
+    unfinished run and :class:`~lipschitz_rnn._io.DamagedFileError` naming a damaged file."""
+    path = Path(run_dir) / "results.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"run_dir: {Path(run_dir)} has no results.json (unfinished run?)")
+    res = read_json(path)
+    if not isinstance(res, dict):
+        raise DamagedFileError(f"{path} is damaged (holds {type(res).__name__}, not an object)")
+    return res
 
 
 def evaluate_run(
