@@ -22,7 +22,7 @@ from lipschitz_rnn.models import build
 from lipschitz_rnn.sweep import load_spec, run_sweep
 from lipschitz_rnn.sweep.schedulers import SchedulerContext, make_scheduler
 from lipschitz_rnn.sweep.spec import SchedulerSpec
-from lipschitz_rnn.sweep.trial import run_trial
+from lipschitz_rnn.sweep.trial import EXIT_AFTER_LAST_EPOCH, is_done, run_trial
 from lipschitz_rnn.train.loop import evaluate_run, load_run
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -172,6 +172,52 @@ def test_sweep_end_to_end_killed_resumed_with_diverging_trials(ray_address, tmp_
     # model.init_scale is the Lipschitz cell's init_std
     _, _, model = load_run(out / "trials" / "t002")
     assert model.rnn.cells[0].init_std == 2.0
+
+
+def test_trial_killed_before_its_results_is_finished_on_resume(ray_address, tmp_path,
+                                                                monkeypatch):
+    """The process of the best trial dies right after its last epoch's checkpoint and metrics,
+    before its last spectrum and results.json. The resumed sweep finishes it, and the summary,
+    trials.csv and sweep.json name it as the best trial. The resume runs through the CLI with a
+    local Ray of its own: none of Ray's log lines reach the terminal."""
+    spec = {"task": "digits", "model": "gru",
+            "set": {"hidden_size": 16, "epochs": 2, "batch_size": 64, "max_batches": 5,
+                    "eval_batch_size": 512, "device": "cpu"},
+            "grid": {"lr": [1e-5, 0.05]},  # t001 learns, t000 barely moves
+            "lyapunov": {"at_epochs": [0, 2], "k": 2, "batch": 2}}
+    out = tmp_path / "sweep"
+    monkeypatch.setenv(EXIT_AFTER_LAST_EPOCH, "t001")
+    first = run_sweep(spec, out, max_concurrent=1)
+    tdir = out / "trials" / "t001"
+    assert first["counts"] == {"ok": 1, "failed": 1} and first["best_trial"] == "t000"
+    assert not (tdir / "results.json").exists()
+    metrics = (tdir / "metrics.jsonl").read_text()
+    best = max(json.loads(ln)["valid_accuracy"] for ln in metrics.splitlines())
+    assert [json.loads(ln)["epoch"] for ln in metrics.splitlines()] == [1, 2]
+    monkeypatch.delenv(EXIT_AFTER_LAST_EPOCH)
+
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "lipschitz_rnn", "sweep", "--resume", "--out", str(out),
+         "--num-cpus", "1"], env=env, capture_output=True, text=True, timeout=300)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 0, text
+    assert f"2 ok; best valid accuracy {best:.4g} (t001)" in text
+    assert "Token authentication" not in text and "WARNING" not in text, text
+    if "RAY_AUTH_MODE" not in env:  # Ray's notice of a new local cluster, kept in its log
+        assert "Token authentication" in (out / "ray" / "driver.log").read_text()
+    # finished from its checkpoint, not trained again
+    assert (tdir / "metrics.jsonl").read_text() == metrics
+    results = json.loads((tdir / "results.json").read_text())
+    assert results["best_valid"]["accuracy"] == best
+    rows = {r["trial"]: r for r in read_csv(out / "trials.csv")}
+    assert rows["t001"]["status"] == "ok" and float(rows["t001"]["best_valid"]) == best
+    assert rows["t001"]["le2_max"] != "" and float(rows["t000"]["best_valid"]) < best
+    assert json.loads((out / "sweep.json").read_text())["best"] == {"trial": "t001",
+                                                                   "best_valid": best}
+    with np.load(out / "spectra.npz") as z:
+        assert z["t001_le2"].shape == (2,)
 
 
 # ------------------------------------------------------------------------------------------
@@ -325,13 +371,21 @@ def test_run_trial_reports_each_epoch_with_spectrum_features(tmp_path):
     with np.load(tdir / "probe_spectra.npz") as z:
         spectra = {k: z[k] for k in z.files}
     np.savez(tdir / "probe_spectra.npz", le0=spectra["le0"], le1=spectra["le1"])
+    assert is_done(tdir)
     (tdir / "results.json").unlink()
+    assert not is_done(tdir)  # "ok" without its final files: finished on resume
     (tdir / "trial.json").unlink()
-    again = run_trial(tmp_path, t.id, t.config, spec.lyapunov, inputs)
-    assert again["status"] == "ok" and again["resumed"]
+    again_reports = []
+    again = run_trial(tmp_path, t.id, t.config, spec.lyapunov, inputs,
+                      report=again_reports.append)
+    assert again["status"] == "ok" and again["resumed"] and is_done(tdir)
     with np.load(tdir / "probe_spectra.npz") as z:
         np.testing.assert_allclose(z["le2"], spectra["le2"])
         np.testing.assert_array_equal(z["le0"], spectra["le0"])
+    # no epoch ran, yet the scheduler gets the last epoch's report, with the new spectrum
+    assert len(again_reports) == 1 and again_reports[0]["epoch"] == 2
+    assert again_reports[0]["valid_metric"] == reports[1]["valid_metric"]
+    assert again_reports[0]["le2_max"] == pytest.approx(reports[1]["le2_max"])
 
 
 @pytest.mark.parametrize("name", ["rnn", "lstm", "gru", "odernn", "antisymmetric", "cornn",

@@ -32,6 +32,10 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
     if args.spec is None and not args.resume:
         raise ValueError("give SPEC.toml (or --resume to continue the sweep in --out)")
+    if not args.resume:  # an --out that cannot be created: one line, exit status 4
+        from .._io import check_creatable_dir
+
+        check_creatable_dir(args.out)
     if not args.verbose:  # Tune's advice (e.g. Tuner.restore) is not how a sweep resumes
         logging.getLogger("ray.tune").setLevel(logging.ERROR)
     terminal = console.is_terminal
@@ -139,6 +143,8 @@ def _cmd_study(args: argparse.Namespace) -> int:
         auc = "—" if a["auc"] is None else f"{a['auc']:.3f}"
         r2 = "—" if r["r2"] is None else f"{r['r2']:.3f}"
         console.print(f"  {a['feature_set']:<32} AUC {auc}   R² {r2}", markup=False)
+    for note in s.get("notes", []):  # what could not be computed (—), and why
+        console.print(f"  note: {note}", markup=False)
     if args.replay:
         rp = replay(args.sweep_dir, fraction=args.fraction, min_history=args.min_history,
                     seed=args.seed)

@@ -23,7 +23,7 @@ from .probe import load_probe
 from .spec import LyapunovSpec
 from .trial import last_record, read_status, run_trial, write_status
 
-__all__ = ["init_ray", "shutdown_ray", "fit"]
+__all__ = ["init_ray", "shutdown_ray", "fit", "driver_log"]
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,26 @@ def init_ray(address: str | None, num_cpus: int | None) -> bool:
 
 def shutdown_ray() -> None:
     ray.shutdown()
+
+
+@contextlib.contextmanager
+def driver_log(path: Path) -> Iterator[None]:
+    """Records of Ray's driver-side loggers (``ray`` and below: start-up notices such as
+    "Token authentication is enabled", Tune's advice) go to the file ``path`` (appended) instead
+    of the terminal while the block runs; Ray's own handlers are put back afterwards. The
+    processes of a local Ray log to Ray's session directory as always."""
+    logger = logging.getLogger("ray")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8", delay=True)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    saved = logger.handlers[:], logger.propagate
+    logger.handlers = [handler]
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.handlers, logger.propagate = saved
+        handler.close()
 
 
 def trainable(config: dict[str, Any], ctx: dict[str, Any]) -> None:

@@ -22,7 +22,11 @@
   Empty cells are missing values.
 * ``spectra.npz``: ``{trial}_le{e}`` the batch-mean spectrum (k,), descending, and
   ``{trial}_le{e}_batch`` the spectrum of every probe sequence (batch, k);
-* ``sweep.json``: updated with the status counts.
+* ``sweep.json``: updated with the status counts and ``best`` (the finished trial with the
+  best validation metric: ``{"trial", "best_valid"}``, null when none has one).
+
+A trial whose ``trial.json`` says ``ok`` but whose ``results.json`` is missing is ``pending``:
+its final files are missing, and a resumed sweep finishes it.
 """
 
 from __future__ import annotations
@@ -38,9 +42,9 @@ import numpy as np
 
 from .._io import atomic_write_bytes, atomic_write_text, write_json
 from ..analysis import spectrum_features
-from .trial import features_by_epoch, read_spectra, read_status
+from .trial import FINAL_STATUSES, features_by_epoch, read_spectra, read_status
 
-__all__ = ["collect", "read_sweep_json", "update_sweep_json", "FEATURES", "SWEEP_FILE",
+__all__ = ["collect", "best_trial", "read_sweep_json", "update_sweep_json", "FEATURES", "SWEEP_FILE",
            "TRIALS_FILE", "SPECTRA_NPZ"]
 
 SWEEP_FILE = "sweep.json"
@@ -93,6 +97,8 @@ def trial_row(trial_dir: Path, plan: dict[str, Any], meta: dict[str, Any]) -> tu
     results = json.loads(results_path.read_text()) if results_path.is_file() else None
     if status is None:
         state = "ok" if results is not None else "pending"
+    elif status["status"] == "ok" and results is None:
+        state = "pending"  # its final files are missing: a resumed sweep finishes it
     else:
         state = status["status"]
     records = _records(trial_dir)
@@ -153,5 +159,19 @@ def collect(sweep_dir: str | Path) -> dict[str, int]:
     for row in rows:
         counts[row["status"]] = counts.get(row["status"], 0) + 1
     update_sweep_json(root, counts=counts, complete=counts.get("pending", 0) == 0
-                      and counts.get("failed", 0) == 0)
+                      and counts.get("failed", 0) == 0,
+                      best=best_trial(rows, meta["metric"]["mode"]))
     return counts
+
+
+def best_trial(rows: list[dict[str, Any]], mode: str) -> dict[str, Any] | None:
+    """``{"trial", "best_valid"}`` of the finished trial (``ok``, ``diverged``, ``stopped``)
+    with the best validation metric among ``trials.csv`` rows, or None when none has one."""
+    best = None
+    for row in rows:
+        v = row.get("best_valid")
+        if row["status"] not in FINAL_STATUSES or not _finite(v):
+            continue
+        if best is None or (v > best["best_valid"] if mode == "max" else v < best["best_valid"]):
+            best = {"trial": row["trial"], "best_valid": v}
+    return best

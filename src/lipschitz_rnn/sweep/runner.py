@@ -6,10 +6,14 @@ trial plan, the metric, versions, one entry per session with its wall time) and
 one torch thread each, and finally gathers ``trials.csv`` and ``spectra.npz``
 (:mod:`.results`).
 
-Bookkeeping is the sweep's own, so a driver killed at any moment loses nothing: a trial is
-finished when its ``trial.json`` says ``ok``, ``diverged`` or ``stopped`` (or its
-``results.json`` exists); ``resume=True`` runs the others again, each continuing from its last
-checkpoint. Ray Tune's own files (``DIR/ray/session-N``) are a record, not needed to resume.
+Bookkeeping is the sweep's own, so a driver or trial killed at any moment loses nothing: a
+trial is finished when its ``trial.json`` says ``diverged`` or ``stopped``, or ``ok`` with its
+``results.json`` (or ``results.json`` exists); ``resume=True`` runs the others again, each
+continuing from its last checkpoint (a trial killed after its last epoch only finishes: test
+metric, ``results.json``, a missing spectrum). The summary (status counts, best trial) is read
+from the trial directories (``trials.csv``), not from what Ray reported. Ray Tune's own files
+(``DIR/ray/session-N``) are a record, not needed to resume; the log of Ray's driver goes to
+``DIR/ray/driver.log``, not to the terminal.
 """
 
 from __future__ import annotations
@@ -36,7 +40,10 @@ from .schedulers import SchedulerContext, make_scheduler
 from .spec import SweepSpec, load_spec
 from .trial import FINAL_STATUSES, is_done, read_status
 
-__all__ = ["run_sweep", "SweepProgress", "SWEEP_EXTRA_MESSAGE"]
+__all__ = ["run_sweep", "SweepProgress", "SWEEP_EXTRA_MESSAGE", "DRIVER_LOG"]
+
+#: the log of Ray's driver-side loggers during a sweep, in ``DIR/ray/``
+DRIVER_LOG = "driver.log"
 
 SWEEP_EXTRA_MESSAGE = (
     "sweeps need Ray Tune, which is not installed: pip install 'lipschitz-rnn[sweep]'"
@@ -205,6 +212,8 @@ def run_sweep(
             status = payload["status"]
             state.counts[status] = state.counts.get(status, 0) + 1
             state.event = f"{tid} {status}"
+            # from its run directory: a trial resumed after its last epoch reports no epoch
+            _offer_finished(state, out / "trials" / tid, tid, runner.metric_name)
             # the session's wall time so far, kept should the driver be killed
             session["wall_s"] = time.perf_counter() - t_start
             update_sweep_json(out, sessions=sessions)
@@ -229,20 +238,24 @@ def run_sweep(
                 "threads": 1,
                 "process_settings": trial_process_settings,
             }
-            own_ray = _tune.init_ray(address, num_cpus)
-            try:
-                _tune.fit(out, pending, ctx, session=len(sessions), scheduler=scheduler,
-                          stopper=stopper, max_concurrent=max_concurrent, on_event=on_event)
-            finally:
-                if own_ray:
-                    _tune.shutdown_ray()
+            # Ray's own log lines (e.g. its token-authentication notice) go to a file
+            with _tune.driver_log(out / "ray" / DRIVER_LOG):
+                own_ray = _tune.init_ray(address, num_cpus)
+                try:
+                    _tune.fit(out, pending, ctx, session=len(sessions), scheduler=scheduler,
+                              stopper=stopper, max_concurrent=max_concurrent, on_event=on_event)
+                finally:
+                    if own_ray:
+                        _tune.shutdown_ray()
     finally:
         counts = collect(out)
         wall = time.perf_counter() - t_start
         session.update(ended=_now(), wall_s=wall, trials_run=ran)
-        update_sweep_json(out, sessions=sessions,
-                          wall_s=sum(float(s["wall_s"] or 0.0) for s in sessions))
-    return {"counts": counts, "best": state.best, "best_trial": state.best_trial,
+        meta = update_sweep_json(out, sessions=sessions,
+                                 wall_s=sum(float(s["wall_s"] or 0.0) for s in sessions))
+    # the summary is that of the trial directories (trials.csv), whatever Ray reported
+    best = meta.get("best") or {}
+    return {"counts": counts, "best": best.get("best_valid"), "best_trial": best.get("trial"),
             "metric": runner.metric_name, "mode": mode, "out": str(out)}
 
 

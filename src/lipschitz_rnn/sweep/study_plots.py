@@ -23,14 +23,11 @@ def _metric_label(meta: dict[str, Any]) -> str:
     return f"final {m['name']}" + ("" if m["mode"] == "max" else " (negated)")
 
 
-def write_study_plots(root: Path, rows, y: np.ndarray, meta, spectra, result) -> list[str]:
-    """Write the three figures into ``root``; return their file names."""
+def _epoch_figures(root: Path, rows, y: np.ndarray, meta, spectra, epochs, archs) -> list[str]:
+    """The final metric against lambda_max, and the mean spectra, one panel per LE epoch."""
     from matplotlib import cm, colormaps, colors
 
-    epochs = result["lyapunov_epochs"]
-    archs = sorted({str(r["model"]) for r in rows})
     names = []
-
     fig, axes = new_figure(1, len(epochs), figsize=(4.2 * len(epochs), 3.6))
     for ax, e in zip(axes[0], epochs, strict=True):
         lmax = np.array([r.get(f"le{e}_max") if isinstance(r.get(f"le{e}_max"), float)
@@ -66,6 +63,17 @@ def write_study_plots(root: Path, rows, y: np.ndarray, meta, spectra, result) ->
                  label=_metric_label(meta))
     save_png(fig, root / "study_spectra.png")
     names.append("study_spectra.png")
+    return names
+
+
+def write_study_plots(root: Path, rows, y: np.ndarray, meta, spectra, result) -> list[str]:
+    """Write the three figures into ``root`` (the two per LE epoch only when the sweep has
+    spectra); return their file names."""
+    epochs = result["lyapunov_epochs"]
+    archs = sorted({str(r["model"]) for r in rows})
+    names = []
+    if epochs:  # a sweep without [lyapunov] spectra has only the AUC figure
+        names += _epoch_figures(root, rows, y, meta, spectra, epochs, archs)
 
     entries = [a for a in result["auc"] if a["auc"] is not None]
     fig, axes = new_figure(figsize=(7.0, 0.35 * max(len(entries), 4) + 1.2))

@@ -22,6 +22,7 @@ import contextlib
 import io
 import json
 import logging
+import os
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -55,6 +56,9 @@ STATUS_FILE = "trial.json"
 SPECTRA_FILE = "probe_spectra.npz"
 #: outcomes that a resumed sweep does not run again (``failed`` trials are retried)
 FINAL_STATUSES = ("ok", "diverged", "stopped")
+#: for tests: the process of the trial with this id ends (``os._exit``) right after its last
+#: epoch's checkpoint and metrics are written, before its spectrum and ``results.json``
+EXIT_AFTER_LAST_EPOCH = "LIPSCHITZ_RNN_TEST_EXIT_AFTER_LAST_EPOCH"
 
 
 def read_status(trial_dir: str | Path) -> dict[str, Any] | None:
@@ -74,11 +78,13 @@ def write_status(trial_dir: str | Path, status: str, **fields: Any) -> dict[str,
 
 
 def is_done(trial_dir: str | Path) -> bool:
-    """Whether a trial has a final outcome (``failed`` and unfinished ones are run again)."""
+    """Whether a trial has a final outcome (``failed`` and unfinished ones are run again). An
+    ``ok`` trial is done only with its ``results.json``: one without it is finished on resume."""
     st = read_status(trial_dir)
+    results = (Path(trial_dir) / "results.json").is_file()
     if st is not None:
-        return st["status"] in FINAL_STATUSES
-    return (Path(trial_dir) / "results.json").is_file()
+        return st["status"] in FINAL_STATUSES and (results or st["status"] != "ok")
+    return results
 
 
 def read_spectra(trial_dir: str | Path) -> dict[int, np.ndarray]:
@@ -163,9 +169,18 @@ class SweepCallback(Callback):
         before = run.start_epoch - 1
         if before in self.lyap.at_epochs and before not in self.spectra:
             self._compute(run, before)
+        # resumed after its last epoch (killed before results.json): no epoch runs, so the last
+        # epoch's report is sent from metrics.jsonl, as it would have been
+        last = last_record(self.dir) if self.report is not None else None
+        if last is not None and run.start_epoch > run.config.epochs and \
+                int(last["epoch"]) == run.config.epochs:
+            self.final = report_metrics(last, run.runner.metric_name,
+                                        features_by_epoch(self.spectra))
 
     def on_epoch_end(self, run: RunContext, record: dict) -> None:
         epoch = int(record["epoch"])
+        if epoch == run.config.epochs and os.environ.get(EXIT_AFTER_LAST_EPOCH) == self.dir.name:
+            os._exit(70)  # tests: a kill after the last metrics and checkpoint, before the rest
         if epoch in self.lyap.at_epochs:
             self._compute(run, epoch)
         if self.report is not None:
