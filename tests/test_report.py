@@ -222,13 +222,179 @@ def sweep(runs, tmp_path_factory):
     return d
 
 
+def _lab_sweep(d):
+    """A sweep directory as ``lipschitz-rnn sweep`` and ``study`` leave it, with made-up
+    trial outcomes instead of training: the plan from a real spec, every trial an ordinary run
+    directory (config.toml, metrics.jsonl, results.json, trial.json, probe_spectra.npz), then
+    the sweep's own ``collect`` and ``run_study``. Two units x two learning rates x two init
+    scales: four trials per unit, too few for the study's per-unit correlations."""
+    from dataclasses import asdict
+
+    from lipschitz_rnn.sweep import collect, load_spec, run_study
+
+    spec = load_spec({"task": "digits", "model": "lipschitz",
+                      "set": {"hidden_size": 4, "epochs": 3},
+                      "grid": {"model": ["lipschitz", "gru"], "lr": [0.01, 0.003],
+                               "model.init_scale": [0.5, 1.0]},
+                      "lyapunov": {"at_epochs": [0, 2], "k": 4, "batch": 2}})
+    (d / "sweep.json").write_text(json.dumps({
+        "spec": spec.raw, "task": "digits", "metric": {"name": "accuracy", "mode": "max"},
+        "max_epochs": spec.max_epochs, "swept_keys": spec.swept_keys,
+        "lyapunov": asdict(spec.lyapunov), "scheduler": asdict(spec.scheduler),
+        "probe": {"file": "probe.pt", "shape": [8, 2, 8], "split": "valid", "seed": 0,
+                  "indices": [3, 5]},
+        "trials": spec.plan(), "versions": {"lipschitz-rnn": "0", "torch": "2"},
+        "sessions": [{"started": "2026-01-01T00:00:00+0000", "wall_s": 9.5, "resume": False,
+                      "versions": {"lipschitz-rnn": "0", "torch": "2"}, "trials_run": 8}],
+        "wall_s": 9.5}))
+    rng = np.random.default_rng(0)
+    for t in spec.trials:
+        td = d / "trials" / t.id
+        td.mkdir(parents=True)
+        c = t.config
+        (td / "config.toml").write_text(c.to_toml())
+        scale = c.model_kwargs["init_scale"]
+        top = 0.5 + 0.4 * rng.random()
+        recs = [{"epoch": e, "train_loss": 2.0 / e, "valid_loss": 2.0 / e,
+                 "valid_accuracy": top * (1 - 0.5 ** e), "seconds": 0.1} for e in (1, 2, 3)]
+        (td / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+        (td / "results.json").write_text(json.dumps(
+            {"test": {"accuracy": recs[-1]["valid_accuracy"], "loss": 0.7}}))
+        (td / "trial.json").write_text(json.dumps({"status": "ok", "wall_s": 1.0}))
+        base = -np.arange(1.0, 5.0) * (0.2 if c.model == "gru" else 0.1)
+        le0 = np.stack([base + scale, base + scale - 0.01])  # (batch, k) at initialisation
+        le2 = le0 + rng.normal(0.0, 0.05, size=(1, 4))
+        np.savez(td / "probe_spectra.npz", le0=np.sort(le0)[:, ::-1], le2=np.sort(le2)[:, ::-1])
+    collect(d)
+    run_study(d, folds=2, bootstrap=100)
+    return spec
+
+
+@pytest.fixture(scope="module")
+def lab_sweep(tmp_path_factory):
+    d = tmp_path_factory.mktemp("lab") / "lab"
+    d.mkdir()
+    return d, _lab_sweep(d)
+
+
+def test_sweep_page_curves_and_spectra_by_unit_and_swept_keys(lab_sweep):
+    from lipschitz_rnn.report import figures
+
+    d, spec = lab_sweep
+    text = build_report([d])
+    page = check_self_contained(text)
+    by_part = {s["part"]: s for s in page.sections if s["part"]}
+    assert by_part["trial-curves"]["images"] == 1
+    # spectra without a study: curves, spectra and metric against the largest exponent
+    assert by_part["trial-spectra"]["images"] == 2 and by_part["trial-spectra"]["notes"] == 0
+    # the curves: one panel per unit, colour by one swept key and style by the other, a legend
+    trials = [{"name": t.id, "model": t.config.model, "params": t.params,
+               "records": [json.loads(line) for line in
+                           (d / "trials" / t.id / "metrics.jsonl").read_text().splitlines()]}
+              for t in spec.trials]
+    fig = figures.trial_curves_figure(trials, "accuracy", spec.swept_keys)
+    axes = [ax for ax in fig.axes if ax.get_visible()]
+    assert sorted(ax.get_title() for ax in axes) == ["gru: 4 trial(s)", "lipschitz: 4 trial(s)"]
+    labels = {t.get_text() for leg in fig.legends for t in leg.get_texts()}
+    assert labels == {"lr = 0.003", "lr = 0.01", "model.init_scale = 0.5",
+                      "model.init_scale = 1"}
+    for ax in axes:  # four trials per unit, each its own (colour, style)
+        styles = {(str(line.get_color()), line.get_linestyle()) for line in ax.get_lines()}
+        assert len(ax.get_lines()) == 4 and len(styles) == 4
+    spectra_fig = figures.trial_spectra_figure(
+        [{**t, "spectra": {0: np.zeros(4), 2: np.zeros(4)}} for t in trials], [0, 2],
+        spec.swept_keys)
+    assert len(spectra_fig.axes) == 4 and spectra_fig.legends
+    assert all("per step" in ax.get_ylabel() for ax in spectra_fig.axes[::2])
+    # captions are sentences, never file names
+    captions = re.findall(r"<figcaption>([^<]*)</figcaption>", text)
+    assert captions and all(not c.endswith(".png") and c.endswith(".") for c in captions)
+    assert any("one panel per unit" in c and "coloured by" in c for c in captions)
+
+
+def test_sweep_page_rho_per_unit_is_computed_or_left_out(lab_sweep):
+    from scipy.stats import spearmanr
+
+    d, spec = lab_sweep
+    page = Page(build_report([d]))
+    # the report's own table, from trials.csv: rho per unit where defined
+    rows = list(csv.DictReader((d / "trials.csv").open()))
+    rho = next(t for t in page.tables if t["rows"][0][0] == "LE epoch")
+    assert rho["rows"][0] == ["LE epoch", "all trials", "gru", "lipschitz"]
+    cells = {r[0]: r[1:] for r in rho["rows"][1:]}
+    for j, unit in enumerate(["all", "gru", "lipschitz"]):
+        mine = [r for r in rows if unit == "all" or r["model"] == unit]
+        x = [float(r["le2_max"]) for r in mine]
+        y = [float(r["best_valid"]) for r in mine]
+        assert cells["2"][j] == f"{spearmanr(x, y).statistic:+.2f} (n = {len(mine)})"
+    # no table anywhere in the report holds dashes alone (with four trials per unit, the
+    # study's own table per unit does: it is left out)
+    for t in page.tables:
+        data = [c for r in t["rows"][1:] for c in r[1:]]
+        assert not data or any(c not in ("—", "") for c in data), t["rows"]
+
+
+def test_study_tables_without_values_are_left_out(tmp_path):
+    d = tmp_path / "s"
+    d.mkdir()
+    (d / "sweep.json").write_text("{}")
+    (d / "study.md").write_text(
+        "# Study\n\n## Kept\n\n| epoch | rho |\n|---|---|\n| 0 | 0.5 |\n\n"
+        "## Spearman ρ per unit\n\n| epoch | gru | lstm |\n|---|---|---|\n| 0 | — | — |\n"
+        "| 1 | — | — |\n\n## Notes\n\n- why a cell is empty\n")
+    text = build_report([d])
+    page = Page(text)
+    assert [t["rows"] for t in page.tables if t["rows"][0][0] == "epoch"] == [
+        [["epoch", "rho"], ["0", "0.5"]]]
+    assert "Spearman ρ per unit</h" not in text and "Notes</h" in text
+    assert any("Left out of the study" in n and "Spearman ρ per unit" in n for n in page.notes)
+
+
+def test_sweep_settings_are_tables(lab_sweep):
+    d, spec = lab_sweep
+    text = build_report([d])
+    page = Page(text)
+    assert "<pre>" not in text.split('data-part="sweep-settings"')[1].split("</section>")[0]
+    cells = {r[0]: r[1] for t in page.tables for r in t["rows"] if len(r) == 2}
+    assert cells["grid.lr"] == "0.01, 0.003" and cells["grid.model"] == "lipschitz, gru"
+    assert cells["metric.mode"] == "max" and cells["lyapunov.at_epochs"] == "0, 2"
+    assert cells["trials"] == f"{len(spec.trials)} planned (see the Trials table)"
+    assert cells["torch"] == "2"
+    sessions = next(t for t in page.tables if "trials_run" in t["rows"][0])
+    assert "versions.torch" not in sessions["rows"][0]  # the same as the sweep's versions
+    assert dict(zip(*sessions["rows"], strict=True))["wall_s"] == "9.5"
+
+
+def test_exponent_axes_name_their_unit():
+    from lipschitz_rnn.analysis.plots import evolution_figure, exponent_label
+    from lipschitz_rnn.report import figures
+
+    assert exponent_label(1.0) == "Lyapunov exponent (per step)"
+    assert exponent_label(0.1) == "Lyapunov exponent (per unit time, step dt = 0.1)"
+    fig = evolution_figure([(1, [0.1, -0.2]), (2, [0.0, -0.3])])
+    assert [ax.get_ylabel() for ax in fig.axes[:2]] == ["Lyapunov exponent (per step)"] * 2
+    # a spectrum estimated with dt = 0.5 says so on both panels of the report's figure
+    d = {"mean": [0.1, -0.2], "exponents": [[0.1, -0.2]], "dt": 0.5,
+         "history": [[0.2, -0.1], [0.1, -0.2]], "history_steps": [1, 2]}
+    svg_of = figures.svg_data_uri
+    seen = []
+    figures.svg_data_uri = lambda f: seen.append(f) or svg_of(f)
+    try:
+        figures.lyapunov_spectrum(d)
+    finally:
+        figures.svg_data_uri = svg_of
+    labels = [ax.get_ylabel() for ax in seen[0].axes]
+    assert labels == ["Lyapunov exponent (per unit time, step dt = 0.5)",
+                      "running estimate (per unit time, step dt = 0.5)"]
+
+
 def test_sweep_directory(sweep, runs, tmp_path):
     out = write_report([sweep, runs["lip"]], tmp_path / "sweep.html")
     page = check_self_contained(out.read_text())
     sw = [s for s in page.sections if s["class"] == "sweep"]
     assert len(sw) == 1
     assert [p for p in page.parts() if p not in RUN_PARTS] == [
-        "sweep-settings", "trials", "trial-curves", "study"]
+        "sweep-settings", "trials", "trial-curves", "trial-spectra", "study"]
     by_part = {s["part"]: s for s in page.sections if s["part"]}
     assert by_part["trial-curves"]["images"] == 1 and by_part["study"]["images"] == 1
     trials = next(t for t in page.tables if "trials" in t["class"])

@@ -29,6 +29,7 @@ from .features import entropy_rate, kaplan_yorke_dimension
 __all__ = [
     "new_figure",
     "save_png",
+    "exponent_label",
     "draw_spectrum",
     "plot_spectrum",
     "evolution_figure",
@@ -60,6 +61,25 @@ def save_png(fig: Any, path: str | os.PathLike[str]) -> str:
 # ----------------------------------------------------------------------------------------------
 # Lyapunov spectra
 # ----------------------------------------------------------------------------------------------
+def exponent_label(dt: float | None = 1.0, what: str = "Lyapunov exponent") -> str:
+    """The axis label of exponents estimated with step duration ``dt``: natural log per step
+    for ``dt = 1`` (the estimator's default, and every spectrum the CLI, training and sweeps
+    compute), per unit time otherwise."""
+    dt = 1.0 if dt is None else float(dt)
+    if dt == 1.0:
+        return f"{what} (per step)"
+    return f"{what} (per unit time, step dt = {dt:g})"
+
+
+def _dt_of(spectrum: Any) -> float | None:
+    """The step duration a spectrum records (a LyapunovSpectrum or its dict), else None."""
+    dt = spectrum.get("dt") if isinstance(spectrum, Mapping) else getattr(spectrum, "dt", None)
+    try:
+        return None if dt is None else float(dt)
+    except (TypeError, ValueError):
+        return None
+
+
 def _as_exponent_matrix(spectrum: Any) -> Tensor:
     """(batch, k) float64, sorted descending, from a LyapunovSpectrum (anything with a tensor
     ``exponents``), its ``to_dict()``, or a (k,) / (batch, k) array of exponents."""
@@ -78,9 +98,10 @@ def _as_exponent_matrix(spectrum: Any) -> Tensor:
     return e.sort(-1, descending=True).values
 
 
-def draw_spectrum(ax: Any, spectrum: Any) -> Tensor:
+def draw_spectrum(ax: Any, spectrum: Any, *, dt: float | None = None) -> Tensor:
     """Draw exponent index vs value (batch mean, +-1 std band and min-max spread) on ``ax``;
-    returns the mean spectrum. ``spectrum`` as for :func:`plot_spectrum`."""
+    returns the mean spectrum. ``spectrum`` as for :func:`plot_spectrum`; the y-axis unit
+    follows ``dt``, else the ``dt`` the spectrum records, else 1 (per step)."""
     e = _as_exponent_matrix(spectrum)
     mean, idx = e.mean(0), torch.arange(1, e.shape[1] + 1)
     std = e.std(0) if e.shape[0] > 1 else torch.zeros_like(mean)
@@ -90,32 +111,35 @@ def draw_spectrum(ax: Any, spectrum: Any) -> Tensor:
     ax.plot(idx, mean, "o-" if e.shape[1] <= 40 else "-", color="C0", ms=3, label="mean")
     ax.axhline(0.0, color="k", lw=0.8, ls="--")
     ax.set_xlabel("exponent index")
-    ax.set_ylabel("Lyapunov exponent (per unit time)")
+    ax.set_ylabel(exponent_label(dt if dt is not None else _dt_of(spectrum)))
     ax.legend(loc="best", fontsize="small")
     ax.grid(alpha=0.3)
     return mean
 
 
-def plot_spectrum(spectrum: Any, path: str | os.PathLike[str], *, title: str | None = None) -> str:
+def plot_spectrum(spectrum: Any, path: str | os.PathLike[str], *, title: str | None = None,
+                  dt: float | None = None) -> str:
     """Plot exponent index vs value (batch mean, +-1 std band and min-max spread) to a PNG.
 
     ``spectrum`` is a :class:`~lipschitz_rnn.analysis.LyapunovSpectrum`, its ``to_dict()``, or
-    a (k,) / (batch, k) array. Returns the path.
+    a (k,) / (batch, k) array; ``dt`` (else the one the spectrum records, else 1) names the
+    unit of the exponents on the axis. Returns the path.
     """
     fig, axes = new_figure()
     ax = axes[0, 0]
-    mean = draw_spectrum(ax, spectrum)
+    mean = draw_spectrum(ax, spectrum, dt=dt)
     ky, ent = float(kaplan_yorke_dimension(mean)), float(entropy_rate(mean))
     ax.set_title(title or f"λ1 = {float(mean[0]):.4g}, KY dim = {ky:.3g}, Σλ+ = {ent:.3g}")
     return save_png(fig, path)
 
 
-def evolution_figure(records: Sequence[tuple[Any, Any]], *, title: str | None = None):
+def evolution_figure(records: Sequence[tuple[Any, Any]], *, title: str | None = None,
+                     dt: float | None = None):
     """The figure of :func:`plot_evolution` (a matplotlib Figure, not saved)."""
     recs = list(records)
     if not recs:
         raise ValueError("records is empty: need at least one (epoch, exponents) pair")
-    epochs, spectra = [], []
+    epochs, spectra, dts = [], [], []
     for i, item in enumerate(recs):
         try:
             ep, ex = item
@@ -123,6 +147,7 @@ def evolution_figure(records: Sequence[tuple[Any, Any]], *, title: str | None = 
             raise TypeError(f"records[{i}] must be an (epoch, exponents) pair") from None
         epochs.append(float(ep))
         spectra.append(_as_exponent_matrix(ex).mean(0))
+        dts.append(_dt_of(ex))
     from matplotlib import cm, colormaps, colors
 
     fig, axes = new_figure(1, 2, figsize=(11.0, 4.0))
@@ -133,8 +158,9 @@ def evolution_figure(records: Sequence[tuple[Any, Any]], *, title: str | None = 
     for ep, s in zip(epochs, spectra, strict=True):
         ax1.plot(torch.arange(1, s.numel() + 1), s, color=cmap(norm(ep)), lw=1.2)
     ax1.axhline(0.0, color="k", lw=0.8, ls="--")
+    label = exponent_label(dt if dt is not None else next((d for d in dts if d), None))
     ax1.set_xlabel("exponent index")
-    ax1.set_ylabel("Lyapunov exponent")
+    ax1.set_ylabel(label)
     fig.colorbar(cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax1, label="epoch")
     order = sorted(range(len(epochs)), key=lambda i: epochs[i])
     xs = [epochs[i] for i in order]
@@ -143,6 +169,7 @@ def evolution_figure(records: Sequence[tuple[Any, Any]], *, title: str | None = 
     ax2.plot(xs, [float(spectra[i][-1]) for i in order], "^-", label="λ min")
     ax2.axhline(0.0, color="k", lw=0.8, ls="--")
     ax2.set_xlabel("epoch")
+    ax2.set_ylabel(label)
     ax2.legend(loc="best", fontsize="small")
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
@@ -151,16 +178,17 @@ def evolution_figure(records: Sequence[tuple[Any, Any]], *, title: str | None = 
 
 
 def plot_evolution(
-    records: Sequence[tuple[Any, Any]], path: str | os.PathLike[str], *, title: str | None = None
+    records: Sequence[tuple[Any, Any]], path: str | os.PathLike[str], *, title: str | None = None,
+    dt: float | None = None,
 ) -> str:
     """Plot how the spectrum moved during training, to a PNG.
 
     ``records``: a sequence of ``(epoch, exponents)`` where ``exponents`` is a (k,) list (or
     (batch, k), averaged) or a LyapunovSpectrum / its ``to_dict()``. Left: each epoch's
     spectrum, coloured by epoch; right: the largest, median and smallest exponent against epoch.
-    Returns the path.
+    ``dt``: the unit on the axes, as for :func:`plot_spectrum`. Returns the path.
     """
-    return save_png(evolution_figure(records, title=title), path)
+    return save_png(evolution_figure(records, title=title, dt=dt), path)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
+from rich.markup import escape
 from rich.table import Table
 
 from ._common import console, data_dir_arg, dist_kwargs, distributed_args, run_training
@@ -36,28 +37,17 @@ def _cmd_presets(args: argparse.Namespace) -> int:
     return 0
 
 
+#: the value of ``--resume`` given alone: the run to resume is the one at ``--out``
+RESUME_AT_OUT = ""
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from ..train.config import parse_set, resolve_config
 
-    if args.resume:
-        given = [f"--{n}" for n in ("task", "model", "preset", "out") if getattr(args, n)]
-        if args.force:
-            given.append("--force")
-        if given:
-            raise ValueError(
-                f"--resume continues the run as it was configured; {', '.join(given)} cannot be "
-                "given with it (change epochs, the learning-rate schedule or what is monitored "
-                "with --set KEY=VALUE)"
-            )
-        overrides = parse_set(args.set or [])
-        if args.lyapunov_every is not None:
-            overrides["lyapunov_every"] = args.lyapunov_every
-        run_training(None, args.resume, data_dir=args.data_dir, resume=True,
-                     overrides=overrides, resume_from=args.resume_from, **dist_kwargs(args),
-                     callbacks=_tensorboard(_saved_config(args.resume), args.tensorboard))
-        return 0
+    if args.resume is not None:
+        return _resume(args)
     if args.resume_from != "last":
-        raise ValueError("--resume-from goes with --resume RUN_DIR")
+        raise ValueError("--resume-from goes with --resume")
     if args.out is None:
         raise ValueError("--out RUN_DIR is required (or --resume RUN_DIR)")
     if args.preset is None and (args.task is None or args.model is None):
@@ -73,6 +63,51 @@ def _cmd_train(args: argparse.Namespace) -> int:
     _check_names(config)
     run_training(config, args.out, data_dir=args.data_dir, force=args.force, **dist_kwargs(args),
                  callbacks=_tensorboard(config, False))
+    return 0
+
+
+def _resume(args: argparse.Namespace) -> int:
+    """``train --resume RUN_DIR [--set ...]``: the run as it was configured (``--set`` may change
+    what :data:`~lipschitz_rnn.train.rundir.RESUMABLE_KEYS` lists); ``train ... --out RUN_DIR
+    --resume``: the command that started the run, repeated: its configuration must be the
+    run's (a difference in a resumable setting is applied, any other is refused)."""
+    from ..train.config import parse_set, resolve_config
+
+    natural = args.resume == RESUME_AT_OUT
+    given = [f"--{n}" for n in ("task", "model", "preset") if getattr(args, n)]
+    if natural:
+        if not args.out:
+            raise ValueError("--resume without a value continues the run at --out: give "
+                             "--out RUN_DIR (or --resume RUN_DIR)")
+        if args.force:
+            raise ValueError("--force starts the run at --out again; --resume continues it: "
+                             "give one of them")
+        run_dir = args.out
+    else:
+        if args.out:
+            given.append("--out")
+        if args.force:
+            given.append("--force")
+        if given:
+            raise ValueError(
+                f"--resume RUN_DIR continues the run as it was configured; {', '.join(given)} "
+                "cannot be given with it (change epochs, the learning-rate schedule or what is "
+                "monitored with --set KEY=VALUE; to repeat the command that started the run, "
+                "add --resume without a value to it: ... --out RUN_DIR --resume)"
+            )
+        run_dir = args.resume
+    overrides = parse_set(args.set or [])
+    if args.lyapunov_every is not None:
+        overrides["lyapunov_every"] = args.lyapunov_every
+    config = None
+    if natural and given:  # the run's configuration, checked against the saved one
+        config = resolve_config(task=args.task, model=args.model, preset=args.preset,
+                                overrides=overrides)
+        _check_names(config)
+        overrides = None
+    run_training(config, run_dir, data_dir=args.data_dir, resume=True, overrides=overrides,
+                 resume_from=args.resume_from, **dist_kwargs(args),
+                 callbacks=_tensorboard(_saved_config(run_dir), args.tensorboard))
     return 0
 
 
@@ -125,6 +160,31 @@ def _cmd_certify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _quickstart_dir_state(out: Path, config) -> str:
+    """What ``out`` holds for ``quickstart``: ``"empty"`` (absent or empty), ``"finished"`` or
+    ``"unfinished"`` (a quick-start run with this very configuration, with or without its
+    ``results.json``), or ``"other"`` (another run, or other files)."""
+    from ..train.config import TrainConfig
+
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return "empty"
+    cfg = out / "config.toml"
+    if not out.is_dir() or not cfg.is_file():
+        return "other"
+    try:
+        same = TrainConfig.from_toml(cfg.read_text()) == config
+    except (OSError, ValueError):
+        return "other"
+    if not same:
+        return "other"
+    try:
+        results = json.loads((out / "results.json").read_text())
+        float(results["test"]["accuracy"])
+    except (OSError, ValueError, KeyError, TypeError):  # absent or damaged: train again
+        return "unfinished"
+    return "finished"
+
+
 def _cmd_quickstart(args: argparse.Namespace) -> int:
     from ..stability import certify
     from ..train.config import resolve_config
@@ -134,11 +194,26 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
     if args.epochs is not None:
         overrides["epochs"] = args.epochs
     config = resolve_config(preset="digits-lipschitz", overrides=overrides)
-    console.print(f"[bold]quick start[/]: {config.description}")
-    results = run_training(config, args.out, force=args.force)
+    out = Path(args.out)
+    # the preset's description starts "the quick start: " (for the presets table)
+    what = config.description.removeprefix("the quick start: ")
+    console.print(f"[bold]quick start[/]: {escape(what)}")
+    state = "empty" if args.force else _quickstart_dir_state(out, config)
+    if state == "other":
+        raise ValueError(
+            f"{out} already holds another run or other files; quickstart --force overwrites it, "
+            "quickstart --out DIR trains into another directory"
+        )
+    if state == "finished":  # run twice: show the run already there rather than refuse
+        console.print(f"{out} already holds this quick start, trained earlier: its results are "
+                      "below (quickstart --force trains it again, --out DIR elsewhere)",
+                      markup=False)
+        results = json.loads((out / "results.json").read_text())
+    else:  # an interrupted quick start of the same settings is trained again from the start
+        results = run_training(config, out, force=args.force or state == "unfinished")
     acc = results["test"]["accuracy"]
     console.print(f"[bold green]test accuracy {100 * acc:.2f}%[/]")
-    _, _, model = load_run(args.out, data=False)
+    _, _, model = load_run(out, data=False)
     console.print("[bold]stability certificate of the trained layer[/]")
     for cert in certify(model):
         console.print(str(cert))
@@ -165,9 +240,13 @@ def add_commands(sub) -> None:
     s.add_argument("--out", help="run directory")
     s.add_argument(
         "--resume",
+        nargs="?",
+        const=RESUME_AT_OUT,
         metavar="RUN_DIR",
         help="continue an interrupted run; --set may change epochs, the learning-rate schedule "
-        "and what is monitored (recorded in RUN_DIR/resumes.jsonl)",
+        "and what is monitored (recorded in RUN_DIR/resumes.jsonl). Without RUN_DIR: the run at "
+        "--out, whose configuration must be the one this command gives (the command that "
+        "started it, plus --resume)",
     )
     s.add_argument(
         "--resume-from",
@@ -218,5 +297,6 @@ def add_commands(sub) -> None:
     s.add_argument("--out", default="runs/quickstart", help="run directory")
     s.add_argument("--epochs", type=int, default=None, help="override the number of epochs")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--force", action="store_true", help="overwrite an existing run directory")
+    s.add_argument("--force", action="store_true",
+                   help="train again into --out even when it holds a run (overwriting it)")
     s.set_defaults(func=_cmd_quickstart)

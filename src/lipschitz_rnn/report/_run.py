@@ -18,6 +18,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from .._io import load_checkpoint
+from ..analysis.plots import exponent_label
 from ..models import LipschitzRNNCell, build
 from ..stability import certify_cell
 from . import figures
@@ -266,7 +267,7 @@ def _lyapunov_part(run: RunData) -> str:
     if d is not None:
         s = d.get("summary") or {}
         body += table(["quantity", "value"], [
-            ("largest exponent", s.get("max_exponent")),
+            (exponent_label(d.get("dt"), "largest exponent"), s.get("max_exponent")),
             ("positive exponents", s.get("num_positive")),
             ("Kaplan-Yorke dimension", s.get("kaplan_yorke_dimension",
                                               d.get("kaplan_yorke_dimension_of_mean"))),
@@ -290,7 +291,8 @@ def _lyapunov_part(run: RunData) -> str:
                        f"spectra logged during training at {len(logged)} epoch(s) "
                        "(metrics.jsonl, --lyapunov-every)")
         body += details("Lyapunov summaries per epoch", table(
-            ["epoch", "max", "mean", "median", "Kaplan-Yorke dimension"],
+            ["epoch", *[exponent_label(1.0, k) for k in ("max", "mean", "median")],
+             "Kaplan-Yorke dimension"],
             [[r["epoch"], *[r["lyapunov"].get(k) for k in
                             ("max", "mean", "median", "kaplan_yorke_dimension")]]
              for r in run.records if isinstance(r.get("lyapunov"), dict)]))

@@ -18,7 +18,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from ..analysis.plots import draw_spectrum, evolution_figure
+from ..analysis.plots import draw_spectrum, evolution_figure, exponent_label
 from ..models.solvers import stability_polynomial
 
 __all__ = [
@@ -30,7 +30,13 @@ __all__ = [
     "lyapunov_evolution",
     "hessian_density",
     "robustness_curves",
+    "trial_encoding",
     "trial_curves",
+    "trial_curves_figure",
+    "trial_spectra",
+    "trial_spectra_figure",
+    "metric_vs_lmax",
+    "metric_vs_lmax_figure",
 ]
 
 _RC = {"svg.fonttype": "path", "svg.hashsalt": "lipschitz-rnn-report", "font.size": 9}
@@ -180,7 +186,7 @@ def lyapunov_spectrum(d: dict) -> str:
             color = matplotlib.colormaps["viridis"](j / max(k - 1, 1))
             ax.plot(steps, hist[:, j], lw=1.0, color=color)
         ax.axhline(0.0, color="k", lw=0.8, ls="--")
-        _style(ax, "averaged steps", "running estimate",
+        _style(ax, "averaged steps", exponent_label(d.get("dt"), "running estimate"),
                f"convergence ({len(show)} of {k} exponents)")
     return svg_data_uri(fig)
 
@@ -232,30 +238,217 @@ def robustness_curves(curves: dict, metric: str) -> str:
     return svg_data_uri(fig)
 
 
-def trial_curves(trials: Sequence[tuple[str, Sequence[dict]]], metric: str,
-                 higher_is_better: bool) -> str:
-    """The validation metric of every trial of a sweep against epoch, coloured by its best
-    value (the best trial's line on top)."""
-    from matplotlib import cm, colors
+# --- sweeps: every trial, faceted by unit, coloured (and styled) by the swept keys ------------
+_LINE_STYLES = ("-", "--", ":", "-.")
+_MAX_STYLES = len(_LINE_STYLES)
 
-    curves = []
-    for name, records in trials:
-        ep, v = _column(records, f"valid_{metric}")
+
+def _distinct(values: Sequence[Any]) -> list[Any]:
+    """The distinct values, numbers in numeric order first, then the rest as text."""
+    seen: dict[str, Any] = {}
+    for v in values:
+        seen.setdefault(repr(v), v)
+    nums, rest = [], []
+    for v in seen.values():
+        (nums if _is_number(v) else rest).append(v)
+    return sorted(nums) + sorted(rest, key=str)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _value_text(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return "—" if v is None else str(v)
+
+
+def _palette(n: int) -> list[Any]:
+    """``n`` colours told apart easily: matplotlib's cycle, tab20, then a sampled colour map."""
+    if n <= 10:
+        return [f"C{i}" for i in range(n)]
+    if n <= 20:
+        return [matplotlib.colormaps["tab20"](i) for i in range(n)]
+    return [matplotlib.colormaps["turbo"](i / (n - 1)) for i in range(n)]
+
+
+def trial_encoding(trials: Sequence[dict], swept: Sequence[str]) -> tuple[list[dict], list, str]:
+    """How a sweep's trials are told apart in its figures.
+
+    ``trials``: dicts with ``"model"`` and ``"params"`` (the swept key -> value of the trial);
+    ``swept``: the swept keys. The unit (``model``) is the facet; of the other swept keys but the
+    seed, the one with the most values colours the lines (a sequential colour map for numbers)
+    and a second one with at most four values sets the line style; with more keys than that, each
+    configuration gets a colour of its own. Seeds of one configuration share colour and style.
+    Returns (per trial ``{"color", "ls"}``, the legend handles, a phrase saying what colour and
+    style mean, for the caption).
+    """
+    from matplotlib.lines import Line2D
+
+    keys = [k for k in swept if k not in ("model", "seed")]
+    values = {k: _distinct([t["params"].get(k) for t in trials]) for k in keys}
+    keys = sorted((k for k in keys if len(values[k]) > 1), key=lambda k: -len(values[k]))
+    if not keys and "seed" in swept:
+        seeds = _distinct([t["params"].get("seed") for t in trials])
+        if len(seeds) > 1:
+            keys, values["seed"] = ["seed"], seeds
+    if not keys:  # nothing but the unit is swept: one colour per unit
+        models = _distinct([t.get("model") for t in trials])
+        colors = dict(zip(map(repr, models), _palette(len(models)), strict=True))
+        enc = [{"color": colors[repr(t.get("model"))], "ls": "-"} for t in trials]
+        handles = [Line2D([], [], color=colors[repr(m)], label=_value_text(m)) for m in models]
+        return enc, handles, "coloured by unit"
+    if len(keys) <= 2 and (len(keys) == 1 or len(values[keys[1]]) <= _MAX_STYLES):
+        ck = keys[0]
+        cv = values[ck]
+        if all(_is_number(v) for v in cv) and len(cv) > 2:
+            cmap = matplotlib.colormaps["viridis"]
+            cols = [cmap(0.9 * i / (len(cv) - 1)) for i in range(len(cv))]
+        else:
+            cols = _palette(len(cv))
+        color_of = dict(zip(map(repr, cv), cols, strict=True))
+        sk = keys[1] if len(keys) == 2 else None
+        style_of = ({repr(v): _LINE_STYLES[i] for i, v in enumerate(values[sk])}
+                    if sk else {})
+        enc = [{"color": color_of[repr(t["params"].get(ck))],
+                "ls": style_of.get(repr(t["params"].get(sk)), "-") if sk else "-"}
+               for t in trials]
+        handles = [Line2D([], [], color=color_of[repr(v)], lw=2, label=f"{ck} = {_value_text(v)}")
+                   for v in cv]
+        if sk:
+            handles += [Line2D([], [], color="0.3", ls=style_of[repr(v)],
+                               label=f"{sk} = {_value_text(v)}") for v in values[sk]]
+        what = f"coloured by {ck}" + (f", line style by {sk}" if sk else "")
+        return enc, handles, what
+    # several keys: a colour per configuration
+    labels = [", ".join(f"{k}={_value_text(t['params'].get(k))}" for k in keys) for t in trials]
+    distinct = list(dict.fromkeys(labels))
+    color_of = dict(zip(distinct, _palette(len(distinct)), strict=True))
+    enc = [{"color": color_of[lab], "ls": "-"} for lab in labels]
+    handles = [Line2D([], [], color=color_of[lab], lw=2, label=lab) for lab in distinct]
+    return enc, handles, f"coloured by configuration ({', '.join(keys)})"
+
+
+def _facet_grid(nrows: int, ncols: int, panel_w: float, panel_h: float, legend: bool):
+    fig = Figure(figsize=(panel_w * ncols + (2.6 if legend else 0.3), panel_h * nrows + 0.6),
+                 layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False, sharey=True)
+    return fig, axes
+
+
+def _legend(fig: Figure, handles: list, title: str | None = None) -> None:
+    if not handles:
+        return
+    ncol = 1 if len(handles) <= 16 else 2
+    try:
+        fig.legend(handles=handles, loc="outside right upper", fontsize="small", title=title,
+                   ncol=ncol)
+    except ValueError:  # pragma: no cover - matplotlib < 3.7 has no "outside" locations
+        fig.legend(handles=handles, loc="upper right", fontsize="small", title=title, ncol=ncol)
+
+
+def _models(trials: Sequence[dict]) -> list[Any]:
+    return _distinct([t.get("model") for t in trials])
+
+
+def trial_curves_figure(trials: Sequence[dict], metric: str, swept: Sequence[str] = ()) -> Figure:
+    """The validation ``metric`` of every trial against epoch: one panel per unit (``model``),
+    lines told apart by the swept keys (:func:`trial_encoding`), with a legend. ``trials``:
+    dicts with ``"name"``, ``"model"``, ``"params"`` and ``"records"`` (``metrics.jsonl``)."""
+    shown = []
+    for t in trials:
+        ep, v = _column(t.get("records") or [], f"valid_{metric}")
         if ep.size and np.isfinite(v).any():
-            best = np.nanmax(v) if higher_is_better else np.nanmin(v)
-            curves.append((best, name, ep, v))
-    fig, (ax,) = _new(1, width=6.8, height=3.8)
-    if curves:
-        curves.sort(key=lambda c: c[0] if higher_is_better else -c[0])
-        bests = [c[0] for c in curves]
-        lo, hi = min(bests), max(bests)
-        spread = hi - lo > 1e-9 * max(1.0, abs(hi))
-        norm = colors.Normalize(lo, hi if spread else lo + 1.0)
-        cmap = matplotlib.colormaps["viridis" if higher_is_better else "viridis_r"]
-        for best, _, ep, v in curves:
-            ax.plot(ep, v, "-", marker="o", ms=2, lw=1.0, alpha=0.85,
-                    color=cmap(norm(best)) if spread else "C0")
-        if spread:  # one colour when every trial ends at the same value
-            fig.colorbar(cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label=f"best {metric}")
-    _style(ax, "epoch", f"validation {metric}", f"{len(curves)} trials")
-    return svg_data_uri(fig)
+            shown.append((t, ep, v))
+    enc, handles, _ = trial_encoding([t for t, _, _ in shown], swept)
+    models = _models([t for t, _, _ in shown]) or [None]
+    ncols = min(len(models), 4)
+    nrows = math.ceil(len(models) / ncols)
+    fig, axes = _facet_grid(nrows, ncols, 3.8 if ncols > 1 else 5.6, 3.0, bool(handles))
+    flat = list(axes.flat)
+    for n, (ax, model) in enumerate(zip(flat, models, strict=False)):
+        mine = [(t, ep, v, e) for (t, ep, v), e in zip(shown, enc, strict=True)
+                if repr(t.get("model")) == repr(model)]
+        for _, ep, v, e in mine:
+            ax.plot(ep, v, ls=e["ls"], color=e["color"], marker="o", ms=2, lw=1.0, alpha=0.85)
+        title = f"{_value_text(model)}: {len(mine)} trial(s)" if model is not None else (
+            f"{len(mine)} trial(s)")
+        _style(ax, "epoch", f"validation {metric}" if n % ncols == 0 else "", title)
+    for ax in flat[len(models):]:
+        ax.set_visible(False)
+    _legend(fig, handles)
+    return fig
+
+
+def trial_curves(trials: Sequence[dict], metric: str, swept: Sequence[str] = ()) -> str:
+    """:func:`trial_curves_figure` as an SVG ``data:`` URI."""
+    return svg_data_uri(trial_curves_figure(trials, metric, swept))
+
+
+def trial_spectra_figure(trials: Sequence[dict], epochs: Sequence[int],
+                         swept: Sequence[str] = ()) -> Figure:
+    """The mean Lyapunov spectrum of every trial on the sweep's probe: one row per unit, one
+    column per LE epoch, lines told apart as in :func:`trial_curves_figure`. ``trials``: dicts
+    with ``"model"``, ``"params"`` and ``"spectra"`` (epoch -> mean spectrum, per step)."""
+    shown = [t for t in trials if any(e in t.get("spectra", {}) for e in epochs)]
+    enc, handles, _ = trial_encoding(shown, swept)
+    models = _models(shown) or [None]
+    fig, axes = _facet_grid(len(models), len(epochs), 3.4, 2.6, bool(handles))
+    for i, model in enumerate(models):
+        mine = [(t, e) for t, e in zip(shown, enc, strict=True)
+                if repr(t.get("model")) == repr(model)]
+        for j, epoch in enumerate(epochs):
+            ax = axes[i, j]
+            for t, e in mine:
+                lam = t["spectra"].get(epoch)
+                if lam is None:
+                    continue
+                lam = np.asarray(lam, dtype=np.float64)
+                ax.plot(np.arange(1, lam.size + 1), lam, ls=e["ls"], color=e["color"], lw=1.0,
+                        alpha=0.85, marker="o" if lam.size <= 16 else None, ms=2)
+            ax.axhline(0.0, color="k", lw=0.8, ls="--")
+            when = "at initialisation" if epoch == 0 else f"after epoch {epoch}"
+            head = f"{_value_text(model)}, " if model is not None else ""
+            _style(ax, "exponent index" if i == len(models) - 1 else "",
+                   exponent_label(1.0) if j == 0 else "", f"{head}{when}")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    _legend(fig, handles)
+    return fig
+
+
+def trial_spectra(trials: Sequence[dict], epochs: Sequence[int], swept: Sequence[str] = ()) -> str:
+    """:func:`trial_spectra_figure` as an SVG ``data:`` URI."""
+    return svg_data_uri(trial_spectra_figure(trials, epochs, swept))
+
+
+def metric_vs_lmax_figure(trials: Sequence[dict], epochs: Sequence[int], metric: str) -> Figure:
+    """The best validation ``metric`` of every trial against its largest exponent at each LE
+    epoch (one panel each), coloured by unit. ``trials``: dicts with ``"model"``, ``"best"``
+    and ``"lmax"`` (epoch -> largest exponent of the mean spectrum, per step)."""
+    models = _models(trials)
+    colors = dict(zip(map(repr, models), _palette(len(models)), strict=True))
+    fig, axes = _facet_grid(1, len(epochs), 3.6, 3.0, bool(models))
+    for j, epoch in enumerate(epochs):
+        ax = axes[0, j]
+        for m in models:
+            pts = [(t["lmax"][epoch], t["best"]) for t in trials
+                   if repr(t.get("model")) == repr(m) and t.get("best") is not None
+                   and t.get("lmax", {}).get(epoch) is not None]
+            if pts:
+                x, y = zip(*pts, strict=True)
+                ax.scatter(x, y, s=16, color=colors[repr(m)], alpha=0.85)
+        ax.axvline(0.0, color="k", lw=0.8, ls="--")
+        when = "at initialisation" if epoch == 0 else f"after epoch {epoch}"
+        _style(ax, exponent_label(1.0, "largest exponent"),
+               f"best validation {metric}" if j == 0 else "", when)
+    from matplotlib.lines import Line2D
+
+    _legend(fig, [Line2D([], [], ls="", marker="o", color=colors[repr(m)],
+                         label=_value_text(m)) for m in models], title="unit")
+    return fig
+
+
+def metric_vs_lmax(trials: Sequence[dict], epochs: Sequence[int], metric: str) -> str:
+    """:func:`metric_vs_lmax_figure` as an SVG ``data:`` URI."""
+    return svg_data_uri(metric_vs_lmax_figure(trials, epochs, metric))
