@@ -89,9 +89,17 @@ def flossing_loss(
         inputs: (T, batch, features) driving inputs, as for ``lyapunov_spectrum``.
         target: the value every exponent is pushed toward (0: neither expanding nor
             contracting; per unit time when ``dt`` is set).
-        steps, h0, k, warmup, reorth_every, dt, batch_first, generator, dtype: exactly as for
-            :func:`~lipschitz_rnn.analysis.lyapunov_spectrum`; the loss averages the same
-            ``(batch, k)`` exponents that it returns.
+        steps: as for :func:`~lipschitz_rnn.analysis.lyapunov_spectrum` (so are all the
+            arguments below); the loss averages the same ``(batch, k)`` exponents that it
+            returns.
+        h0: the initial state.
+        k: the number of exponents pushed toward ``target`` (default: all).
+        warmup: steps run first and not averaged (they are in the graph).
+        reorth_every: steps between re-orthonormalisations, or ``"auto"``.
+        dt: the time one step represents.
+        batch_first: whether ``inputs`` are batch-major.
+        generator: draws the random initial tangent basis (default: seeded with 0).
+        dtype: the precision of the run (default float64).
 
     Returns:
         A scalar tensor (``dtype``) that autograd differentiates with respect to the system's
