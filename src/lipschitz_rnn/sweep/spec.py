@@ -7,7 +7,7 @@
     hidden_size = 8
     "model.eps" = 0.1                     # or a [set.model] table
     [grid]                                # every combination of the listed values
-    model = ["rnn", "lstm"]
+    model = ["rnn", "lstm"]                # ([[grid]] tables: the union of their products)
     "model.init_scale" = [0.1, 1.0]
     seed = [0, 1]                         # seeds repeat a configuration
     [sample]                              # n random points, each combined with the grid
@@ -105,6 +105,9 @@ class SweepSpec:
     lyapunov: LyapunovSpec
     scheduler: SchedulerSpec
     trials: list[TrialPlan]
+    #: the grids whose products are unioned (one for ``[grid]``, several for ``[[grid]]``);
+    #: ``grid`` lists every grid key with all its values
+    grids: list[dict[str, list]] = field(default_factory=list)
 
     @property
     def swept_keys(self) -> list[str]:
@@ -265,9 +268,19 @@ def _parse_scheduler(d: Any) -> SchedulerSpec:
     return SchedulerSpec(kind, options)
 
 
+def _parse_grids(d: Any) -> list[dict[str, list]]:
+    """``[grid]`` (one table) or ``[[grid]]`` (an array of tables: the union of their
+    products, e.g. flossing variants for some units only)."""
+    if isinstance(d, list):
+        if not d:
+            raise ValueError("[[grid]]: the array is empty; give at least one table")
+        return [_parse_grid(g) for g in d]
+    return [_parse_grid(d)]
+
+
 def _parse_grid(d: Any) -> dict[str, list]:
     if not isinstance(d, dict):
-        raise TypeError(f"[grid] must be a table, got {d!r}")
+        raise TypeError(f"[grid] must be a table (or [[grid]] an array of tables), got {d!r}")
     grid = _flatten("grid", d)
     if not grid:
         raise ValueError("[grid]: the table is empty; list the values of at least one key")
@@ -412,7 +425,8 @@ def load_spec(spec: str | Path | dict[str, Any]) -> SweepSpec:
     for key, value in fixed.items():
         _check_key("set", key)
         _check_value("set", key, value)
-    grid = _parse_grid(raw["grid"]) if "grid" in raw else {}
+    grids = _parse_grids(raw["grid"]) if "grid" in raw else []
+    grid = {k: [v for g in grids for v in g.get(k, [])] for g in grids for k in g}
     n, sample_seed, dists = _parse_sample(raw["sample"]) if "sample" in raw else (1, 0, {})
     if not grid and not dists:
         raise ValueError("sweep spec: nothing to sweep; give [grid] and/or [sample]")
@@ -431,7 +445,8 @@ def load_spec(spec: str | Path | dict[str, Any]) -> SweepSpec:
     lyap = _parse_lyapunov(raw.get("lyapunov", {}))
     sched = _parse_scheduler(raw.get("scheduler", {}))
 
-    combos = [dict(zip(grid, vals, strict=True)) for vals in itertools.product(*grid.values())]
+    combos = [dict(zip(g, vals, strict=True)) for g in grids
+              for vals in itertools.product(*g.values())] or [{}]
     points = _draw(dists, n, sample_seed) if dists else [{}]
     params_list = [_per_unit({**c, **p}, base) for c in combos for p in points]
     width = max(3, len(str(len(params_list) - 1)))
@@ -450,4 +465,4 @@ def load_spec(spec: str | Path | dict[str, Any]) -> SweepSpec:
     if len({t.config.task for t in trials}) > 1:  # pragma: no cover - task is never swept
         raise ValueError("sweep spec: every trial must train the same task")
     return SweepSpec(raw, base, fixed, grid, n if dists else 0, sample_seed, dists, lyap, sched,
-                     trials)
+                     trials, grids)

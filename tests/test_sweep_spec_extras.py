@@ -1,4 +1,4 @@
-"""Per-unit ranges in a sweep's [sample] table (``by_model``)."""
+"""Sweep specs beyond one grid: per-unit ranges in [sample] (``by_model``) and [[grid]] unions."""
 
 import math
 
@@ -76,3 +76,34 @@ def test_bad_by_model_is_refused_naming_the_key(dist, exc, needle):
     with pytest.raises(exc, match=needle) as info:
         load_spec(_spec(**{"model.init_scale": dist}))
     assert "[sample] model.init_scale" in str(info.value)
+
+
+def test_grid_array_is_the_union_of_its_products(tmp_path):
+    p = tmp_path / "s.toml"
+    p.write_text(
+        'task = "digits"\nmodel = "rnn"\n[set]\nhidden_size = 4\n'
+        '[[grid]]\nmodel = ["lstm", "gru"]\nseed = [0, 1]\n'
+        '[[grid]]\nmodel = ["rnn"]\nlr = [0.001, 0.01, 0.1]\nseed = [0, 1]\n'
+    )
+    spec = load_spec(p)
+    got = [(t.config.model, t.params.get("lr"), t.config.seed) for t in spec.trials]
+    assert got == [("lstm", None, 0), ("lstm", None, 1), ("gru", None, 0), ("gru", None, 1)] + [
+        ("rnn", lr, s) for lr in (0.001, 0.01, 0.1) for s in (0, 1)]
+    assert spec.swept_keys == ["model", "seed", "lr"]
+    assert len(spec.grids) == 2 and spec.grid["model"] == ["lstm", "gru", "rnn"]
+    # seeds repeat a configuration, across the grids too
+    assert len({t.config_id for t in spec.trials}) == 5
+    assert [t.id for t in spec.trials] == [f"t{i:03d}" for i in range(10)]
+
+
+def test_grid_array_times_sample_and_its_errors():
+    spec = load_spec({**BASE, "grid": [{"model": ["rnn"]}, {"model": ["gru"], "seed": [3]}],
+                      "sample": {"n": 2, "lr": {"loguniform": [1e-4, 1e-2]}}})
+    assert [t.config.model for t in spec.trials] == ["rnn", "rnn", "gru", "gru"]
+    assert spec.trials[0].params["lr"] == spec.trials[2].params["lr"]  # the same draws
+    with pytest.raises(ValueError, match=r"\[\[grid\]\]: the array is empty"):
+        load_spec({**BASE, "grid": []})
+    with pytest.raises(ValueError, match=r"\[grid\] lr: the list is empty"):
+        load_spec({**BASE, "grid": [{"model": ["rnn"]}, {"lr": []}]})
+    with pytest.raises(ValueError, match=r"\[grid\] hidden_size: also in \[set\]"):
+        load_spec({**BASE, "grid": [{"model": ["rnn"]}, {"hidden_size": [2]}]})
