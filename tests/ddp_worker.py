@@ -23,8 +23,8 @@ import torch
 
 from lipschitz_rnn.cli import main as cli_main
 from lipschitz_rnn.models import _native
-from lipschitz_rnn.train import tasks
-from lipschitz_rnn.train.config import TrainConfig
+from lipschitz_rnn.runs import tasks
+from lipschitz_rnn.runs.config import TrainConfig
 from lipschitz_rnn.train.distributed import init_from_env, origin_rank
 from lipschitz_rnn.train.loop import train
 

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from lipschitz_rnn.cli import main
-from lipschitz_rnn.train.config import TrainConfig
+from lipschitz_rnn.runs.config import TrainConfig
 from lipschitz_rnn.train.loop import train
 
 

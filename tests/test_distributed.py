@@ -28,10 +28,11 @@ from torch import nn
 
 from lipschitz_rnn._io import load_checkpoint
 from lipschitz_rnn.data.task import Task
-from lipschitz_rnn.train import tasks
-from lipschitz_rnn.train.config import TrainConfig
+from lipschitz_rnn.runs import tasks
+from lipschitz_rnn.runs.config import TrainConfig
+from lipschitz_rnn.runs.rundir import evaluate_run
 from lipschitz_rnn.train.distributed import DistContext, init_from_env
-from lipschitz_rnn.train.loop import evaluate_run, train
+from lipschitz_rnn.train.loop import train
 
 TESTS = Path(__file__).parent
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]

@@ -120,8 +120,7 @@ def test_damaged_json_and_checksum_files_are_named(tmp_path):
 
 
 def test_resume_configuration_differences():
-    from lipschitz_rnn.train.config import TrainConfig
-    from lipschitz_rnn.train.rundir import config_differences, resume_overrides_from
+    from lipschitz_rnn.runs.config import TrainConfig, config_differences, resume_overrides_from
 
     run = TrainConfig(hidden_size=8, epochs=2, model_kwargs={"eps": 0.3}).validate()
     same = TrainConfig(hidden_size=8, epochs=2, model_kwargs={"eps": 0.3}, tensorboard=True,
@@ -139,7 +138,7 @@ def test_resume_configuration_differences():
 
 
 def test_resume_takes_config_or_overrides(tmp_path):
-    from lipschitz_rnn.train.config import TrainConfig
+    from lipschitz_rnn.runs.config import TrainConfig
     from lipschitz_rnn.train.loop import train
 
     with pytest.raises(ValueError, match="config .* or overrides .*, not both"):

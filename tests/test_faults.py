@@ -192,7 +192,7 @@ def test_compare_warns_on_different_tasks(tmp_path, reference, caplog):
                  "--set", "epochs=1", "--set", "max_batches=2", "--set", "task.length=10",
                  "--set", "task.n_train=64", "--out", str(other)]) == 0
     with pytest.warns(UserWarning, match="different tasks"):
-        from lipschitz_rnn.train.run_analyses import compare_runs
+        from lipschitz_rnn.runs.analyses import compare_runs
 
         md, _ = compare_runs([reference, other])
     assert "[digits]" in md and "[adding]" in md
@@ -264,12 +264,12 @@ def test_kill_at_random_points_then_resume(tmp_path):
 
 def test_messages_keep_their_brackets(tmp_path, capsys, monkeypatch):
     """rich reads "[grid]" as a style tag and drops it; the CLI prints messages literally."""
-    from lipschitz_rnn import train as train_pkg
+    from lipschitz_rnn.runs import rundir
 
     def load_run(*a, **k):
         raise ValueError("[grid] lr: the list is empty")
 
-    monkeypatch.setattr(train_pkg.loop, "load_run", load_run)
+    monkeypatch.setattr(rundir, "load_run", load_run)
     assert main(["certify", str(tmp_path)]) == 2
     assert "[grid] lr: the list is empty" in capsys.readouterr().out
 
@@ -473,7 +473,7 @@ def test_damaged_checkpoint_on_the_command_line(tmp_path, reference, capsys):
 
 
 def test_damaged_results_are_refused(tmp_path, reference, capsys):
-    from lipschitz_rnn.train.rundir import read_results
+    from lipschitz_rnn.runs.rundir import read_results
 
     out = tmp_path / "run"
     shutil.copytree(reference, out)

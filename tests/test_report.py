@@ -20,10 +20,11 @@ from matplotlib.figure import Figure
 from lipschitz_rnn.cli import main
 from lipschitz_rnn.report import build_report, default_report_path, write_report
 from lipschitz_rnn.report._html import markdown
+from lipschitz_rnn.runs.analyses import hessian_run, lyapunov_run, robustness_run
+from lipschitz_rnn.runs.config import TrainConfig
+from lipschitz_rnn.runs.rundir import load_run
 from lipschitz_rnn.stability import certify
-from lipschitz_rnn.train.config import TrainConfig
-from lipschitz_rnn.train.loop import load_run, train
-from lipschitz_rnn.train.run_analyses import hessian_run, lyapunov_run, robustness_run
+from lipschitz_rnn.train.loop import train
 
 RUN_PARTS = ["config", "curves", "certificate", "lyapunov", "hessian", "robustness"]
 
@@ -441,6 +442,20 @@ def test_missing_pieces_are_notes(runs, tmp_path):
     joined = " ".join(page.notes)
     assert "hessian.json could not be read" in joined
     assert "could not be rebuilt" in joined and "damaged" in joined
+
+
+def test_results_are_read_verified(runs, tmp_path):
+    """The report reads results.json through the run directory's reader: numbers that do not
+    match the checksum recorded when the run wrote them are a note, not the run's results."""
+    run = tmp_path / "tampered"
+    shutil.copytree(runs["lip"], run, ignore=shutil.ignore_patterns("checkpoints"))
+    res = json.loads((run / "results.json").read_text())
+    res["num_parameters"] = 987654321
+    (run / "results.json").write_text(json.dumps(res))
+    text = build_report([run])
+    joined = " ".join(Page(text).notes)
+    assert "results.json could not be read" in joined and "damaged" in joined
+    assert "987654321" not in text
 
 
 def test_not_a_run_is_refused_and_nothing_written(runs, tmp_path, capsys):

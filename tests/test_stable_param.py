@@ -23,8 +23,8 @@ from lipschitz_rnn.models.solvers import (
     rk_step,
     stability_polynomial,
 )
+from lipschitz_rnn.runs.config import parse_set, resolve_config
 from lipschitz_rnn.stability import certify
-from lipschitz_rnn.train.config import parse_set, resolve_config
 
 D = torch.float64
 SOLVERS = ["euler", "rk2", "heun"]

@@ -13,9 +13,10 @@ import pytest
 from lipschitz_rnn.analysis import spectrum_features
 from lipschitz_rnn.cli import main
 from lipschitz_rnn.sweep import replay, run_study
-from lipschitz_rnn.sweep.pruning import fit_predictor, make_lyapunov_stopper, predict
+from lipschitz_rnn.sweep.pruning import LyapunovRule
+from lipschitz_rnn.sweep.readout import fit_predictor, predict
 from lipschitz_rnn.sweep.results import FEATURES
-from lipschitz_rnn.sweep.schedulers import SchedulerContext
+from lipschitz_rnn.sweep.schedulers import SchedulerContext, make_scheduler
 from lipschitz_rnn.sweep.spec import SchedulerSpec
 from lipschitz_rnn.sweep.study import grouped_folds
 
@@ -149,7 +150,8 @@ def test_live_stopper_prunes_predicted_losers():
     pytest.importorskip("ray")
     ctx = SchedulerContext(spec=SchedulerSpec(kind="lyapunov", options={"min_history": 4}),
                            mode="max", max_epochs=3, at_epochs=(0, 1), sweep_dir=None)
-    stop = make_lyapunov_stopper(ctx)
+    sched, stop = make_scheduler(ctx)
+    assert sched is None and isinstance(stop.rule, LyapunovRule)
 
     def result(epoch, lmax, acc):
         r = {"epoch": epoch, "valid_metric": acc}
@@ -168,7 +170,7 @@ def test_live_stopper_prunes_predicted_losers():
     bad = SchedulerContext(spec=SchedulerSpec(kind="lyapunov", options={"decision_epoch": 2}),
                            mode="max", max_epochs=3, at_epochs=(0, 1), sweep_dir=None)
     with pytest.raises(ValueError, match="decision_epoch"):
-        make_lyapunov_stopper(bad)
+        make_scheduler(bad)
 
 
 def test_fit_predictor_recovers_a_linear_trend():
@@ -355,3 +357,49 @@ def test_constant_features_are_reported_in_words_not_as_warnings(tmp_path, capsy
     assert "note: constant across trials" in out
     for text in (out, err, caplog.text):
         assert "Warning" not in text and "py.warnings" not in text
+
+
+def test_sweep_modules_import_the_package_at_the_top_only():
+    """The study and pruning share sweep/readout.py: no module of sweep/ imports a module of the
+    package inside a function (an import circle in disguise; the optional Ray adapter ``_tune``
+    aside), and none registers a scheduler as a side effect of being imported."""
+    import ast
+    from pathlib import Path
+
+    import lipschitz_rnn.sweep
+
+    hidden, registered = [], []
+    for path in sorted(Path(lipschitz_rnn.sweep.__file__).parent.glob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in tree.body:
+            call = node.value if isinstance(node, ast.Expr) else None
+            if isinstance(call, ast.Call) and getattr(call.func, "id", "") == "register_scheduler":
+                registered.append(path.name)
+        for fn in ast.walk(tree):
+            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for n in ast.walk(fn):
+                names = [n.module] if getattr(n, "module", None) else [
+                    a.name for a in getattr(n, "names", [])]
+                if isinstance(n, ast.ImportFrom) and n.level > 0 and names != ["_tune"]:
+                    hidden.append(f"{path.name}:{n.lineno} {'.' * n.level}{names}")
+    assert hidden == [] and registered == []
+    # every kind is in the static table, whatever was imported before
+    from lipschitz_rnn.sweep.schedulers import _FACTORIES
+    from lipschitz_rnn.sweep.spec import SCHEDULER_KINDS
+
+    assert set(_FACTORIES) == set(SCHEDULER_KINDS)
+
+
+def test_scores_read_integer_cells_as_numbers():
+    """A trials.csv reader may give an integer cell as int (an accuracy of exactly 1): it is a
+    metric like any other, not a missing one; a bool or a text is none."""
+    from lipschitz_rnn.sweep.readout import number, scores, spectrum_vector
+
+    rows = [{"best_valid": 1}, {"best_valid": 0.5}, {"best_valid": None}, {"best_valid": "nan?"}]
+    np.testing.assert_array_equal(scores(rows, "max"), [1.0, 0.5, 0.5, 0.5])
+    np.testing.assert_array_equal(scores(rows, "min"), [-1.0, -0.5, -1.0, -1.0])
+    assert np.isnan(number(True)) and number(2) == 2.0
+    record = {f"le1_{f}": i for i, f in enumerate(FEATURES)}
+    np.testing.assert_array_equal(spectrum_vector(record, 1), np.arange(len(FEATURES)))
+    assert spectrum_vector({**record, f"le1_{FEATURES[0]}": None}, 1) is None

@@ -19,11 +19,11 @@ import torch
 from lipschitz_rnn.analysis import spectrum_features
 from lipschitz_rnn.cli import main
 from lipschitz_rnn.models import build
+from lipschitz_rnn.runs.rundir import evaluate_run, load_run
 from lipschitz_rnn.sweep import load_spec, run_sweep
 from lipschitz_rnn.sweep.schedulers import SchedulerContext, make_scheduler
 from lipschitz_rnn.sweep.spec import SchedulerSpec
 from lipschitz_rnn.sweep.trial import EXIT_AFTER_LAST_EPOCH, is_done, run_trial
-from lipschitz_rnn.train.loop import evaluate_run, load_run
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 

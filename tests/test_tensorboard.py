@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from lipschitz_rnn.cli import main
+from lipschitz_rnn.runs.config import TrainConfig, resolve_config
+from lipschitz_rnn.runs.rundir import load_run
 from lipschitz_rnn.stability import certify
-from lipschitz_rnn.train.callbacks import RunContext, StepInfo
-from lipschitz_rnn.train.config import TrainConfig, resolve_config
-from lipschitz_rnn.train.loop import RunInterrupted, load_run, train
+from lipschitz_rnn.train.callbacks import Callback, RunContext, StepInfo
+from lipschitz_rnn.train.loop import RunInterrupted, train
 from lipschitz_rnn.train.tensorboard import TensorBoardLogger, tensorboard_callbacks
 
 event_accumulator = pytest.importorskip(
@@ -102,14 +103,16 @@ def test_non_cell_model_logs_no_certificate(tmp_path):
 
 def test_resume_logs_every_step_once(tmp_path):
     out = tmp_path / "run"
-    calls = {"n": 0}
 
-    def stop_after_3():
-        calls["n"] += 1
-        return calls["n"] == 3
+    class StopAfter3(Callback):
+        calls = 0
+
+        def should_stop(self, run):
+            self.calls += 1
+            return self.calls == 3
 
     with pytest.raises(RunInterrupted):
-        train(tiny(epochs=3), out, should_stop=stop_after_3, callbacks=[TensorBoardLogger()])
+        train(tiny(epochs=3), out, callbacks=[TensorBoardLogger(), StopAfter3()])
     train(None, out, resume=True, callbacks=[TensorBoardLogger()])
     acc = read_events(out / "tb")
     assert steps_of(acc, "step/loss") == list(range(1, 13))

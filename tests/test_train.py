@@ -7,14 +7,10 @@ import torch
 
 from lipschitz_rnn._io import load_checkpoint
 from lipschitz_rnn.cli import main
-from lipschitz_rnn.train.config import TrainConfig, list_presets, parse_set, resolve_config
-from lipschitz_rnn.train.loop import (
-    DivergenceError,
-    RunInterrupted,
-    evaluate_run,
-    load_run,
-    train,
-)
+from lipschitz_rnn.runs.config import TrainConfig, list_presets, parse_set, resolve_config
+from lipschitz_rnn.runs.rundir import evaluate_run, load_run
+from lipschitz_rnn.train.callbacks import Callback
+from lipschitz_rnn.train.loop import DivergenceError, RunInterrupted, train
 
 
 def tiny(task="digits", **kw):
@@ -92,14 +88,16 @@ def test_resume_is_bit_identical(tmp_path):
     train(cfg, full)
 
     part = tmp_path / "part"
-    calls = {"n": 0}
 
-    def stop_after_7():
-        calls["n"] += 1
-        return calls["n"] >= 7  # mid-epoch 2 (5 steps per epoch)
+    class StopAfter7(Callback):
+        calls = 0
+
+        def should_stop(self, run):
+            self.calls += 1
+            return self.calls >= 7  # mid-epoch 2 (5 steps per epoch)
 
     with pytest.raises(RunInterrupted):
-        train(cfg, part, should_stop=stop_after_7)
+        train(cfg, part, callbacks=[StopAfter7()])
     ck = load_checkpoint(part / "checkpoints" / "last.pt")
     # 5 step polls + 1 end-of-epoch poll in epoch 1, then stop after step 1 of epoch 2
     assert (int(ck["epoch"]), int(ck["step"])) == (2, 1)
@@ -113,6 +111,64 @@ def test_resume_is_bit_identical(tmp_path):
     strip = lambda l: {k: v for k, v in json.loads(l).items() if k not in ("seconds", "seq_per_s")}
     assert [strip(l) for l in full_metrics] == [strip(l) for l in part_metrics]
     assert res["test"] == json.loads((full / "results.json").read_text())["test"]
+
+
+class Kick(Callback):
+    """A phase at the start of every epoch that changes the model, as gradient flossing will:
+    steps of its own drawn from its own generator, its state in the checkpoint, its own timing
+    in the epoch's record."""
+
+    state_key = "kick"
+
+    def __init__(self):
+        self.generator = torch.Generator().manual_seed(7)
+        self.steps = 0
+
+    def on_epoch_start(self, run, epoch):
+        with torch.no_grad():
+            for p in run.model.parameters():
+                p.add_(torch.randn(p.shape, generator=self.generator, dtype=p.dtype) * 1e-3)
+        self.steps += 1
+        return {"kick": {"epoch": epoch, "steps_done": self.steps, "seconds": 0.01 * epoch}}
+
+    def state_dict(self):
+        return {"generator": self.generator.get_state(), "steps": self.steps}
+
+    def load_state_dict(self, state):
+        self.generator.set_state(state["generator"])
+        self.steps = int(state["steps"])
+
+
+def test_a_callback_may_train_at_epoch_start_and_resume_exactly(tmp_path):
+    """The loop's extension point for periodic phases: a callback that changes the model at
+    every epoch start, with its generator's state in the checkpoint, gives an interrupted and
+    resumed run the weights and records of an uninterrupted one."""
+    cfg = tiny(epochs=3, max_batches=4, model_kwargs={"solver": "euler", "eps": 0.3})
+    full, part, plain = tmp_path / "full", tmp_path / "part", tmp_path / "plain"
+    train(cfg, full, callbacks=[Kick()])
+    train(cfg, plain)
+
+    class StopAfter6(Callback):
+        calls = 0
+
+        def should_stop(self, run):
+            self.calls += 1
+            return self.calls >= 6  # after step 1 of epoch 2 (4 steps and 1 epoch poll)
+
+    with pytest.raises(RunInterrupted):
+        train(cfg, part, callbacks=[Kick(), StopAfter6()])
+    ck = load_checkpoint(part / "checkpoints" / "last.pt")
+    assert (int(ck["epoch"]), int(ck["step"])) == (2, 1) and ck["callbacks"]["kick"]["steps"] == 2
+    train(None, part, resume=True, callbacks=[Kick()])
+    a, b, c = _weights(full), _weights(part), _weights(plain)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)  # the phase did change the model
+    records = [json.loads(line) for line in (part / "metrics.jsonl").read_text().splitlines()]
+    assert [r["kick"] for r in records] == [
+        {"epoch": e, "steps_done": e, "seconds": 0.01 * e} for e in (1, 2, 3)]
+    strip = lambda r: {k: v for k, v in r.items() if k not in ("seconds", "seq_per_s")}
+    full_records = [json.loads(line) for line in (full / "metrics.jsonl").read_text().splitlines()]
+    assert [strip(r) for r in records] == [strip(r) for r in full_records]
 
 
 def test_divergence_names_epoch_and_step(tmp_path):
@@ -291,7 +347,7 @@ def test_cli_bench_errors(capsys):
 def test_certify_needs_no_data(tmp_path, monkeypatch, capsys):
     """A run writes model.json; load_run(data=False) and `certify` rebuild the model from it
     without reading the data set, and the weights are those of the data-backed load."""
-    import lipschitz_rnn.train.rundir as rundir
+    import lipschitz_rnn.runs.rundir as rundir
 
     out = tmp_path / "run"
     train(tiny(epochs=1, max_batches=2), out)
@@ -353,7 +409,8 @@ def test_ptb_preset_documents_its_initial_transient():
     150-character segment the logits are large, and the carried state makes the next worse."""
     import math
 
-    from lipschitz_rnn.train.rundir import build_model, seed_everything
+    from lipschitz_rnn.runs.model import build_model
+    from lipschitz_rnn.train.rng import seed_everything
 
     desc = list_presets()["ptb-char-lipschitz-256"]
     assert "far above uniform" in desc and "ptb-char-lipschitz-256.toml" in desc

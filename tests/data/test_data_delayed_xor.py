@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from lipschitz_rnn.data import get_task
-from lipschitz_rnn.train.config import TrainConfig
-from lipschitz_rnn.train.loop import evaluate_run, train
+from lipschitz_rnn.runs.config import TrainConfig
+from lipschitz_rnn.runs.rundir import evaluate_run
+from lipschitz_rnn.train.loop import train
 
 
 def _reference_xor(bits, delay):

@@ -175,6 +175,40 @@ def _check_weights(batch_weights: Sequence[float] | None, n: int) -> list[float]
 # --------------------------------------------------------------------------------------------
 # public entry point
 # --------------------------------------------------------------------------------------------
+def _extreme_eigenvalues(op, num_params: int, top_k: int, tol: float, max_iter: int,
+                         rng: np.random.Generator, say, device, dtype) -> tuple[np.ndarray, float]:
+    """(the ``top_k`` largest eigenvalues, decreasing; the smallest) of the Hessian operator:
+    ARPACK's Lanczos (``eigsh``), or the dense Hessian where ARPACK cannot (``k >= n``)."""
+    if top_k >= num_params:  # ARPACK needs k < n: tiny problem, go dense
+        say.phase("all eigenvalues (dense Hessian)", num_params)
+        all_vals = dense_eigenvalues(op, num_params, device, dtype)
+        return all_vals[::-1][:top_k].copy(), float(all_vals[0])
+    op_scipy = say.counting(op.to_scipy(dtype=np.float64))
+    say.phase(f"top {top_k} eigenvalue(s) by Lanczos (eigsh)")
+    top = eigsh_extreme(op_scipy, top_k, "LA", tol, max_iter, rng.standard_normal(num_params))
+    say.phase("smallest eigenvalue by Lanczos (eigsh)")
+    lam_min = float(
+        eigsh_extreme(op_scipy, 1, "SA", tol, max_iter, rng.standard_normal(num_params))[0]
+    )
+    return top[::-1].copy(), lam_min
+
+
+def _streams(seed: int) -> tuple[np.random.Generator, torch.Generator, int]:
+    """The independent random streams of one analysis, from ``seed``: ARPACK's start vectors
+    (NumPy), the Hutchinson probes (torch) and the seed of the density's Lanczos starts."""
+    s_arpack, s_trace, s_density = np.random.SeedSequence(seed).spawn(3)
+    gen = torch.Generator().manual_seed(int(s_trace.generate_state(1, np.uint64)[0]) >> 1)
+    return (np.random.default_rng(s_arpack), gen,
+            int(s_density.generate_state(1, np.uint64)[0]) >> 1)
+
+
+def _condition_number(lam_max: float, lam_min: float) -> float:
+    """``lam_max / |lam_min|`` (signed infinity, or NaN, when ``lam_min`` is 0)."""
+    if lam_min == 0.0:
+        return math.inf if lam_max > 0 else (math.nan if lam_max == 0 else -math.inf)
+    return lam_max / abs(lam_min)
+
+
 def hessian_spectrum(
     model: nn.Module,
     loss_fn: Callable[[Tensor, Tensor], Tensor],
@@ -232,13 +266,12 @@ def hessian_spectrum(
             without trainable parameters; ``loss_fn`` not returning a scalar.
         RuntimeError: Lanczos did not converge on enough eigenvalues within ``max_iter``.
     """
-    top_k = check_int("top_k", top_k, ge=1)
-    max_iter = check_int("max_iter", max_iter, ge=1)
-    trace_samples = check_int("trace_samples", trace_samples, ge=2)
-    density_ncv = check_int("density_ncv", density_ncv, ge=2)
-    density_points = check_int("density_points", density_points, ge=2)
-    density_repeats = check_int("density_repeats", density_repeats, ge=1)
-    seed = check_int("seed", seed, ge=0)
+    # over 80 lines with its signature: 15 documented keyword options, then one pass of phases
+    top_k, max_iter, trace_samples, density_ncv, density_points, density_repeats, seed = (
+        check_int(name, value, ge=low) for name, value, low in (
+            ("top_k", top_k, 1), ("max_iter", max_iter, 1), ("trace_samples", trace_samples, 2),
+            ("density_ncv", density_ncv, 2), ("density_points", density_points, 2),
+            ("density_repeats", density_repeats, 1), ("seed", seed, 0)))
     tol = check_float("tol", tol, gt=0)
     data = materialise_batches(batches, "batches")
     weights = _check_weights(batch_weights, len(data))
@@ -253,11 +286,7 @@ def hessian_spectrum(
     dtype = params[0].dtype
     data = [(to_device(x, device), to_device(y, device)) for x, y in data]
 
-    ss = np.random.SeedSequence(seed)
-    s_arpack, s_trace, s_density = ss.spawn(3)
-    rng = np.random.default_rng(s_arpack)
-    gen = torch.Generator().manual_seed(int(s_trace.generate_state(1, np.uint64)[0]) >> 1)
-    density_seed = int(s_density.generate_state(1, np.uint64)[0]) >> 1
+    rng, gen, density_seed = _streams(seed)
 
     say = Progress(progress, num_params, len(data))
     with (
@@ -268,20 +297,8 @@ def hessian_spectrum(
         loss = average_loss(model, loss_fn, data, weights)
         op = build_operator(model, loss_fn, params, data, weights)
 
-        if top_k >= num_params:  # ARPACK needs k < n: tiny problem, go dense
-            say.phase("all eigenvalues (dense Hessian)", num_params)
-            all_vals = dense_eigenvalues(op, num_params, device, dtype)
-            top = all_vals[::-1][:top_k].copy()
-            lam_min = float(all_vals[0])
-        else:
-            op_scipy = say.counting(op.to_scipy(dtype=np.float64))
-            say.phase(f"top {top_k} eigenvalue(s) by Lanczos (eigsh)")
-            top = eigsh_extreme(op_scipy, top_k, "LA", tol, max_iter, rng.standard_normal(num_params))
-            top = top[::-1].copy()
-            say.phase("smallest eigenvalue by Lanczos (eigsh)")
-            lam_min = float(
-                eigsh_extreme(op_scipy, 1, "SA", tol, max_iter, rng.standard_normal(num_params))[0]
-            )
+        top, lam_min = _extreme_eigenvalues(op, num_params, top_k, tol, max_iter, rng, say,
+                                            device, dtype)
         lam_max = float(top[0])
         lam_min = min(lam_min, float(top[-1]))
 
@@ -304,14 +321,10 @@ def hessian_spectrum(
             ))
 
     say.phase("done")
-    if lam_min == 0.0:
-        kappa = math.inf if lam_max > 0 else (math.nan if lam_max == 0 else -math.inf)
-    else:
-        kappa = lam_max / abs(lam_min)
     return HessianSpectrum(
         eigenvalues=np.asarray(top, dtype=np.float64),
         min_eigenvalue=lam_min,
-        condition_number=kappa,
+        condition_number=_condition_number(lam_max, lam_min),
         trace=tr,
         trace_stderr=stderr,
         trace_samples=used,

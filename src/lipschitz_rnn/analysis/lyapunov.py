@@ -303,6 +303,46 @@ class _Sums:
     householder_count: int
 
 
+def _checked_options(steps, warmup, reorth_every, dt, dtype, k) -> tuple:
+    """(steps, warmup, reorth_every, dt, k) of the estimator, checked (``reorth_every``: an
+    int or ``"auto"``)."""
+    steps = check_optional_int("steps", steps, ge=1)
+    warmup = check_int("warmup", warmup, ge=0)
+    if not (isinstance(reorth_every, str) and reorth_every == "auto"):
+        if isinstance(reorth_every, str):
+            raise ValueError(f"reorth_every must be an int >= 1 or 'auto', got {reorth_every!r}")
+        reorth_every = check_int("reorth_every", reorth_every, ge=1)
+    dt = check_float("dt", dt, gt=0)
+    if dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"dtype must be torch.float64 or torch.float32, got {dtype!r}")
+    return steps, warmup, reorth_every, dt, check_optional_int("k", k, ge=1)
+
+
+def _inputs_and_steps(sysm, inputs, steps, warmup, batch_first, dtype, device) -> tuple:
+    """(time-major inputs or None, their batch size or None, the number of averaged steps)."""
+    x, batch = None, None
+    if inputs is not None:
+        x = _prepare_inputs(inputs, sysm, batch_first, dtype, device)
+        T, batch = x.shape[0], x.shape[1]
+        if warmup >= T:
+            raise ValueError(f"warmup={warmup} must be smaller than the {T} input steps")
+        if steps is None:
+            steps = T - warmup
+        elif warmup + steps > T:
+            raise ValueError(f"steps={steps} + warmup={warmup} exceeds the {T} steps of inputs")
+    elif steps is None:
+        raise ValueError("steps is required when inputs is None (an autonomous map)")
+    elif sysm.tokens:
+        raise ValueError("inputs (tokens) are required for a SequenceModel with an embedding")
+    return x, batch, steps
+
+
+def _overflowed(logd: Tensor) -> bool:
+    """Whether a Householder-factored block overflowed: log 0 = -inf is legitimate (a singular
+    Jacobian annihilates a direction); nan / +inf means overflow."""
+    return bool((torch.isnan(logd) | (logd == math.inf)).any())
+
+
 def _spectrum_sums(
     system: Any,
     inputs: Tensor | None,
@@ -321,35 +361,14 @@ def _spectrum_sums(
     """The estimator's loop, shared by :func:`lyapunov_spectrum` (under ``no_grad``) and the
     gradient-flossing loss (``differentiable=True``: the system resolved without copies, so
     autograd records the run). Arguments as for :func:`lyapunov_spectrum`."""
-    steps = check_optional_int("steps", steps, ge=1)
-    warmup = check_int("warmup", warmup, ge=0)
-    auto = isinstance(reorth_every, str) and reorth_every == "auto"
-    if not auto:
-        if isinstance(reorth_every, str):
-            raise ValueError(f"reorth_every must be an int >= 1 or 'auto', got {reorth_every!r}")
-        reorth_every = check_int("reorth_every", reorth_every, ge=1)
-    dt = check_float("dt", dt, gt=0)
-    if dtype not in (torch.float32, torch.float64):
-        raise TypeError(f"dtype must be torch.float64 or torch.float32, got {dtype!r}")
-    k = check_optional_int("k", k, ge=1)
-
+    # longer than 80 lines on purpose: the estimator is one loop, whose redo of a rejected
+    # block (back to where it began) reads best in one piece
+    steps, warmup, reorth_every, dt, k = _checked_options(steps, warmup, reorth_every, dt,
+                                                          dtype, k)
+    auto = reorth_every == "auto"
     sysm = resolve_system(system, dtype, inputs is not None, differentiable=differentiable)
     device = sysm.device(inputs, h0)
-    # ---- inputs and the number of steps
-    x, batch = None, None
-    if inputs is not None:
-        x = _prepare_inputs(inputs, sysm, batch_first, dtype, device)
-        T, batch = x.shape[0], x.shape[1]
-        if warmup >= T:
-            raise ValueError(f"warmup={warmup} must be smaller than the {T} input steps")
-        if steps is None:
-            steps = T - warmup
-        elif warmup + steps > T:
-            raise ValueError(f"steps={steps} + warmup={warmup} exceeds the {T} steps of inputs")
-    elif steps is None:
-        raise ValueError("steps is required when inputs is None (an autonomous map)")
-    elif sysm.tokens:
-        raise ValueError("inputs (tokens) are required for a SequenceModel with an embedding")
+    x, batch, steps = _inputs_and_steps(sysm, inputs, steps, warmup, batch_first, dtype, device)
     total = warmup + steps
 
     h = sysm.initial_state(h0, batch, dtype, device)
@@ -395,12 +414,8 @@ def _spectrum_sums(
                     t, h, V = start
                     since = 0
                     continue
-            elif ortho.householder_count > before[0]:
-                # log 0 = -inf is legitimate (a singular Jacobian annihilates a direction);
-                # nan / +inf means overflow
-                overflow = bool((torch.isnan(logd) | (logd == math.inf)).any())
             else:
-                overflow = False
+                overflow = ortho.householder_count > before[0] and _overflowed(logd)
             if overflow:
                 raise NonFiniteStateError(
                     f"tangent vectors became non-finite at step {t} (0-based, warmup "

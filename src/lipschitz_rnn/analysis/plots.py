@@ -1,21 +1,32 @@
-"""Every figure of the analysis package, written as PNG files with matplotlib.
+"""Every figure of spectra, curvature and robustness, drawn once with matplotlib.
 
-* :func:`plot_spectrum`: a Lyapunov spectrum (batch mean, +-1 std and min-max bands);
-* :func:`plot_evolution`: Lyapunov spectra during training, coloured by epoch;
-* :func:`plot_density`: a Hessian spectral density with its extreme eigenvalues;
-* :func:`plot_curves`: robustness curves, one panel per kind of noise.
+Each ``draw_*(ax, data)`` draws one panel, labels included, and is the only place that panel is
+drawn: the CLI's PNG files (the ``plot_*`` functions here), the HTML report
+(:mod:`lipschitz_rnn.report.figures`, as SVG) and a sweep's study
+(:mod:`lipschitz_rnn.sweep.study_plots`) all call it.
 
-Figures are built on an Agg canvas without pyplot's global state (safe in threads and servers)
-and saved atomically (temporary file in the same folder, then ``os.replace``). Results are read
-by attribute (duck typing), so this module imports none of the estimators and they re-export
-their plot from here.
+* :func:`draw_spectrum` / :func:`plot_spectrum`: a Lyapunov spectrum (batch mean, +-1 std and
+  min-max bands); :func:`evolution_figure` / :func:`plot_evolution`: spectra during training;
+* :func:`draw_spectra`: the spectra of many models on one panel (a sweep's trials);
+* :func:`draw_metric_vs_lmax`: a final metric against the largest exponent, per group;
+* :func:`draw_density` / :func:`plot_density`: a Hessian spectral density with its extreme
+  eigenvalues;
+* :func:`draw_robustness` / :func:`plot_curves`: robustness curves, one panel per kind of noise
+  (in the order of :func:`noise_kinds`).
+
+Exponent axes carry their unit (:func:`exponent_label`: per step, or per unit time with a step
+``dt``). Figures are built on an Agg canvas without pyplot's global state (safe in threads and
+servers) and saved atomically (temporary file in the same folder, then ``os.replace``). Results
+are read by attribute or, as read from their JSON files, by key (duck typing), so this module
+imports none of the estimators and they re-export their plot from here.
 """
 
 from __future__ import annotations
 
 import io
+import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -30,11 +41,18 @@ __all__ = [
     "new_figure",
     "save_png",
     "exponent_label",
+    "le_epoch_title",
     "draw_spectrum",
     "plot_spectrum",
     "evolution_figure",
     "plot_evolution",
+    "draw_spectra",
+    "draw_metric_vs_lmax",
+    "DENSITY_FLOOR",
+    "draw_density",
     "plot_density",
+    "noise_kinds",
+    "draw_robustness",
     "plot_curves",
 ]
 
@@ -58,6 +76,32 @@ def save_png(fig: Any, path: str | os.PathLike[str]) -> str:
     return os.fspath(path)
 
 
+def _get(result: Any, name: str) -> Any:
+    """``result[name]`` of a result as read from JSON (a mapping), else its attribute (None when
+    absent)."""
+    if isinstance(result, Mapping):
+        return result.get(name)
+    return getattr(result, name, None)
+
+
+def _floats(values: Any) -> np.ndarray:
+    """A float64 vector of ``values`` (None, a missing JSON number, becomes NaN; None: empty)."""
+    if values is None:
+        return np.zeros(0)
+    return np.array([math.nan if v is None else float(v) for v in values], dtype=np.float64)
+
+
+def _finish(ax: Any, xlabel: str, ylabel: str, title: str | None = None) -> None:
+    """Axis labels, title, a light grid, and a legend when something is labelled."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title is not None:
+        ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="best", fontsize="small")
+
+
 # ----------------------------------------------------------------------------------------------
 # Lyapunov spectra
 # ----------------------------------------------------------------------------------------------
@@ -69,6 +113,11 @@ def exponent_label(dt: float | None = 1.0, what: str = "Lyapunov exponent") -> s
     if dt == 1.0:
         return f"{what} (per step)"
     return f"{what} (per unit time, step dt = {dt:g})"
+
+
+def le_epoch_title(epoch: int) -> str:
+    """The title of a panel of spectra taken at LE epoch ``epoch`` (0: the initialisation)."""
+    return "at initialisation" if epoch == 0 else f"after epoch {epoch}"
 
 
 def _dt_of(spectrum: Any) -> float | None:
@@ -192,31 +241,90 @@ def plot_evolution(
 
 
 # ----------------------------------------------------------------------------------------------
+# many models: a sweep's trials
+# ----------------------------------------------------------------------------------------------
+def draw_spectra(ax: Any, spectra: Sequence[Any], colors: Sequence[Any],
+                 styles: Sequence[str] | None = None, *, dt: float | None = 1.0) -> None:
+    """Draw several spectra on ``ax``, exponent index against value (as ordered in each),
+    spectrum ``i`` in ``colors[i]`` and line style ``styles[i]`` (solid without ``styles``), with
+    points when a spectrum has at most 16 exponents; the y axis in the unit of ``dt``."""
+    from matplotlib.ticker import MaxNLocator
+
+    for i, lam in enumerate(spectra):
+        lam = _floats(lam)
+        ax.plot(np.arange(1, lam.size + 1), lam, ls=styles[i] if styles else "-",
+                color=colors[i], lw=1.0, alpha=0.85, marker="o" if lam.size <= 16 else None,
+                ms=2)
+    ax.axhline(0.0, color="k", lw=0.8, ls="--")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    _finish(ax, "exponent index", exponent_label(dt))
+
+
+def draw_metric_vs_lmax(ax: Any, groups: Sequence[tuple[str, Any, Any, Any]], *, ylabel: str,
+                        dt: float | None = 1.0) -> None:
+    """Scatter a metric against the largest Lyapunov exponent on ``ax``, one colour per group:
+    ``groups`` holds ``(label, colour, largest exponents, metric values)``; pairs with a missing
+    or non-finite value are left out. A dashed line marks exponent 0 (the edge of chaos); the
+    x axis is in the unit of ``dt``. The caller places the legend (the labels are set)."""
+    for label, color, lmax, metric in groups:
+        x, y = _floats(lmax), _floats(metric)
+        ok = np.isfinite(x) & np.isfinite(y)
+        if ok.any():
+            ax.scatter(x[ok], y[ok], s=16, color=color, alpha=0.85, label=label)
+    ax.axvline(0.0, color="k", lw=0.8, ls="--")
+    ax.set_xlabel(exponent_label(dt, "largest exponent"))
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+
+
+# ----------------------------------------------------------------------------------------------
 # Hessian spectra
 # ----------------------------------------------------------------------------------------------
+#: a density is drawn on a log scale down to this fraction of its peak (its zeros stay visible)
+DENSITY_FLOOR = 1e-12
+
+
+def draw_density(ax: Any, spectrum: Any) -> None:
+    """Draw a Hessian spectrum on ``ax``: its spectral density on a log scale (floored at
+    :data:`DENSITY_FLOOR` times its peak) when it has one, and vertical lines at its top
+    eigenvalues (the largest labelled :math:`\\lambda_{\\max}`) and at the smallest one.
+
+    ``spectrum``: a :class:`~lipschitz_rnn.analysis.HessianSpectrum` or its ``to_dict()`` (a
+    ``hessian.json``, where a missing number is None).
+    """
+    density = _get(spectrum, "density")
+    grid, values = (_floats(_get(density, k)) for k in ("grid", "values"))
+    ylabel = ""
+    if grid.size and grid.size == values.size:
+        positive = values[values > 0]
+        floor = max(float(positive.max()) * DENSITY_FLOOR, 1e-300) if positive.size else 1e-300
+        ax.semilogy(grid, np.maximum(values, floor), color="C0", lw=1.2, label="density")
+        ylabel = "density p(λ)"
+    else:
+        ax.set_yticks([])
+    top = _floats(_get(spectrum, "eigenvalues"))
+    for i, v in enumerate(np.sort(top[np.isfinite(top)])[::-1]):
+        label = f"λmax = {v:.3g}" if i == 0 else "other top eigenvalues" if i == 1 else None
+        ax.axvline(v, color="C3", ls="--", lw=0.8, alpha=1.0 if i == 0 else 0.5, label=label)
+    low = _floats([_get(spectrum, "min_eigenvalue")])
+    if np.isfinite(low[0]):
+        ax.axvline(low[0], color="C2", ls="--", lw=0.8, label=f"λmin = {low[0]:.3g}")
+    _finish(ax, "eigenvalue λ", ylabel)
+
+
 def plot_density(spectrum: Any, path: str | os.PathLike[str], *, title: str | None = None) -> str:
-    """Plot a :class:`~lipschitz_rnn.analysis.HessianSpectrum`'s density (log scale) with
-    :math:`\\lambda_{\\min}` and :math:`\\lambda_{\\max}` marked, to a PNG. Returns the path.
+    """Plot a :class:`~lipschitz_rnn.analysis.HessianSpectrum`'s density (log scale) with its
+    top eigenvalues and :math:`\\lambda_{\\min}` marked (:func:`draw_density`), to a PNG.
+    Returns the path.
 
     Raises:
         ValueError: the spectrum was computed without ``density=True``.
     """
     if spectrum.density is None:
         raise ValueError("spectrum has no density: compute it with hessian_spectrum(density=True)")
-    grid, values = spectrum.density.grid, spectrum.density.values
     fig, axes = new_figure()
-    ax = axes[0, 0]
-    positive = values[values > 0]
-    floor = max(float(positive.max()) * 1e-12, 1e-300) if positive.size else 1e-300
-    ax.semilogy(grid, np.maximum(values, floor), color="C0", lw=1.2, label="density")
-    ax.axvline(spectrum.lambda_max, color="C3", ls="--", lw=0.8,
-               label=f"λmax = {spectrum.lambda_max:.3g}")
-    ax.axvline(spectrum.min_eigenvalue, color="C2", ls="--", lw=0.8,
-               label=f"λmin = {spectrum.min_eigenvalue:.3g}")
-    ax.set_xlabel("eigenvalue λ")
-    ax.set_ylabel("density p(λ)")
-    ax.set_title(title or f"Hessian spectral density (P = {spectrum.num_parameters})")
-    ax.legend(loc="best", fontsize="small")
+    draw_density(axes[0, 0], spectrum)
+    axes[0, 0].set_title(title or f"Hessian spectral density (P = {spectrum.num_parameters})")
     return save_png(fig, path)
 
 
@@ -226,27 +334,44 @@ def plot_density(spectrum: Any, path: str | os.PathLike[str], *, title: str | No
 _SIGMA_LABELS = {"input": "σ (absolute)", "weight": "σ (relative to tensor rms)"}
 
 
+def noise_kinds(kinds: Iterable[str]) -> list[str]:
+    """The panels of a robustness figure, in order: input noise, weight noise, then any other
+    kind present by name."""
+    present = set(kinds)
+    first = [k for k in ("input", "weight") if k in present]
+    return first + sorted(present - set(first))
+
+
+def draw_robustness(ax: Any, curves: Sequence[Any], kind: str, *,
+                    metric: str | None = None) -> None:
+    """Draw the robustness curves of noise ``kind`` on ``ax`` (mean ± std over seeds against
+    σ), one line per curve, labelled by its ``label``; the y axis names ``metric``, else the
+    curves' metric. ``curves``: :class:`~lipschitz_rnn.analysis.RobustnessCurve` objects or
+    their ``to_dict()`` (the ``curves`` of a ``robustness.json``); others than ``kind`` are
+    skipped."""
+    mine = [c for c in curves if _get(c, "kind") == kind]
+    for j, c in enumerate(mine):
+        label = _get(c, "label") or (f"curve {j}" if len(mine) > 1 else None)
+        ax.errorbar(_floats(_get(c, "sigmas")), _floats(_get(c, "mean")),
+                    yerr=_floats(_get(c, "std")), marker="o", ms=3, capsize=2,
+                    color=f"C{j % 10}", label=label)
+    metrics = sorted({str(m) for m in (_get(c, "metric") for c in mine) if m})
+    _finish(ax, _SIGMA_LABELS.get(kind, "σ"), metric or " / ".join(metrics), f"{kind} noise")
+
+
 def plot_curves(curves: Sequence[Any], path: str | os.PathLike[str], *,
                 title: str | None = None) -> str:
     """Plot :class:`~lipschitz_rnn.analysis.RobustnessCurve` objects (mean ± std over seeds) to
-    a PNG: one panel per kind present (input noise, weight noise), one line per curve, labelled
-    by ``curve.label``, the y-axis named by the curves' metric. Returns the path."""
+    a PNG: one panel per kind present (:func:`noise_kinds`), one line per curve, labelled by
+    ``curve.label``, the y-axis named by the curves' metric (:func:`draw_robustness`). Returns
+    the path."""
     curves = list(curves)
     if not curves:
         raise ValueError("curves is empty")
-    kinds = [k for k in ("input", "weight") if any(c.kind == k for c in curves)]
-    kinds += sorted({c.kind for c in curves} - set(kinds))
+    kinds = noise_kinds(_get(c, "kind") for c in curves)
     fig, axes = new_figure(1, len(kinds), figsize=(5.0 * len(kinds), 3.8))
     for ax, kind in zip(axes[0], kinds, strict=True):
-        for j, c in enumerate(x for x in curves if x.kind == kind):
-            ax.errorbar(c.sigmas, c.mean, yerr=c.std, marker="o", ms=3, capsize=2,
-                        color=f"C{j % 10}", label=c.label or f"curve {j}")
-        metrics = sorted({c.metric for c in curves if c.kind == kind})
-        ax.set_xlabel(_SIGMA_LABELS.get(kind, "σ"))
-        ax.set_ylabel(" / ".join(metrics))
-        ax.set_title(f"{kind} noise")
-        ax.grid(alpha=0.3)
-        ax.legend(loc="best", fontsize="small")
+        draw_robustness(ax, curves, kind)
     if title:
         fig.suptitle(title)
     return save_png(fig, path)

@@ -1,7 +1,8 @@
 """The ``lipschitz-rnn`` command line. Thin: parse arguments, call the library, render with rich.
 
 One module per group of commands (:mod:`.train`, :mod:`.analysis`, :mod:`.bench`), each adding
-its subcommands to the parser; :mod:`._common` holds the console and the training front-end.
+its subcommands to the parser; :mod:`._console` holds the console and what every command
+shares, :mod:`._training` the training front-end (:mod:`._progress` its display).
 Command functions import the library lazily so that ``lipschitz-rnn --help`` stays fast.
 """
 
@@ -16,7 +17,8 @@ from pathlib import Path
 from rich.markup import escape
 
 from . import analysis, bench, report, sweep, train
-from ._common import configure_console, console, process_settings, run_training
+from ._console import configure_console, console, process_settings
+from ._training import run_training
 
 __all__ = ["main", "build_parser", "run_training", "process_settings", "console", "EXIT_CODES"]
 
@@ -31,6 +33,8 @@ EXIT_CODES = {
     "through a file): one line names it and the system's reason; nothing is left half-written "
     "and a previous version is intact",
     5: "a distributed run (torchrun) lost a rank: it died, failed or hung past the timeout",
+    6: "a sweep ended with failed trials (diverged or stopped ones count as finished): the "
+    "summary says how many and where to read why; --resume runs them again",
     130: "interrupted (Ctrl-C); a training run saved a checkpoint to --resume from",
 }
 

@@ -7,12 +7,12 @@ from pathlib import Path
 
 from rich.table import Table
 
-from ..train.run_analyses import DEFAULT_INPUT_SIGMAS, DEFAULT_WEIGHT_SIGMAS
-from ._common import console, data_dir_arg
+from ..runs.analyses import DEFAULT_INPUT_SIGMAS, DEFAULT_WEIGHT_SIGMAS
+from ._console import console, data_dir_arg
 
 
 def _cmd_lyapunov(args: argparse.Namespace) -> int:
-    from ..train.run_analyses import lyapunov_evolution, lyapunov_run
+    from ..runs.analyses import lyapunov_evolution, lyapunov_run
 
     if args.evolution:
         path = lyapunov_evolution(args.run_dir)
@@ -36,7 +36,7 @@ def _cmd_lyapunov(args: argparse.Namespace) -> int:
 
 
 def _cmd_hessian(args: argparse.Namespace) -> int:
-    from ..train.run_analyses import hessian_run
+    from ..runs.analyses import hessian_run
 
     what = f"top {args.top_k} eigenvalue(s), the smallest, the trace" + (
         "" if args.no_density else " and the spectral density"
@@ -65,7 +65,7 @@ def _cmd_hessian(args: argparse.Namespace) -> int:
 
 
 def _cmd_robustness(args: argparse.Namespace) -> int:
-    from ..train.run_analyses import robustness_run
+    from ..runs.analyses import robustness_run
 
     d = robustness_run(
         args.run_dir,
@@ -97,7 +97,7 @@ def _cmd_robustness(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from ..train.run_analyses import compare_runs
+    from ..runs.analyses import compare_runs
 
     md, _ = compare_runs(args.run_dirs, out=args.out)
     console.print(md)

@@ -7,7 +7,7 @@ import json
 import os
 import platform
 
-from ._common import console, process_settings
+from ._console import console, process_settings
 
 
 def _device_name(device: str) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import console
+from ._console import console
 
 
 def _cmd_report(args: argparse.Namespace) -> int:

@@ -10,7 +10,10 @@ from rich.live import Live
 from rich.markup import escape
 from rich.text import Text
 
-from ._common import console, data_dir_arg
+from ._console import console, data_dir_arg
+
+#: the exit status of a sweep in which trials failed (cli.EXIT_CODES)
+EXIT_TRIALS_FAILED = 6
 
 
 def _line(p) -> Text:
@@ -28,7 +31,7 @@ def _line(p) -> Text:
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from ..sweep import run_sweep
-    from ..sweep.runner import SWEEP_EXTRA_MESSAGE
+    from ..sweep.runner import SWEEP_EXTRA_MESSAGE, RayConnectError
 
     if args.spec is None and not args.resume:
         raise ValueError("give SPEC.toml (or --resume to continue the sweep in --out)")
@@ -48,6 +51,9 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         elif p.event.endswith(("ok", "diverged", "stopped", "failed")) or not p.running:
             console.print(_line(p))
 
+    def notice(text: str) -> None:
+        console.print(f"[yellow]note:[/] {escape(text)}")
+
     try:
         if live is not None:
             live.start()
@@ -56,6 +62,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
                 args.spec, args.out, resume=args.resume, address=args.address,
                 max_concurrent=args.max_concurrent, num_cpus=args.num_cpus,
                 data_dir=args.data_dir, progress=progress, trial_process_settings=True,
+                storage=args.storage, max_failures=args.max_failures, notice=notice,
             )
         finally:
             if live is not None:
@@ -65,7 +72,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             raise
         console.print(f"[bold red]error:[/] {escape(str(e))}")
         return 2
-    except (ValueError, TypeError, FileNotFoundError) as e:
+    except (ValueError, TypeError, FileNotFoundError, RayConnectError) as e:
         # spec errors name tables as "[grid] lr": print them as text, not as rich markup
         console.print(f"[bold red]error:[/] {escape(str(e))}")
         return 2
@@ -82,8 +89,13 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
                       f"continue with lipschitz-rnn sweep --resume --out {res['out']}")
         return 130
     if counts.get("failed"):
-        console.print(f"[yellow]{counts['failed']} trials failed[/] (trials/<id>/trial.json "
-                      "says why); --resume runs them again")
+        logs = f" and {res['ray_logs']}" if res.get("ray_logs") else ""
+        console.print(
+            f"[yellow]{counts['failed']} of {sum(counts.values())} trials failed:[/] "
+            f"{escape(res['out'])}/trials/<id>/trial.json says why (the error column of "
+            f"trials.csv); Ray's own messages are in {escape(res['driver_log'])}"
+            f"{escape(logs)}; --resume runs the failed trials again")
+        return EXIT_TRIALS_FAILED
     return 0
 
 
@@ -106,6 +118,15 @@ def add_commands(sub) -> None:
     s.add_argument("--resume", action="store_true",
                    help="continue the sweep in --out: finished trials are kept, the others "
                    "continue from their checkpoints")
+    s.add_argument("--storage", default=None, metavar="URI",
+                   help="Ray Tune's storage: a path every node sees or a URI pyarrow.fs "
+                   "understands (s3://, gs://, ...); on a cluster the trials keep a checkpoint "
+                   "there after every epoch, so a lost node or driver costs at most an epoch "
+                   "(default: DIR/ray, checkpoints stay on the trials' nodes)")
+    s.add_argument("--max-failures", type=int, default=None, metavar="N",
+                   help="run a trial whose Ray worker was lost (e.g. its node died) again up to "
+                   "N times, from its last checkpoint (default: 2 on a cluster, 0 on a local "
+                   "Ray)")
     data_dir_arg(s)
     s.set_defaults(func=_cmd_sweep)
     st = sub.add_parser(

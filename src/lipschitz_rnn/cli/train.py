@@ -10,7 +10,8 @@ from pathlib import Path
 from rich.markup import escape
 from rich.table import Table
 
-from ._common import console, data_dir_arg, dist_kwargs, distributed_args, run_training
+from ._console import console, data_dir_arg
+from ._training import dist_kwargs, distributed_args, run_training
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
@@ -26,7 +27,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _cmd_presets(args: argparse.Namespace) -> int:
-    from ..train.config import list_presets
+    from ..runs.config import list_presets
 
     table = Table(title="presets (lipschitz-rnn train --preset NAME)")
     table.add_column("name", no_wrap=True)
@@ -42,7 +43,7 @@ RESUME_AT_OUT = ""
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from ..train.config import parse_set, resolve_config
+    from ..runs.config import parse_set, resolve_config
 
     if args.resume is not None:
         return _resume(args)
@@ -68,10 +69,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _resume(args: argparse.Namespace) -> int:
     """``train --resume RUN_DIR [--set ...]``: the run as it was configured (``--set`` may change
-    what :data:`~lipschitz_rnn.train.rundir.RESUMABLE_KEYS` lists); ``train ... --out RUN_DIR
+    what :data:`~lipschitz_rnn.runs.config.RESUMABLE_KEYS` lists); ``train ... --out RUN_DIR
     --resume``: the command that started the run, repeated: its configuration must be the
     run's (a difference in a resumable setting is applied, any other is refused)."""
-    from ..train.config import parse_set, resolve_config
+    from ..runs.config import parse_set, resolve_config
 
     natural = args.resume == RESUME_AT_OUT
     given = [f"--{n}" for n in ("task", "model", "preset") if getattr(args, n)]
@@ -114,10 +115,10 @@ def _resume(args: argparse.Namespace) -> int:
 def _saved_config(run_dir):
     """The configuration of the run in ``run_dir``, or None when it has none (the loop then
     says so)."""
-    from ..train.config import TrainConfig
+    from ..runs.rundir import RunDir
 
-    path = Path(run_dir) / "config.toml"
-    return TrainConfig.from_toml(path.read_text()) if path.is_file() else None
+    run = RunDir(run_dir)
+    return run.config() if run.is_run() else None
 
 
 def _tensorboard(config, flag: bool) -> list:
@@ -141,7 +142,7 @@ def _check_names(config) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from ..train.loop import evaluate_run
+    from ..runs.rundir import evaluate_run
 
     res = evaluate_run(args.run_dir, data_dir=args.data_dir, split=args.split,
                        which=args.checkpoint)
@@ -150,8 +151,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_certify(args: argparse.Namespace) -> int:
+    from ..runs.rundir import load_run
     from ..stability import certify
-    from ..train.loop import load_run
 
     # the weights only: no data set needed for runs that wrote model.json
     _, _, model = load_run(args.run_dir, data_dir=args.data_dir, which=args.checkpoint, data=False)
@@ -164,31 +165,30 @@ def _quickstart_dir_state(out: Path, config) -> str:
     """What ``out`` holds for ``quickstart``: ``"empty"`` (absent or empty), ``"finished"`` or
     ``"unfinished"`` (a quick-start run with this very configuration, with or without its
     ``results.json``), or ``"other"`` (another run, or other files)."""
-    from ..train.config import TrainConfig
+    from ..runs.rundir import RunDir
 
     if not out.exists() or (out.is_dir() and not any(out.iterdir())):
         return "empty"
-    cfg = out / "config.toml"
-    if not out.is_dir() or not cfg.is_file():
+    run = RunDir(out)
+    if not out.is_dir() or not run.is_run():
         return "other"
     try:
-        same = TrainConfig.from_toml(cfg.read_text()) == config
+        same = run.config() == config
     except (OSError, ValueError):
         return "other"
     if not same:
         return "other"
     try:
-        results = json.loads((out / "results.json").read_text())
-        float(results["test"]["accuracy"])
+        float(run.results()["test"]["accuracy"])
     except (OSError, ValueError, KeyError, TypeError):  # absent or damaged: train again
         return "unfinished"
     return "finished"
 
 
 def _cmd_quickstart(args: argparse.Namespace) -> int:
+    from ..runs.config import resolve_config
+    from ..runs.rundir import RunDir, load_run
     from ..stability import certify
-    from ..train.config import resolve_config
-    from ..train.loop import load_run
 
     overrides = {"seed": args.seed}
     if args.epochs is not None:
@@ -208,7 +208,7 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
         console.print(f"{out} already holds this quick start, trained earlier: its results are "
                       "below (quickstart --force trains it again, --out DIR elsewhere)",
                       markup=False)
-        results = json.loads((out / "results.json").read_text())
+        results = RunDir(out).results()
     else:  # an interrupted quick start of the same settings is trained again from the start
         results = run_training(config, out, force=args.force or state == "unfinished")
     acc = results["test"]["accuracy"]

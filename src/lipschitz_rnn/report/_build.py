@@ -9,11 +9,13 @@ from pathlib import Path
 
 from .. import __version__
 from .._io import atomic_write_text
-from ..train.run_analyses import compare_runs
+from ..runs.analyses import compare_runs
+from ..runs.rundir import is_run
+from ..runs.sweepdir import is_sweep
 from . import figures
 from ._html import anchor, esc, figure, markdown, note, page, table
-from ._run import RunData, flat_config, is_run, read_run, run_section
-from ._sweep import is_sweep, sweep_section
+from ._run import RunData, flat_config, read_run, run_section
+from ._sweep import sweep_section
 
 __all__ = ["build_report", "write_report", "default_report_path", "REPORT_NAME"]
 

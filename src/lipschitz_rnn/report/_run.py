@@ -4,38 +4,30 @@
 from __future__ import annotations
 
 import json
-import sys
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
-from .._io import load_checkpoint
 from ..analysis.plots import exponent_label
-from ..models import LipschitzRNNCell, build
+from ..models import LipschitzRNNCell
+from ..runs.rundir import RunDir, run_metric
+from ..runs.tasks import higher_is_better
 from ..stability import certify_cell
 from . import figures
 from ._html import details, esc, figure, fmt, note, table
 
-__all__ = ["RunData", "is_run", "read_run", "run_section"]
+__all__ = ["RunData", "read_run", "run_section"]
 
-_READ_ERRORS = (OSError, ValueError, UnicodeDecodeError, tomllib.TOMLDecodeError)
-
-
-def is_run(path: Path) -> bool:
-    return (path / "config.toml").is_file()
+#: what reading a file of a run may raise (missing, unreadable, damaged, not TOML or JSON)
+_READ_ERRORS = (OSError, ValueError)
 
 
 @dataclass
 class RunData:
-    """What the report reads from a run directory (missing files leave their field empty)."""
+    """What the report reads from a run directory (missing files leave their field empty;
+    files that cannot be read are noted in ``problems``)."""
 
     path: Path
     name: str
@@ -46,68 +38,47 @@ class RunData:
     problems: list[str] = field(default_factory=list)
 
     @property
+    def dir(self) -> RunDir:
+        return RunDir(self.path)
+
+    @property
     def metric(self) -> str:
-        test = (self.results or {}).get("test") or {}
-        names = [k for k in test if k != "loss"]
-        if names:
-            return names[0]
-        for r in self.records:
-            for k in r:
-                if k.startswith("valid_") and k != "valid_loss":
-                    return k[len("valid_"):]
-        return "loss"
+        return run_metric(self.results, self.records)
 
     @property
     def higher_is_better(self) -> bool:
-        return self.metric == "accuracy"
+        return higher_is_better(self.metric)
 
-    def json(self, name: str) -> dict | None:
-        """``name`` (a JSON file of the run) as a dict, None when absent or unreadable (noted)."""
-        p = self.path / name
-        if not p.is_file():
-            return None
+    def analysis(self, name: str) -> dict | None:
+        """The output of analysis ``name`` (``lyapunov``, ``hessian``, ``robustness``), None
+        when absent or unreadable (noted)."""
         try:
-            d = json.loads(p.read_text())
+            return self.dir.analysis(name)
         except _READ_ERRORS as e:
-            self.problems.append(f"{name} could not be read ({e})")
+            self.problems.append(f"{name}.json could not be read ({e})")
             return None
-        if not isinstance(d, dict):
-            self.problems.append(f"{name} does not hold a JSON object")
-            return None
-        return d
-
-
-def _jsonl(path: Path, problems: list[str]) -> list[dict]:
-    if not path.is_file():
-        return []
-    out = []
-    try:
-        lines = path.read_text().splitlines()
-    except _READ_ERRORS as e:
-        problems.append(f"{path.name} could not be read ({e})")
-        return []
-    for i, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            problems.append(f"{path.name}: line {i} is not JSON (skipped)")
-            continue
-        if isinstance(rec, dict):
-            out.append(rec)
-    return out
 
 
 def read_run(path: Path) -> RunData:
-    run = RunData(path=path, name=path.resolve().name or str(path))
+    """Everything the report shows of the run directory ``path``, read through its
+    :class:`~lipschitz_rnn.runs.rundir.RunDir`."""
+    rd = RunDir(path)
+    run = RunData(path=path, name=rd.name)
     try:
-        run.config = tomllib.loads((path / "config.toml").read_text())
+        run.config = rd.config_table()
     except _READ_ERRORS as e:
         run.problems.append(f"config.toml could not be read ({e})")
-    run.records = _jsonl(path / "metrics.jsonl", run.problems)
-    run.resumes = _jsonl(path / "resumes.jsonl", run.problems)
-    run.results = run.json("results.json")
+    for what, read in (("records", rd.records), ("resumes", rd.resumes)):
+        try:
+            setattr(run, what, read(run.problems))
+        except _READ_ERRORS as e:
+            name = "metrics.jsonl" if what == "records" else "resumes.jsonl"
+            run.problems.append(f"{name} could not be read ({e})")
+    if rd.has_results():
+        try:
+            run.results = rd.results()
+        except _READ_ERRORS as e:
+            run.problems.append(f"results.json could not be read ({e})")
     return run
 
 
@@ -159,7 +130,7 @@ def _config_part(run: RunData) -> str:
     flat = flat_config(c)
     body += details(f"full configuration ({len(flat)} keys, config.toml)",
                     table(["key", "value"], sorted(flat.items())))
-    if (run.path / "tb").is_dir():
+    if run.dir.file("tb").is_dir():
         body += (f"<p>TensorBoard events of this run: <code>tensorboard --logdir "
                  f"{esc(run.path)}</code></p>")
     if run.resumes:
@@ -189,20 +160,9 @@ def _curves_part(run: RunData) -> str:
 
 
 def trained_cells(run: RunData) -> list[LipschitzRNNCell]:
-    """The Lipschitz cells of the run's best checkpoint, rebuilt from the configuration and the
-    checkpoint alone (no data set needed); leaves every random number generator as it was."""
-    state = load_checkpoint(run.path / "checkpoints" / "best.pt")["model"]
-    layer_state = {k[len("rnn."):]: v for k, v in state.items() if k.startswith("rnn.")}
-    w = layer_state.get("cells.0.weight_ih")
-    if w is None:
-        raise ValueError("checkpoints/best.pt has no rnn.cells.0.weight_ih")
-    c = run.config
-    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "LipschitzRNNCell: .* at construction", RuntimeWarning)
-        layer = build(c["model"], int(w.shape[1]), int(c["hidden_size"]),
-                      num_layers=int(c.get("num_layers", 1)), **(c.get("model_kwargs") or {}))
-    layer.load_state_dict(layer_state)
-    return [m for m in layer.modules() if isinstance(m, LipschitzRNNCell)]
+    """The Lipschitz cells of the run's best checkpoint, rebuilt without the data set
+    (:meth:`~lipschitz_rnn.runs.rundir.RunDir.layer`)."""
+    return [m for m in run.dir.layer("best").modules() if isinstance(m, LipschitzRNNCell)]
 
 
 _CERT_ROWS = (
@@ -226,7 +186,7 @@ def _certificate_part(run: RunData) -> str:
     if model != "lipschitz":
         return _part("certificate", title, note(
             f"The certificate is of Lipschitz cells; this run's model is {model!r}."))
-    if not (run.path / "checkpoints" / "best.pt").is_file():
+    if not run.dir.checkpoint_path("best").is_file():
         return _part("certificate", title, note(
             "No checkpoints/best.pt (no epoch has finished): no trained cells to certify."))
     try:
@@ -263,7 +223,7 @@ def _certificate_part(run: RunData) -> str:
 
 def _lyapunov_part(run: RunData) -> str:
     body = ""
-    d = run.json("lyapunov.json")
+    d = run.analysis("lyapunov")
     if d is not None:
         s = d.get("summary") or {}
         body += table(["quantity", "value"], [
@@ -302,7 +262,7 @@ def _lyapunov_part(run: RunData) -> str:
 
 
 def _hessian_part(run: RunData) -> str:
-    d = run.json("hessian.json")
+    d = run.analysis("hessian")
     if d is None:
         return _part("hessian", "Hessian spectrum", note(
             f"No Hessian analysis (hessian.json): lipschitz-rnn hessian {run.path}"))
@@ -326,7 +286,7 @@ def _hessian_part(run: RunData) -> str:
 
 
 def _robustness_part(run: RunData) -> str:
-    d = run.json("robustness.json")
+    d = run.analysis("robustness")
     curves = (d or {}).get("curves")
     if not isinstance(curves, dict) or not curves:
         return _part("robustness", "Robustness", note(

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import csv
-import io
 import json
 import math
 import re
@@ -18,11 +17,15 @@ from typing import Any
 
 import numpy as np
 
+from ..runs.sweepdir import SPECTRA_NPZ, TRIALS_DIR, TRIALS_FILE, SweepDir
 from . import figures
 from ._html import esc, figure, fmt, markdown, note, table
-from ._run import RunData, is_run, read_run
+from ._run import RunData, read_run
 
-__all__ = ["is_sweep", "sweep_section"]
+__all__ = ["sweep_section"]
+
+#: what reading a file of a sweep may raise (unreadable, damaged, not CSV, JSON or npz)
+_READ_ERRORS = (OSError, ValueError, csv.Error, zipfile.BadZipFile)
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _PLOT_FOLDERS = (".", "study", "plots")
@@ -39,21 +42,6 @@ _STUDY_CAPTIONS = {
 _MIN_RHO_TRIALS = 3
 
 
-def is_sweep(path: Path) -> bool:
-    return (path / "trials.csv").is_file() or (path / "sweep.json").is_file()
-
-
-def _value(text: str) -> Any:
-    if text == "":
-        return None
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
-
-
 def _best_column(header: list[str]) -> str | None:
     """The column of the trials' final metric: ``best_valid*``, else another ``best_*``."""
     for prefix in ("best_valid", "best"):
@@ -63,34 +51,32 @@ def _best_column(header: list[str]) -> str | None:
     return None
 
 
-def _metric(meta: dict | None) -> tuple[str | None, bool | None]:
-    """(name, higher is better) of the sweep's metric as ``sweep.json`` records it."""
-    m = (meta or {}).get("metric")
-    if not isinstance(m, dict):
-        return None, None
-    mode = m.get("mode")
-    return m.get("name"), (None if mode not in ("max", "min") else mode == "max")
-
-
-def _trials_part(path: Path, meta: dict | None, problems: list[str]) -> str:
-    p = path / "trials.csv"
-    if not p.is_file():
-        return note("No trials.csv: the sweep has not recorded a trial yet.")
+def _read_table(sweep: SweepDir, problems: list[str]) -> tuple[list[str], list[list[Any]]] | None:
+    """(header, rows) of ``trials.csv``; None when absent or unreadable (noted)."""
+    if not sweep.file(TRIALS_FILE).is_file():
+        return None
     try:
-        reader = csv.reader(io.StringIO(p.read_text()))
-        rows = list(reader)
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        problems.append(f"trials.csv could not be read ({e})")
-        return ""
-    if not rows:
+        return sweep.table()
+    except _READ_ERRORS as e:
+        problems.append(f"{TRIALS_FILE} could not be read ({e})")
+        return None
+
+
+def _trials_part(sweep: SweepDir, table_: tuple[list[str], list[list[Any]]] | None,
+                 meta: dict | None) -> str:
+    if table_ is None:
+        if sweep.file(TRIALS_FILE).is_file():
+            return ""  # unreadable: noted with the sweep's problems
+        return note("No trials.csv: the sweep has not recorded a trial yet.")
+    header, body = table_
+    if not header:
         return note("trials.csv is empty.")
-    header, body = rows[0], [[_value(v) for v in r] for r in rows[1:] if r]
     best = _best_column(header)
     text = f"<p>{len(body)} trial(s). Click a column head to sort."
     if best is not None:
         col = header.index(best)
-        name, higher = _metric(meta)
-        descending = higher if higher is not None else "acc" in f"{best} {name}"
+        _, descending = SweepDir.metric(meta)
+
         def has_number(r: list) -> bool:
             return col < len(r) and isinstance(r[col], (int, float)) and r[col] == r[col]
 
@@ -128,21 +114,6 @@ class _Trial:
         return None
 
 
-def _read_rows(path: Path, problems: list[str]) -> tuple[list[str], list[list[Any]]]:
-    """(header, rows with numbers parsed) of ``trials.csv``; empty when absent or unreadable."""
-    p = path / "trials.csv"
-    if not p.is_file():
-        return [], []
-    try:
-        rows = list(csv.reader(io.StringIO(p.read_text())))
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        problems.append(f"trials.csv could not be read ({e})")
-        return [], []
-    if not rows:
-        return [], []
-    return rows[0], [[_value(v) for v in r] for r in rows[1:] if r]
-
-
 def _swept_keys(meta: dict | None, header: list[str], rows: list[dict]) -> list[str]:
     """The swept keys: ``sweep.json``'s ``swept_keys``, else the ``trials.csv`` columns between
     ``status`` and ``best_valid`` (``model`` and ``seed`` only when they take several values)."""
@@ -157,28 +128,27 @@ def _swept_keys(meta: dict | None, header: list[str], rows: list[dict]) -> list[
             or len({repr(r.get(c)) for r in rows}) > 1]
 
 
-def _read_npz(p: Path, problems: list[str]) -> dict[str, np.ndarray]:
+def _read_npz(read, name: str, problems: list[str]) -> dict:
+    """``read()`` (the arrays of an npz file), {} when it cannot be read (noted)."""
     try:
-        with np.load(p, allow_pickle=False) as z:
-            return {k: np.asarray(z[k], dtype=np.float64) for k in z.files}
-    except (OSError, ValueError, zipfile.BadZipFile) as e:
-        problems.append(f"{p.name} could not be read ({e})")
+        return read()
+    except _READ_ERRORS as e:
+        problems.append(f"{name} could not be read ({e})")
         return {}
 
 
-def _trials(path: Path, meta: dict | None, problems: list[str]) -> tuple[list[_Trial], list[str]]:
+def _trials(sweep: SweepDir, table_: tuple[list[str], list[list[Any]]] | None,
+            meta: dict | None, problems: list[str]) -> tuple[list[_Trial], list[str]]:
     """Every trial of the sweep (the plan of ``sweep.json``, the rows of ``trials.csv``, the
     folders under ``trials/``, in that order of precedence) and the swept keys."""
-    header, body = _read_rows(path, problems)
+    header, body = table_ or ([], [])
     rows = [dict(zip(header, r, strict=False)) for r in body]
     by_id = {str(r.get("trial")): r for r in rows if r.get("trial") is not None}
     plan = {str(t["id"]): t for t in (meta or {}).get("trials") or []
             if isinstance(t, dict) and "id" in t}
-    folder = path / "trials"
-    dirs = sorted(d.name for d in folder.iterdir() if d.is_dir()) if folder.is_dir() else []
-    ids = list(dict.fromkeys([*plan, *by_id, *dirs]))
+    ids = list(dict.fromkeys([*plan, *by_id, *sweep.trial_ids()]))
     swept = _swept_keys(meta, header, rows)
-    common = _read_npz(path / "spectra.npz", problems) if (path / "spectra.npz").is_file() else {}
+    common = _read_npz(sweep.spectra, SPECTRA_NPZ, problems)
     out = []
     for tid in ids:
         t = _Trial(tid, row=by_id.get(tid, {}))
@@ -190,17 +160,18 @@ def _trials(path: Path, meta: dict | None, problems: list[str]) -> tuple[list[_T
         for k in swept:
             if k not in params and k in t.row:
                 params[k] = t.row[k]
-        d = folder / tid
-        if d.is_dir() and is_run(d):
-            t.run = read_run(d)
+        d = sweep.trial(tid)
+        if d.is_run():
+            t.run = read_run(d.path)
         t.model = params.get("model", t.row.get("model"))
         if t.model is None and t.run is not None:
             t.model = t.run.config.get("model")
         t.params = params
-        if (d / "probe_spectra.npz").is_file():
-            for k, v in _read_npz(d / "probe_spectra.npz", problems).items():
-                if re.fullmatch(r"le\d+", k) and v.ndim in (1, 2) and v.size:
-                    t.spectra[int(k[2:])] = v.mean(0) if v.ndim == 2 else v
+        probe = _read_npz(lambda d=d: sweep.probe_spectra(d.name), f"{tid}/probe_spectra.npz",
+                          problems)
+        for e, v in probe.items():
+            if v.ndim in (1, 2) and v.size:
+                t.spectra[e] = v.mean(0) if v.ndim == 2 else v
         for k, v in common.items():
             m = re.fullmatch(re.escape(tid) + r"_le(\d+)", k)
             if m and int(m.group(1)) not in t.spectra and v.ndim == 1 and v.size:
@@ -215,7 +186,7 @@ def _figure_trials(trials: list[_Trial]) -> list[dict]:
 
 
 def _metric_name(meta: dict | None, trials: list[_Trial]) -> str:
-    name, _ = _metric(meta)
+    name, _ = SweepDir.metric(meta)
     if name:
         return name
     return next((t.run.metric for t in trials if t.run is not None and t.run.records), "loss")
@@ -384,20 +355,15 @@ def _study_part(path: Path, problems: list[str]) -> str:
     return body
 
 
-def _read_meta(path: Path, problems: list[str]) -> dict | None:
+def _read_meta(sweep: SweepDir, problems: list[str]) -> dict | None:
     """``sweep.json`` (None when absent or unreadable, noted)."""
-    p = path / "sweep.json"
-    if not p.is_file():
+    if not sweep.file("sweep.json").is_file():
         return None
     try:
-        d = json.loads(p.read_text())
-    except (OSError, ValueError) as e:
+        return sweep.meta()
+    except _READ_ERRORS as e:
         problems.append(f"sweep.json could not be read ({e})")
         return None
-    if not isinstance(d, dict):
-        problems.append("sweep.json does not hold a JSON object")
-        return None
-    return d
 
 
 _MAX_LIST = 12
@@ -473,13 +439,15 @@ def _settings_part(d: dict | None) -> str:
 
 def sweep_section(path: Path, anchor: str) -> str:
     problems: list[str] = []
-    meta = _read_meta(path, problems)
-    trials, swept = _trials(path, meta, problems)
+    sweep = SweepDir(path)
+    meta = _read_meta(sweep, problems)
+    table_ = _read_table(sweep, problems)
+    trials, swept = _trials(sweep, table_, meta, problems)
     parts = [
         ("sweep-settings", "Sweep settings", _settings_part(meta)),
-        ("trials", "Trials", _trials_part(path, meta, problems)),
+        ("trials", "Trials", _trials_part(sweep, table_, meta)),
         ("trial-curves", "Validation curves of the trials",
-         _curves_part(trials, swept, meta, (path / "trials").is_dir())),
+         _curves_part(trials, swept, meta, sweep.file(TRIALS_DIR).is_dir())),
         ("trial-spectra", "Lyapunov spectra of the trials", _spectra_part(trials, swept, meta)),
         ("study", "Study", _study_part(path, problems)),
     ]

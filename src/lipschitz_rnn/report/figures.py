@@ -3,6 +3,11 @@
 Every function takes plain data (lists and dicts as read from a run directory's JSON; ``None``
 for a missing number) and returns ``data:image/svg+xml;base64,...``, which an ``<img>`` shows
 without any other file. Figures live on their own canvas, never in pyplot's global state.
+
+A panel that the CLI's PNG files or a sweep's study also show (spectra, Hessian density,
+robustness curves, metric against the largest exponent) is drawn by the ``draw_*`` function of
+:mod:`lipschitz_rnn.analysis.plots`; this module lays the panels out, and draws what only the
+report shows (learning curves, the stability region, the sweep's facets and colour coding).
 """
 
 from __future__ import annotations
@@ -18,7 +23,17 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from ..analysis.plots import draw_spectrum, evolution_figure, exponent_label
+from ..analysis.plots import (
+    draw_density,
+    draw_metric_vs_lmax,
+    draw_robustness,
+    draw_spectra,
+    draw_spectrum,
+    evolution_figure,
+    exponent_label,
+    le_epoch_title,
+    noise_kinds,
+)
 from ..models.solvers import stability_polynomial
 
 __all__ = [
@@ -199,42 +214,22 @@ def lyapunov_evolution(records: Sequence[tuple[float, Sequence[float]]]) -> str:
 
 def hessian_density(d: dict) -> str:
     """A ``hessian.json``: the spectral density (log scale) when present, with the top
-    eigenvalues and the smallest one marked."""
+    eigenvalues and the smallest one marked (:func:`~lipschitz_rnn.analysis.plots.
+    draw_density`)."""
     fig, (ax,) = _new(1, width=5.8)
-    dens = d.get("density") or {}
-    grid, values = _floats(dens.get("grid") or []), _floats(dens.get("values") or [])
-    top = _floats(d.get("eigenvalues") or [])
-    lo = d.get("min_eigenvalue")
-    if grid.size and grid.size == values.size:
-        pos = values[values > 0]
-        floor = max(float(pos.max()) * 1e-12, 1e-300) if pos.size else 1e-300
-        ax.semilogy(grid, np.maximum(values, floor), color="C0", lw=1.2, label="density")
-        ylabel = "density p(λ)"
-    else:
-        ax.set_yticks([])
-        ylabel = ""
-    for i, v in enumerate(top[np.isfinite(top)]):
-        ax.axvline(v, color="C3", ls="--", lw=0.8, label="top eigenvalues" if i == 0 else None)
-    if lo is not None:
-        ax.axvline(float(lo), color="C2", ls="--", lw=0.8, label=f"λmin = {float(lo):.3g}")
-    _style(ax, "eigenvalue λ", ylabel, "Hessian spectrum of the test loss")
+    draw_density(ax, d)
+    ax.set_title("Hessian spectrum of the test loss")
     return svg_data_uri(fig)
 
 
-_SIGMA = {"input": "σ (absolute)", "weight": "σ (relative)"}
-
-
 def robustness_curves(curves: dict, metric: str) -> str:
-    """A ``robustness.json``'s curves (mean ± std over noise seeds), one panel per kind."""
-    kinds = [k for k in ("input", "weight") if k in curves] + sorted(
-        set(curves) - {"input", "weight"}
-    )
+    """A ``robustness.json``'s curves (kind -> mean ± std over noise seeds), one panel per kind
+    (:func:`~lipschitz_rnn.analysis.plots.draw_robustness`)."""
+    items = [{**c, "kind": kind} for kind, c in curves.items()]
+    kinds = noise_kinds(curves)
     fig, axes = _new(len(kinds), width=4.5 * len(kinds))
     for ax, kind in zip(axes, kinds, strict=True):
-        c = curves[kind]
-        ax.errorbar(_floats(c.get("sigmas", [])), _floats(c.get("mean", [])),
-                    yerr=_floats(c.get("std", [])), marker="o", ms=3, capsize=2)
-        _style(ax, _SIGMA.get(kind, "σ"), metric, f"{kind} noise")
+        draw_robustness(ax, items, kind, metric=metric)
     return svg_data_uri(fig)
 
 
@@ -400,19 +395,16 @@ def trial_spectra_figure(trials: Sequence[dict], epochs: Sequence[int],
                 if repr(t.get("model")) == repr(model)]
         for j, epoch in enumerate(epochs):
             ax = axes[i, j]
-            for t, e in mine:
-                lam = t["spectra"].get(epoch)
-                if lam is None:
-                    continue
-                lam = np.asarray(lam, dtype=np.float64)
-                ax.plot(np.arange(1, lam.size + 1), lam, ls=e["ls"], color=e["color"], lw=1.0,
-                        alpha=0.85, marker="o" if lam.size <= 16 else None, ms=2)
-            ax.axhline(0.0, color="k", lw=0.8, ls="--")
-            when = "at initialisation" if epoch == 0 else f"after epoch {epoch}"
+            drawn = [(t["spectra"][epoch], e) for t, e in mine
+                     if t["spectra"].get(epoch) is not None]
+            draw_spectra(ax, [lam for lam, _ in drawn], [e["color"] for _, e in drawn],
+                         [e["ls"] for _, e in drawn])
             head = f"{_value_text(model)}, " if model is not None else ""
-            _style(ax, "exponent index" if i == len(models) - 1 else "",
-                   exponent_label(1.0) if j == 0 else "", f"{head}{when}")
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_title(f"{head}{le_epoch_title(epoch)}")
+            if i < len(models) - 1:
+                ax.set_xlabel("")
+            if j > 0:
+                ax.set_ylabel("")
     _legend(fig, handles)
     return fig
 
@@ -430,18 +422,15 @@ def metric_vs_lmax_figure(trials: Sequence[dict], epochs: Sequence[int], metric:
     colors = dict(zip(map(repr, models), _palette(len(models)), strict=True))
     fig, axes = _facet_grid(1, len(epochs), 3.6, 3.0, bool(models))
     for j, epoch in enumerate(epochs):
-        ax = axes[0, j]
+        groups = []
         for m in models:
-            pts = [(t["lmax"][epoch], t["best"]) for t in trials
-                   if repr(t.get("model")) == repr(m) and t.get("best") is not None
-                   and t.get("lmax", {}).get(epoch) is not None]
-            if pts:
-                x, y = zip(*pts, strict=True)
-                ax.scatter(x, y, s=16, color=colors[repr(m)], alpha=0.85)
-        ax.axvline(0.0, color="k", lw=0.8, ls="--")
-        when = "at initialisation" if epoch == 0 else f"after epoch {epoch}"
-        _style(ax, exponent_label(1.0, "largest exponent"),
-               f"best validation {metric}" if j == 0 else "", when)
+            mine = [t for t in trials if repr(t.get("model")) == repr(m)]
+            groups.append((_value_text(m), colors[repr(m)],
+                           [t.get("lmax", {}).get(epoch) for t in mine],
+                           [t.get("best") for t in mine]))
+        ax = axes[0, j]
+        draw_metric_vs_lmax(ax, groups, ylabel=f"best validation {metric}" if j == 0 else "")
+        ax.set_title(le_epoch_title(epoch))
     from matplotlib.lines import Line2D
 
     _legend(fig, [Line2D([], [], ls="", marker="o", color=colors[repr(m)],

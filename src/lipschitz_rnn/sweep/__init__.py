@@ -4,19 +4,21 @@
   ``[sample]``, ``[lyapunov]``, ``[scheduler]``;
 * :mod:`.probe` -- the fixed probe input of a sweep and the spectrum of a model on it;
 * :mod:`.trial` -- one trial: the training loop with a callback for spectra and reports;
-* :mod:`.schedulers` -- fifo, ASHA, and the hook for spectrum-guided pruning;
+* :mod:`.schedulers` -- the table of schedulers: fifo, ASHA, and spectrum-guided pruning;
 * :mod:`.runner` -- :func:`run_sweep` (Ray Tune, resume after a killed driver);
 * :mod:`.results` -- ``trials.csv``, ``spectra.npz``, ``sweep.json``;
-* :mod:`.study` -- the readout (:func:`run_study`): does the early spectrum predict the final
+* :mod:`.readout` -- what the study and pruning share: the oriented final metric, the spectrum
+  features of an LE epoch, the ridge predictor of the one from the other;
+* :mod:`.study` -- the study (:func:`run_study`): does the early spectrum predict the final
   metric? (:mod:`.study_plots` its figures);
-* :mod:`.pruning` -- spectrum-guided pruning (``kind = "lyapunov"``) and its offline replay
-  against ASHA and random pruning (:func:`replay`).
+* :mod:`.pruning` -- spectrum-guided pruning (the rule behind ``kind = "lyapunov"``) and its
+  offline replay against ASHA and random pruning (:func:`replay`).
 
 Ray is imported only when a sweep runs (``pip install 'lipschitz-rnn[sweep]'``).
 """
 
 from .pruning import replay
-from .results import FEATURES, collect, read_sweep_json
+from .results import FEATURES, collect
 from .runner import SweepProgress, run_sweep
 from .schedulers import SchedulerContext, register_scheduler
 from .spec import LyapunovSpec, SchedulerSpec, SweepSpec, TrialPlan, load_spec
@@ -26,7 +28,6 @@ __all__ = [
     "run_sweep",
     "load_spec",
     "collect",
-    "read_sweep_json",
     "SweepProgress",
     "SweepSpec",
     "TrialPlan",

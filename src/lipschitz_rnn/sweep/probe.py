@@ -17,8 +17,8 @@ from torch import Tensor, nn
 
 from .._io import atomic_write_bytes, load_checkpoint
 from ..analysis import LyapunovSpectrum, lyapunov_spectrum
-from ..train.loop import build_model
-from ..train.tasks import TaskRunner
+from ..runs.model import build_model
+from ..runs.tasks import TaskRunner
 from .spec import LyapunovSpec, SweepSpec
 
 __all__ = ["PROBE_FILE", "draw_probe", "save_probe", "load_probe", "probe_spectrum",

@@ -1,12 +1,13 @@
 """Spectrum-guided pruning of sweeps, and its comparison with ASHA and random pruning.
 
-**The rule** (``[scheduler] kind = "lyapunov"``): at a decision epoch ``d`` (option
-``decision_epoch``, default the first ``[lyapunov] at_epochs`` entry after 0) a trial's final
-metric is predicted from its spectrum features ``le{d}_*`` by a ridge regression, fitted on the
-trials that have finished so far (at least ``min_history``, default 8; until then nothing is
-stopped) or loaded from an earlier study (option ``predictor``: a ``study.json`` holding a
-``predictor`` entry, see :func:`fit_predictor`). The trial stops when its prediction falls in the
-bottom ``fraction`` (default 0.5) of the predictions of the trials seen at ``d`` so far.
+**The rule** (``[scheduler] kind = "lyapunov"``, :class:`LyapunovRule`): at a decision epoch
+``d`` (option ``decision_epoch``, default the first ``[lyapunov] at_epochs`` entry after 0) a
+trial's final metric is predicted from its spectrum features ``le{d}_*`` by a ridge regression
+(:func:`~lipschitz_rnn.sweep.readout.fit_predictor`), fitted on the trials that have finished so
+far (at least ``min_history``, default 8; until then nothing is stopped) or loaded from an
+earlier study (option ``predictor``: a ``study.json`` holding a ``predictor`` entry). The trial
+stops when its prediction falls in the bottom ``fraction`` (default 0.5) of the predictions of
+the trials seen at ``d`` so far. :mod:`.schedulers` runs it as a Ray Tune ``Stopper``.
 
 :func:`replay` runs the rule offline on a complete sweep, in trial order, beside two baselines at
 the same decision epoch and fraction -- ``asha`` (one successive-halving rung on the validation
@@ -20,57 +21,108 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .._checks import check_float, check_int
-from .results import FEATURES
-from .schedulers import SchedulerContext, register_scheduler
+from .readout import below_quantile, fit_predictor, predict, scores, spectrum_vector
+from .study import load_trials
 
 log = logging.getLogger(__name__)
 
-__all__ = ["fit_predictor", "predict", "replay", "make_lyapunov_stopper"]
+__all__ = ["LyapunovRule", "replay"]
 
 
-def _features(record: dict[str, Any], epoch: int) -> np.ndarray | None:
-    x = [record.get(f"le{epoch}_{f}") for f in FEATURES]
-    if any(not isinstance(v, (int, float)) or not np.isfinite(v) for v in x):
-        return None
-    return np.asarray(x, dtype=np.float64)
+class LyapunovRule:
+    """The live rule (see the module docstring), called with every report of every trial;
+    True stops the trial.
 
+    A report is a dict with ``epoch``, the validation ``metric`` (higher is better when ``mode``
+    is ``"max"``) and, from LE epoch ``decision_epoch`` on, the features ``le{d}_*``. A trial
+    is finished when it reports epoch ``max_epochs``; ``predictor`` (a
+    :func:`~lipschitz_rnn.sweep.readout.fit_predictor` dict) replaces the one fitted on the
+    finished trials.
+    """
 
-def fit_predictor(X: np.ndarray, y: np.ndarray, epoch: int) -> dict[str, Any]:
-    """A ridge regression of ``y`` on standardised spectrum features (the columns of
-    :data:`~lipschitz_rnn.sweep.results.FEATURES` at LE epoch ``epoch``), as a JSON-able dict."""
-    from sklearn.linear_model import RidgeCV
+    def __init__(self, *, decision_epoch: int, fraction: float, min_history: int,
+                 max_epochs: int, mode: str, metric: str,
+                 predictor: Mapping[str, Any] | None = None) -> None:
+        self.decision_epoch, self.fraction, self.min_history = decision_epoch, fraction, min_history
+        self.max_epochs, self.metric, self.predictor = max_epochs, metric, predictor
+        self.sign = 1.0 if mode == "max" else -1.0
+        self.at_d: dict[str, np.ndarray] = {}
+        self.best: dict[str, float] = {}
+        self.finished: set[str] = set()
 
-    X = np.asarray(X, dtype=np.float64)
-    mean, scale = X.mean(0), X.std(0)
-    scale[scale == 0] = 1.0
-    reg = RidgeCV(alphas=np.logspace(-3, 3, 13)).fit((X - mean) / scale, y)
-    return {"epoch": int(epoch), "features": list(FEATURES), "mean": mean.tolist(),
-            "scale": scale.tolist(), "coef": reg.coef_.tolist(),
-            "intercept": float(reg.intercept_)}
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any], *, at_epochs: Sequence[int],
+                     max_epochs: int, mode: str, metric: str) -> LyapunovRule:
+        """The rule of ``[scheduler]`` ``options`` (``decision_epoch``, ``fraction``,
+        ``min_history``, ``predictor``), checked against the sweep's LE epochs ``at_epochs``.
 
+        Raises:
+            ValueError: an option out of range, a decision epoch without a spectrum, or a
+                predictor fitted at another epoch.
+        """
+        opts = dict(options)
+        later = [e for e in at_epochs if e > 0]
+        d = check_int("[scheduler] decision_epoch", opts.get("decision_epoch", min(later or [0])),
+                      ge=1)
+        if d not in at_epochs:
+            raise ValueError(f"[scheduler] decision_epoch = {d} must be one of [lyapunov] "
+                             f"at_epochs {list(at_epochs)}")
+        fraction = check_float("[scheduler] fraction", opts.get("fraction", 0.5), gt=0, lt=1)
+        min_history = check_int("[scheduler] min_history", opts.get("min_history", 8), ge=1)
+        loaded = None
+        if opts.get("predictor"):
+            loaded = json.loads(Path(opts["predictor"]).read_text())["predictor"]
+            if loaded["epoch"] != d:
+                raise ValueError(f"[scheduler] predictor was fitted at epoch {loaded['epoch']}, "
+                                 f"decision_epoch is {d}")
+        return cls(decision_epoch=d, fraction=fraction, min_history=min_history,
+                   max_epochs=max_epochs, mode=mode, metric=metric, predictor=loaded)
 
-def predict(predictor: dict[str, Any], X: np.ndarray) -> np.ndarray:
-    X = np.atleast_2d(np.asarray(X, dtype=np.float64))
-    z = (X - np.asarray(predictor["mean"])) / np.asarray(predictor["scale"])
-    return z @ np.asarray(predictor["coef"]) + predictor["intercept"]
-
-
-def _below(value: float, seen: list[float], fraction: float) -> bool:
-    return bool(seen) and value < float(np.quantile(seen, fraction))
+    def __call__(self, trial_id: str, result: Mapping[str, Any]) -> bool:
+        d = self.decision_epoch
+        v = result.get(self.metric)
+        if isinstance(v, (int, float)) and np.isfinite(v):
+            self.best[trial_id] = max(self.best.get(trial_id, -np.inf), self.sign * v)
+        epoch = int(result.get("epoch", 0))
+        if epoch >= self.max_epochs:
+            self.finished.add(trial_id)
+            return False
+        if epoch != d:
+            return False
+        x = spectrum_vector(result, d)
+        if x is None:
+            return False
+        others = dict(self.at_d)
+        self.at_d[trial_id] = x
+        pred = self.predictor
+        hist = [t for t in self.finished if t in others and t in self.best]
+        if pred is None:
+            if len(hist) < self.min_history:
+                return False
+            pred = fit_predictor(np.stack([others[t] for t in hist]),
+                                 np.array([self.best[t] for t in hist]), d)
+        if not others:
+            return False
+        mine = float(predict(pred, x)[0])
+        seen = predict(pred, np.stack(list(others.values()))).tolist()
+        stop = below_quantile(mine, seen, self.fraction)
+        if stop:
+            log.info("lyapunov pruning stops %s at epoch %d (predicted %.4g)", trial_id, d,
+                     self.sign * mine)
+        return stop
 
 
 def replay(sweep_dir: str | Path, *, decision_epoch: int | None = None, fraction: float = 0.5,
            min_history: int = 8, random_repeats: int = 200, seed: int = 0) -> dict[str, Any]:
     """Replay the three pruning rules on the complete sweep in ``sweep_dir`` (see the module
     docstring); returns ``{"decision_epoch", "fraction", "rules": {name: {...}}}``."""
-    from .study import _scores, load_trials
-
     fraction = check_float("fraction", fraction, gt=0, lt=1)
     min_history = check_int("min_history", min_history, ge=2)
     rows_all, meta, _ = load_trials(sweep_dir)
@@ -81,7 +133,7 @@ def replay(sweep_dir: str | Path, *, decision_epoch: int | None = None, fraction
             raise ValueError("the sweep has no spectrum after epoch 0 to decide on")
         decision_epoch = min(later)
     d = check_int("decision_epoch", decision_epoch, ge=1)
-    y = _scores(rows, meta["metric"]["mode"])
+    y = scores(rows, meta["metric"]["mode"])
     sign = 1.0 if meta["metric"]["mode"] == "max" else -1.0
     epochs = np.array([r.get("epochs_done") or 0 for r in rows], dtype=np.float64)
     secs = np.array([r.get("train_s") or 0.0 for r in rows], dtype=np.float64)
@@ -102,14 +154,14 @@ def replay(sweep_dir: str | Path, *, decision_epoch: int | None = None, fraction
 
     # lyapunov: predictor fitted on the finished (not stopped) trials before this one
     stopped = np.zeros(len(rows), dtype=bool)
-    feats = [_features(r, d) for r in rows]
+    feats = [spectrum_vector(r, d) for r in rows]
     for i, x in enumerate(feats):
         hist = [j for j in range(i) if not stopped[j] and feats[j] is not None]
         if x is None or len(hist) < min_history:
             continue
         pred = fit_predictor(np.stack([feats[j] for j in hist]), y[hist], d)
         seen = predict(pred, np.stack([f for f in feats[:i] if f is not None])).tolist()
-        stopped[i] = _below(float(predict(pred, x)[0]), seen, fraction)
+        stopped[i] = below_quantile(float(predict(pred, x)[0]), seen, fraction)
     rules = {"lyapunov": outcome(stopped)}
 
     stopped = np.zeros(len(rows), dtype=bool)
@@ -117,7 +169,7 @@ def replay(sweep_dir: str | Path, *, decision_epoch: int | None = None, fraction
     early = np.array([sign * v if isinstance(v, float) else -np.inf for v in early])
     for i in range(len(rows)):
         if i >= min_history:
-            stopped[i] = _below(early[i], early[:i].tolist(), fraction)
+            stopped[i] = below_quantile(early[i], early[:i].tolist(), fraction)
     rules["asha"] = outcome(stopped)
 
     rng = np.random.default_rng(seed)
@@ -128,71 +180,3 @@ def replay(sweep_dir: str | Path, *, decision_epoch: int | None = None, fraction
     return {"decision_epoch": d, "fraction": fraction, "min_history": min_history,
             "n_trials": len(rows), "top5": sorted(str(rows[i]["trial"]) for i in top5),
             "rules": rules}
-
-
-def make_lyapunov_stopper(ctx: SchedulerContext) -> Any:
-    """The live rule as a Ray Tune ``Stopper`` (registered as ``kind = "lyapunov"``)."""
-    from ray.tune import Stopper
-
-    opts = dict(ctx.spec.options)
-    later = [e for e in ctx.at_epochs if e > 0]
-    d = check_int("[scheduler] decision_epoch", opts.get("decision_epoch", min(later or [0])),
-                  ge=1)
-    if d not in ctx.at_epochs:
-        raise ValueError(f"[scheduler] decision_epoch = {d} must be one of [lyapunov] at_epochs "
-                         f"{list(ctx.at_epochs)}")
-    fraction = check_float("[scheduler] fraction", opts.get("fraction", 0.5), gt=0, lt=1)
-    min_history = check_int("[scheduler] min_history", opts.get("min_history", 8), ge=1)
-    loaded = None
-    if opts.get("predictor"):
-        loaded = json.loads(Path(opts["predictor"]).read_text())["predictor"]
-        if loaded["epoch"] != d:
-            raise ValueError(f"[scheduler] predictor was fitted at epoch {loaded['epoch']}, "
-                             f"decision_epoch is {d}")
-    sign = 1.0 if ctx.mode == "max" else -1.0
-
-    class LyapunovStopper(Stopper):
-        def __init__(self) -> None:
-            self.at_d: dict[str, np.ndarray] = {}
-            self.best: dict[str, float] = {}
-            self.finished: set[str] = set()
-
-        def __call__(self, trial_id: str, result: dict) -> bool:
-            v = result.get(ctx.metric)
-            if isinstance(v, (int, float)) and np.isfinite(v):
-                self.best[trial_id] = max(self.best.get(trial_id, -np.inf), sign * v)
-            epoch = int(result.get("epoch", 0))
-            if epoch >= ctx.max_epochs:
-                self.finished.add(trial_id)
-                return False
-            if epoch != d:
-                return False
-            x = _features(result, d)
-            if x is None:
-                return False
-            others = dict(self.at_d)
-            self.at_d[trial_id] = x
-            pred = loaded
-            hist = [t for t in self.finished if t in others and t in self.best]
-            if pred is None:
-                if len(hist) < min_history:
-                    return False
-                pred = fit_predictor(np.stack([others[t] for t in hist]),
-                                     np.array([self.best[t] for t in hist]), d)
-            if not others:
-                return False
-            mine = float(predict(pred, x)[0])
-            seen = predict(pred, np.stack(list(others.values()))).tolist()
-            stop = _below(mine, seen, fraction)
-            if stop:
-                log.info("lyapunov pruning stops %s at epoch %d (predicted %.4g)", trial_id, d,
-                         sign * mine)
-            return stop
-
-        def stop_all(self) -> bool:
-            return False
-
-    return LyapunovStopper()
-
-
-register_scheduler("lyapunov", make_lyapunov_stopper)

@@ -17,6 +17,7 @@
   - ``valid_{e}`` and ``valid_loss_{e}`` for every epoch ``e`` = 1 .. the longest trial;
   - ``le{e}_{feature}`` for every ``[lyapunov] at_epochs`` entry ``e`` and every key of
     :func:`lipschitz_rnn.analysis.spectrum_features` of the probe-batch mean spectrum;
+  - ``node_id`` and ``hostname``: the Ray node of the trial's last attempt;
   - ``error`` (why a trial diverged or failed).
 
   Empty cells are missing values.
@@ -42,37 +43,21 @@ import numpy as np
 
 from .._io import atomic_write_bytes, atomic_write_text, write_json
 from ..analysis import spectrum_features
-from .trial import FINAL_STATUSES, features_by_epoch, read_spectra, read_status
+from ..runs.rundir import RunDir
+from ..runs.sweepdir import SPECTRA_NPZ, SWEEP_FILE, TRIALS_FILE, SweepDir, read_probe_spectra
+from .trial import FINAL_STATUSES, features_by_epoch, read_status
 
-__all__ = ["collect", "best_trial", "read_sweep_json", "update_sweep_json", "FEATURES", "SWEEP_FILE",
-           "TRIALS_FILE", "SPECTRA_NPZ"]
+__all__ = ["collect", "best_trial", "update_sweep_json", "FEATURES"]
 
-SWEEP_FILE = "sweep.json"
-TRIALS_FILE = "trials.csv"
-SPECTRA_NPZ = "spectra.npz"
 #: the feature columns of every LE epoch (the keys of ``spectrum_features``)
 FEATURES = tuple(spectrum_features([0.0]))
 
 
-def read_sweep_json(sweep_dir: str | Path) -> dict[str, Any]:
-    p = Path(sweep_dir) / SWEEP_FILE
-    if not p.is_file():
-        raise FileNotFoundError(f"{sweep_dir} is not a sweep directory ({SWEEP_FILE} missing)")
-    return json.loads(p.read_text())
-
-
 def update_sweep_json(sweep_dir: str | Path, **fields: Any) -> dict[str, Any]:
-    d = read_sweep_json(sweep_dir)
+    d = SweepDir(sweep_dir).meta()
     d.update(fields)
     write_json(Path(sweep_dir) / SWEEP_FILE, d)
     return d
-
-
-def _records(trial_dir: Path) -> list[dict[str, Any]]:
-    p = trial_dir / "metrics.jsonl"
-    if not p.is_file():
-        return []
-    return [json.loads(ln) for ln in p.read_text().splitlines() if ln.strip()]
 
 
 def _finite(x: Any) -> bool:
@@ -93,15 +78,15 @@ def trial_row(trial_dir: Path, plan: dict[str, Any], meta: dict[str, Any]) -> tu
     """(the ``trials.csv`` row, the spectra by epoch) of one trial."""
     metric, mode = meta["metric"]["name"], meta["metric"]["mode"]
     status = read_status(trial_dir)
-    results_path = trial_dir / "results.json"
-    results = json.loads(results_path.read_text()) if results_path.is_file() else None
+    run = RunDir(trial_dir)
+    results = run.results() if run.has_results() else None
     if status is None:
         state = "ok" if results is not None else "pending"
     elif status["status"] == "ok" and results is None:
         state = "pending"  # its final files are missing: a resumed sweep finishes it
     else:
         state = status["status"]
-    records = _records(trial_dir)
+    records = run.records()
     row: dict[str, Any] = {"trial": plan["id"], "config_id": plan["config_id"], "status": state}
     row.update(plan["params"])
     for key in ("model", "seed"):
@@ -121,11 +106,15 @@ def trial_row(trial_dir: Path, plan: dict[str, Any], meta: dict[str, Any]) -> tu
         rec = next((r for r in records if r["epoch"] == e), {})
         row[f"valid_{e}"] = rec.get(f"valid_{metric}")
         row[f"valid_loss_{e}"] = rec.get("valid_loss")
-    spectra = read_spectra(trial_dir)
+    spectra = read_probe_spectra(trial_dir)
     feats = features_by_epoch(spectra)
     for e in meta["lyapunov"]["at_epochs"]:
         for f in FEATURES:
             row[f"le{e}_{f}"] = feats.get(e, {}).get(f)
+    # where the trial's last attempt ran (a Ray node id and its host), as trial.json records it
+    node = (status or {}).get("node")
+    node = node if isinstance(node, dict) else {}
+    row["node_id"], row["hostname"] = node.get("id"), node.get("hostname")
     row["error"] = status.get("error") if status else None
     return row, spectra
 
@@ -134,7 +123,7 @@ def collect(sweep_dir: str | Path) -> dict[str, int]:
     """Write ``trials.csv`` and ``spectra.npz`` from the trial directories and record the status
     counts in ``sweep.json``; return the counts."""
     root = Path(sweep_dir)
-    meta = read_sweep_json(root)
+    meta = SweepDir(root).meta()
     rows, arrays = [], {}
     for plan in meta["trials"]:
         row, spectra = trial_row(root / "trials" / plan["id"], plan, meta)

@@ -14,15 +14,24 @@ metric, ``results.json``, a missing spectrum). The summary (status counts, best 
 from the trial directories (``trials.csv``), not from what Ray reported. Ray Tune's own files
 (``DIR/ray/session-N``) are a record, not needed to resume; the log of Ray's driver goes to
 ``DIR/ray/driver.log``, not to the terminal.
+
+On a cluster nothing but the network is assumed (:mod:`._tune`): trials whose node does not see
+``DIR`` ship their run directories to the driver with their reports, and the driver writes
+them into ``DIR/trials/``. ``storage`` (a path every node sees, or a URI ``pyarrow.fs``
+understands) holds Tune's records and, for such trials, a checkpoint after every epoch, from
+which a trial whose node was lost (up to ``max_failures`` times) or a resumed sweep continues.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
-import json
+import logging
 import os
 import platform
+import shutil
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,18 +41,32 @@ import numpy as np
 import torch
 
 from .._checks import check_optional_int
-from .._io import write_json
-from ..train.tasks import TaskRunner
+from .._io import check_creatable_dir, write_json
+from ..runs.rundir import RunDir
+from ..runs.sweepdir import SWEEP_FILE, SweepDir
+from ..runs.tasks import TaskRunner
 from .probe import PROBE_FILE, check_trials, draw_probe, load_probe, save_probe
-from .results import SWEEP_FILE, collect, read_sweep_json, update_sweep_json
+from .results import collect, update_sweep_json
 from .schedulers import SchedulerContext, make_scheduler
 from .spec import SweepSpec, load_spec
 from .trial import FINAL_STATUSES, is_done, read_status
 
-__all__ = ["run_sweep", "SweepProgress", "SWEEP_EXTRA_MESSAGE", "DRIVER_LOG"]
+__all__ = ["run_sweep", "SweepProgress", "SWEEP_EXTRA_MESSAGE", "DRIVER_LOG",
+           "DEFAULT_MAX_FAILURES", "RayConnectError"]
+
+log = logging.getLogger(__name__)
 
 #: the log of Ray's driver-side loggers during a sweep, in ``DIR/ray/``
 DRIVER_LOG = "driver.log"
+#: how many times a trial whose Ray worker was lost runs again on a cluster, by default (a
+#: local Ray: 0, as a lost worker there is no lost node; ``--resume`` runs it again)
+DEFAULT_MAX_FAILURES = 2
+
+
+class RayConnectError(RuntimeError):
+    """The driver could not join the Ray cluster (e.g. it refused the connection for its
+    token); the message is one line that says why and what to set."""
+
 
 SWEEP_EXTRA_MESSAGE = (
     "sweeps need Ray Tune, which is not installed: pip install 'lipschitz-rnn[sweep]'"
@@ -105,7 +128,7 @@ def _now() -> str:
 
 def _check_out(out: Path, resume: bool, spec: SweepSpec) -> dict[str, Any] | None:
     if resume:
-        stored = read_sweep_json(out)
+        stored = SweepDir(out).meta()
         if stored["spec"] != spec.raw:
             raise ValueError(
                 f"--resume: the spec differs from the one this sweep was started with "
@@ -130,30 +153,48 @@ def run_sweep(
     data_dir: str | Path | None = None,
     progress: Callable[[SweepProgress], None] | None = None,
     trial_process_settings: bool = False,
+    storage: str | os.PathLike | None = None,
+    max_failures: int | None = None,
+    notice: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run the sweep ``spec`` (a TOML path, a dict, or None with ``resume=True``: the stored
-    one) into ``out``; return ``{"counts", "best", "best_trial", "metric", "mode", "out"}``.
+    one) into ``out``; return ``{"counts", "best", "best_trial", "metric", "mode", "out",
+    "driver_log", "ray_logs"}`` (the last two: where Ray's messages went).
 
-    ``address`` (else ``$RAY_ADDRESS``) attaches to a running Ray cluster (the package and the
-    data must be there, ``data_dir`` valid on its nodes); otherwise a local Ray is started
-    (``num_cpus`` cores, default all) and shut down at the end. An already initialised Ray is
-    used as it is. ``max_concurrent`` limits the trials running at once (default: one per
-    CPU). ``progress`` is called after every trial event. ``trial_process_settings`` applies
-    :func:`lipschitz_rnn._process.configure_process` in every trial's worker (the CLI does).
+    ``address`` (else ``$RAY_ADDRESS``) attaches to a running Ray cluster (the package must be
+    installed on its nodes, ``data_dir`` valid on them; nothing else is shared: the probe and
+    the configurations reach the trials through Ray, their run directories come back with
+    their reports); otherwise a local Ray is started (``num_cpus`` cores, default all) and shut
+    down at the end. An already initialised Ray is used as it is. ``max_concurrent`` limits the
+    trials running at once (default: one per CPU). ``progress`` is called after every trial
+    event. ``trial_process_settings`` applies :func:`lipschitz_rnn._process.configure_process`
+    in every trial's worker (the CLI does).
+
+    ``storage``: Tune's storage (a path every node sees, or a URI such as ``s3://bucket/dir``)
+    where the trials that do not see ``out`` save a checkpoint after every epoch; a resumed
+    sweep uses the one it was started with unless given another. ``max_failures``: how many
+    times a trial whose Ray worker is lost (e.g. its node died) runs again, from its last
+    checkpoint where there is one (default :data:`DEFAULT_MAX_FAILURES` on a cluster, 0 on a
+    local Ray). ``notice`` gets what the user should know before the trials start (on a cluster
+    without ``storage``: what would not survive the loss of a node; default: logged).
 
     Everything is checked before anything is written: a bad spec raises ValueError or TypeError
-    naming the key, a missing Ray ImportError naming the ``sweep`` extra.
+    naming the key, a missing Ray ImportError naming the ``sweep`` extra. A cluster that cannot
+    be joined (e.g. it refuses the connection for its token) raises :class:`RayConnectError`.
     """
     _require_ray()
     out = Path(out)
     if resume and spec is None:
-        spec = read_sweep_json(out)["spec"]
+        spec = SweepDir(out).meta()["spec"]
     if spec is None:
         raise ValueError("spec is required unless resume=True")
     sweep = load_spec(spec)
     stored = _check_out(out, resume, sweep)
     check_optional_int("max_concurrent", max_concurrent, ge=1)
     check_optional_int("num_cpus", num_cpus, ge=1)
+    check_optional_int("max_failures", max_failures, ge=0)
+    storage = _check_storage(storage if storage is not None or stored is None
+                             else stored.get("storage"))
     if num_cpus is not None and (address or os.environ.get("RAY_ADDRESS")):
         raise ValueError("num_cpus is for a local Ray; a cluster (address, $RAY_ADDRESS) has its "
                          "own")
@@ -170,7 +211,47 @@ def run_sweep(
         sweep.scheduler, mode, sweep.max_epochs, sweep.lyapunov.at_epochs, out.resolve()
     ))
 
-    # --- from here on, files are written ---------------------------------------------------
+    # --- Ray, joined before anything of the sweep is written: a cluster that refuses the
+    # connection (e.g. for its token) leaves no sweep behind, and the same command works again
+    pending = [t.id for t in sweep.trials if not is_done(out / "trials" / t.id)]
+    driver_log, ray_logs, existed = out / "ray" / DRIVER_LOG, None, out.exists()
+    with contextlib.ExitStack() as stack:
+        if pending:
+            from . import _tune  # Ray is known to be installed
+
+            # Ray's own log lines (e.g. its token-authentication notice) go to a file
+            stack.enter_context(_tune.driver_log(driver_log))
+            try:
+                own_ray = _tune.init_ray(address, num_cpus, driver_log)
+            except RayConnectError:
+                if not resume:  # nothing but Ray's log was written
+                    shutil.rmtree(out / "ray" if existed else out, ignore_errors=True)
+                raise
+            if own_ray:
+                stack.callback(_tune.shutdown_ray)
+            ray_logs = _tune.logs_dir()
+            cluster = bool(address or os.environ.get("RAY_ADDRESS")) or _tune.alive_nodes() > 1
+            if max_failures is None:
+                max_failures = DEFAULT_MAX_FAILURES if cluster else 0
+            if cluster and storage is None:
+                (notice or log.warning)(NO_STORAGE_NOTICE)
+        res = _run(sweep, spec, out, resume=resume, stored=stored, probe=probe, runner=runner,
+                   mode=mode, scheduler=scheduler, stopper=stopper, pending=pending,
+                   address=address, max_concurrent=max_concurrent, data_dir=data_dir,
+                   progress=progress, trial_process_settings=trial_process_settings,
+                   storage=storage, max_failures=max_failures or 0)
+    return {**res, "driver_log": str(driver_log), "ray_logs": ray_logs}
+
+
+def _run(sweep: SweepSpec, spec: Any, out: Path, *, resume: bool, stored: dict | None,
+         probe: dict[str, Any], runner: TaskRunner, mode: str, scheduler: Any, stopper: Any,
+         pending: list[str], address: str | None, max_concurrent: int | None,
+         data_dir: str | None, progress: Callable[[SweepProgress], None] | None,
+         trial_process_settings: bool, storage: str | None, max_failures: int
+         ) -> dict[str, Any]:
+    """:func:`run_sweep` from the first file it writes on (Ray, where trials are pending, is
+    joined)."""
+    probe_path = out / PROBE_FILE
     t_start, started = time.perf_counter(), _now()
     if stored is None:
         out.mkdir(parents=True, exist_ok=True)
@@ -181,24 +262,29 @@ def run_sweep(
         meta = stored
         if not probe_path.is_file():
             save_probe(probe_path, probe)
+    if not meta.get("id"):  # a sweep.json of an earlier version
+        meta = update_sweep_json(out, id=_new_id())
+    if storage is not None and meta.get("storage") != storage:
+        meta = update_sweep_json(out, storage=storage)
+    # Tune's experiments of this sweep in the storage: one folder per sweep
+    tune_storage = None if storage is None else f"{storage}/{out.resolve().name}-{meta['id']}"
     sessions = list(meta["sessions"])
-    session = {"started": started, "ended": None, "wall_s": None, "resume": resume,
-               "ray": address or os.environ.get("RAY_ADDRESS") or "local",
-               "max_concurrent": max_concurrent, "versions": _versions()}
+    # the id tells a trial whether its node sees this directory (then it writes there itself)
+    session = {"id": uuid.uuid4().hex, "started": started, "ended": None, "wall_s": None,
+               "resume": resume, "ray": address or os.environ.get("RAY_ADDRESS") or "local",
+               "max_concurrent": max_concurrent, "storage": storage,
+               "max_failures": max_failures, "versions": _versions()}
     sessions.append(session)
     update_sweep_json(out, sessions=sessions)
 
     state = SweepProgress(total=len(sweep.trials), metric=runner.metric_name, mode=mode)
-    pending = []
     for t in sweep.trials:
         tdir = out / "trials" / t.id
-        if is_done(tdir):
+        if t.id not in pending:
             st = read_status(tdir)
             status = st["status"] if st else "ok"
             state.counts[status] = state.counts.get(status, 0) + 1
             _offer_finished(state, tdir, t.id, runner.metric_name)
-        else:
-            pending.append(t.id)
 
     def on_event(kind: str, tid: str, payload: dict | None) -> None:
         if kind == "start":
@@ -207,6 +293,9 @@ def run_sweep(
         elif kind == "result":
             state.offer(tid, payload.get("valid_metric"))
             state.event = f"{tid} epoch {payload.get('epoch')}"
+        elif kind == "retry":
+            state.running.discard(tid)
+            state.event = f"{tid} lost its Ray worker; it runs again"
         else:
             state.running.discard(tid)
             status = payload["status"]
@@ -226,27 +315,26 @@ def run_sweep(
     ran = len(pending)
     try:
         if pending:
-            from . import _tune  # Ray is known to be installed
+            from . import _tune
 
             ctx = {
                 "out": str(out.resolve()),
-                "probe": PROBE_FILE,
+                "session_id": session["id"],
+                "probe": probe["inputs"],  # through the object store, as the rest
                 "configs": {t.id: t.config.to_dict() for t in sweep.trials if t.id in pending},
                 "lyapunov": asdict(sweep.lyapunov),
                 "data_dir": data_dir,
                 "env": {k: v for k, v in os.environ.items() if k.startswith("LIPSCHITZ_RNN_")},
                 "threads": 1,
                 "process_settings": trial_process_settings,
+                "checkpoints": tune_storage is not None,
+                # where the trials of earlier sessions left off, for those that do not see DIR
+                "restore": {} if tune_storage is None or not resume
+                else _tune.latest_checkpoints(tune_storage, pending),
             }
-            # Ray's own log lines (e.g. its token-authentication notice) go to a file
-            with _tune.driver_log(out / "ray" / DRIVER_LOG):
-                own_ray = _tune.init_ray(address, num_cpus)
-                try:
-                    _tune.fit(out, pending, ctx, session=len(sessions), scheduler=scheduler,
-                              stopper=stopper, max_concurrent=max_concurrent, on_event=on_event)
-                finally:
-                    if own_ray:
-                        _tune.shutdown_ray()
+            _tune.fit(out, pending, ctx, session=len(sessions), scheduler=scheduler,
+                      stopper=stopper, max_concurrent=max_concurrent, on_event=on_event,
+                      storage=tune_storage, max_failures=max_failures)
     finally:
         counts = collect(out)
         wall = time.perf_counter() - t_start
@@ -257,6 +345,39 @@ def run_sweep(
     best = meta.get("best") or {}
     return {"counts": counts, "best": best.get("best_valid"), "best_trial": best.get("trial"),
             "metric": runner.metric_name, "mode": mode, "out": str(out)}
+
+
+#: said once before the trials of a cluster without ``storage`` start
+NO_STORAGE_NOTICE = (
+    "no --storage: a trial's checkpoints stay on the node that runs it (unless the nodes see "
+    "the sweep directory). A trial whose node is lost starts again from its first epoch (up to "
+    "--max-failures times), as does an unfinished trial after --resume; what the trials "
+    "reported (every epoch's metrics, the spectra, the outcomes) is kept in the sweep directory."
+)
+
+
+def _new_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def _check_storage(storage: Any) -> str | None:
+    """``storage`` as Tune takes it: a URI as given (without a trailing slash), a local path
+    absolute. ValueError/TypeError naming ``storage`` otherwise."""
+    if storage is None:
+        return None
+    if not isinstance(storage, (str, os.PathLike)):
+        raise TypeError(f"storage: expected a path or a URI, got {type(storage).__name__}")
+    text = str(storage).strip()
+    if not text:
+        raise ValueError("storage: expected a path or a URI, got an empty string")
+    if "://" in text:
+        scheme = text.split("://", 1)[0]
+        if not scheme.replace("+", "").replace("-", "").replace(".", "").isalnum():
+            raise ValueError(f"storage: {text!r} is neither a path nor a URI")
+        return text.rstrip("/")
+    path = Path(text).expanduser().resolve()
+    check_creatable_dir(path)  # one line naming it and the system's reason
+    return str(path)
 
 
 def _new_meta(sweep: SweepSpec, spec: Any, metric: str, mode: str,
@@ -275,6 +396,7 @@ def _new_meta(sweep: SweepSpec, spec: Any, metric: str, mode: str,
                   "split": probe["split"], "seed": probe["seed"],
                   "indices": [int(i) for i in probe["indices"]]},
         "trials": sweep.plan(),
+        "id": _new_id(),
         "versions": _versions(),
         "sessions": [],
         "wall_s": 0.0,
@@ -285,8 +407,5 @@ def _offer_finished(state: SweepProgress, tdir: Path, tid: str, metric: str) -> 
     st = read_status(tdir)
     if st is not None and st.get("status") not in FINAL_STATUSES:
         return
-    p = tdir / "metrics.jsonl"
-    if p.is_file():
-        for line in p.read_text().splitlines():
-            if line.strip():
-                state.offer(tid, json.loads(line).get(f"valid_{metric}"))
+    for record in RunDir(tdir).records():
+        state.offer(tid, record.get(f"valid_{metric}"))

@@ -10,8 +10,11 @@ metric on the validation split, ``mode`` says whether higher is better), ``valid
 * ``asha``: Ray's ``ASHAScheduler`` on ``valid_metric`` with ``time_attr = "epoch"`` (so rungs
   stay right when a trial is resumed), ``max_t`` the longest trial's epochs, options
   ``grace_period`` (default 1) and ``reduction_factor`` (default 4);
-* ``lyapunov``: spectrum-guided pruning, installed by :mod:`.pruning` (options
-  ``decision_epoch``, ``fraction``, ``min_history``, ``predictor``).
+* ``lyapunov``: spectrum-guided pruning, a ``Stopper`` running
+  :class:`~lipschitz_rnn.sweep.pruning.LyapunovRule` (options ``decision_epoch``, ``fraction``,
+  ``min_history``, ``predictor``).
+
+The table of factories is static: every kind works as soon as this module is imported.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .pruning import LyapunovRule
 from .spec import SCHEDULER_KINDS, SchedulerSpec
 
 __all__ = ["SchedulerContext", "register_scheduler", "make_scheduler", "METRIC"]
@@ -57,22 +61,36 @@ def _asha(ctx: SchedulerContext) -> Any:
     )
 
 
-def _not_installed(ctx: SchedulerContext) -> Any:
-    raise ValueError(
-        f"[scheduler] kind = {ctx.spec.kind!r}: no factory registered (import "
-        "lipschitz_rnn.sweep.pruning)"
-    )
+def _lyapunov(ctx: SchedulerContext) -> Any:
+    from ray.tune import Stopper
+
+    rule = LyapunovRule.from_options(ctx.spec.options, at_epochs=ctx.at_epochs,
+                                     max_epochs=ctx.max_epochs, mode=ctx.mode, metric=ctx.metric)
+
+    class LyapunovStopper(Stopper):
+        """Ray Tune's view of the rule: every report goes through it; never stops them all."""
+
+        def __init__(self, rule: LyapunovRule) -> None:
+            self.rule = rule
+
+        def __call__(self, trial_id: str, result: dict) -> bool:
+            return self.rule(trial_id, result)
+
+        def stop_all(self) -> bool:
+            return False
+
+    return LyapunovStopper(rule)
 
 
 _FACTORIES: dict[str, Callable[[SchedulerContext], Any]] = {
     "fifo": _fifo,
     "asha": _asha,
-    "lyapunov": _not_installed,
+    "lyapunov": _lyapunov,
 }
 
 
 def register_scheduler(kind: str, factory: Callable[[SchedulerContext], Any]) -> None:
-    """Install the factory of ``kind`` (one of ``fifo``, ``asha``, ``lyapunov``)."""
+    """Replace the factory of ``kind`` (one of ``fifo``, ``asha``, ``lyapunov``)."""
     if kind not in SCHEDULER_KINDS:
         raise ValueError(f"kind must be one of {list(SCHEDULER_KINDS)}, got {kind!r}")
     _FACTORIES[kind] = factory

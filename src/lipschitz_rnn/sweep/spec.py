@@ -46,7 +46,7 @@ else:  # pragma: no cover
 
 from ..data import TASKS
 from ..models import MODELS
-from ..train.config import TrainConfig, resolve_config
+from ..runs.config import TrainConfig, resolve_config
 
 __all__ = ["SweepSpec", "LyapunovSpec", "SchedulerSpec", "TrialPlan", "load_spec"]
 

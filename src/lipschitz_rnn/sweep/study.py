@@ -31,11 +31,13 @@ words; scipy's and scikit-learn's warnings are recorded there, never emitted.
 
 Outputs ``study.json`` (stable keys ``spearman``, ``auc``, ``r2``, ``notes``, each entry naming
 its feature set or feature and its epoch), ``study.md`` and PNG plots (:mod:`.study_plots`).
+The readout it shares with spectrum-guided pruning (the oriented final metric, the spectrum
+features of an epoch, the ridge ``predictor`` stored for a ``lyapunov`` scheduler) lives in
+:mod:`.readout`.
 """
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 import warnings
@@ -46,7 +48,10 @@ import numpy as np
 
 from .._checks import check_int
 from .._io import atomic_write_text, write_json
-from .results import FEATURES, SPECTRA_NPZ, TRIALS_FILE, read_sweep_json
+from ..runs.sweepdir import SweepDir
+from .readout import fit_predictor, scores, spectrum_vector
+from .results import FEATURES
+from .study_plots import write_study_plots
 
 log = logging.getLogger(__name__)
 
@@ -59,38 +64,12 @@ STUDY_FILES = ("study.json", "study.md")
 _DONE = ("ok", "diverged")
 
 
-def _number(v: str) -> float | str | None:
-    if v == "":
-        return None
-    try:
-        return float(v)
-    except ValueError:
-        return v
-
-
 def load_trials(sweep_dir: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any], Any]:
-    """(rows of ``trials.csv`` with numbers parsed, ``sweep.json``, ``spectra.npz``)."""
-    root = Path(sweep_dir)
-    meta = read_sweep_json(root)
-    path = root / TRIALS_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{root}: {TRIALS_FILE} is missing (run the sweep to its end)")
-    with path.open(newline="") as fh:
-        rows = [{k: _number(v) for k, v in r.items()} for r in csv.DictReader(fh)]
-    npz = root / SPECTRA_NPZ
-    spectra = np.load(npz) if npz.is_file() else {}
-    return rows, meta, spectra
-
-
-def _scores(rows: list[dict], mode: str) -> np.ndarray:
-    """The final metric, oriented so that higher is better; never-finite trials get the worst."""
-    y = np.array([r["best_valid"] if isinstance(r["best_valid"], float) else np.nan for r in rows])
-    y = y if mode == "max" else -y
-    finite = np.isfinite(y)
-    if not finite.any():
-        raise ValueError("no trial has a finite validation metric")
-    y[~finite] = y[finite].min()
-    return y
+    """(rows of ``trials.csv`` with numbers parsed, ``sweep.json``, ``spectra.npz``), read by
+    :class:`~lipschitz_rnn.runs.sweepdir.SweepDir`."""
+    sweep = SweepDir(sweep_dir)
+    meta = sweep.meta()
+    return sweep.trials(), meta, sweep.spectra()
 
 
 def _hyper_columns(rows: list[dict], swept: list[str]) -> tuple[np.ndarray, list[str]]:
@@ -99,7 +78,7 @@ def _hyper_columns(rows: list[dict], swept: list[str]) -> tuple[np.ndarray, list
         if key == "seed":
             continue
         vals = [r.get(key) for r in rows]
-        if all(isinstance(v, float) for v in vals):
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals):
             v = np.array(vals, dtype=np.float64)
             if v.min() > 0 and v.max() >= 10 * v.min():
                 v, key = np.log10(v), f"log10 {key}"
@@ -401,7 +380,7 @@ def run_study(sweep_dir: str | Path, *, folds: int = 5, bootstrap: int = 1000, s
             f"{root}: {len(rows)} trial(s) trained to the end; a study needs at least 8"
         )
     mode = meta["metric"]["mode"]
-    y = _scores(rows, mode)
+    y = scores(rows, mode)
     epochs = sorted(int(e) for e in meta["lyapunov"]["at_epochs"])
     groups = [str(r["config_id"]) for r in rows]
     # what scipy and scikit-learn warn about ends up in the study's notes, in words
@@ -431,16 +410,12 @@ def run_study(sweep_dir: str | Path, *, folds: int = 5, bootstrap: int = 1000, s
         }
         later = [e for e in epochs if e > 0]
         if later:  # the spectrum-only predictor at the first later epoch, for pruning sweeps
-            from .pruning import _features, fit_predictor
-
-            xs = [(_features(r, later[0]), t) for r, t in zip(rows, y, strict=True)]
+            xs = [(spectrum_vector(r, later[0]), t) for r, t in zip(rows, y, strict=True)]
             xs = [(x, t) for x, t in xs if x is not None]
             if len(xs) >= 8:
                 result["predictor"] = fit_predictor(
                     np.stack([x for x, _ in xs]), np.array([t for _, t in xs]), later[0])
         if plots:
-            from .study_plots import write_study_plots
-
             result["plots"] = write_study_plots(root, rows, y, meta, spectra, result)
     result["notes"] = study_notes(result) + list(dict.fromkeys(
         f"{w.category.__name__}: {w.message}" for w in caught))

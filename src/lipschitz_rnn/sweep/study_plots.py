@@ -4,6 +4,9 @@
   epoch, coloured by architecture;
 * ``study_spectra.png``: the mean spectra at each later LE epoch, coloured by the final metric;
 * ``study_auc.png``: the cross-validated AUC of every feature set.
+
+The panels of spectra are drawn by :mod:`lipschitz_rnn.analysis.plots` (as in the report);
+exponents are per step, as every sweep computes them.
 """
 
 from __future__ import annotations
@@ -13,7 +16,14 @@ from typing import Any
 
 import numpy as np
 
-from ..analysis.plots import new_figure, save_png
+from ..analysis.plots import (
+    draw_metric_vs_lmax,
+    draw_spectra,
+    le_epoch_title,
+    new_figure,
+    save_png,
+)
+from .readout import number
 
 __all__ = ["write_study_plots"]
 
@@ -29,17 +39,14 @@ def _epoch_figures(root: Path, rows, y: np.ndarray, meta, spectra, epochs, archs
 
     names = []
     fig, axes = new_figure(1, len(epochs), figsize=(4.2 * len(epochs), 3.6))
-    for ax, e in zip(axes[0], epochs, strict=True):
-        lmax = np.array([r.get(f"le{e}_max") if isinstance(r.get(f"le{e}_max"), float)
-                         else np.nan for r in rows])
+    for j, (ax, e) in enumerate(zip(axes[0], epochs, strict=True)):
+        lmax = np.array([number(r.get(f"le{e}_max")) for r in rows])
+        groups = []
         for i, a in enumerate(archs):
-            sel = np.array([str(r["model"]) == a for r in rows]) & np.isfinite(lmax)
-            ax.scatter(lmax[sel], y[sel], s=14, color=f"C{i}", label=a, alpha=0.8)
-        ax.axvline(0.0, color="k", lw=0.8, ls="--")
-        ax.set_xlabel(f"λ max at epoch {e}")
-        ax.set_title("at initialisation" if e == 0 else f"after epoch {e}")
-        ax.grid(alpha=0.3)
-    axes[0, 0].set_ylabel(_metric_label(meta))
+            sel = np.array([str(r["model"]) == a for r in rows])
+            groups.append((a, f"C{i}", lmax[sel], y[sel]))
+        draw_metric_vs_lmax(ax, groups, ylabel=_metric_label(meta) if j == 0 else "")
+        ax.set_title(le_epoch_title(e))
     axes[0, 0].legend(fontsize="small")
     save_png(fig, root / "study_metric_vs_lmax.png")
     names.append("study_metric_vs_lmax.png")
@@ -47,18 +54,13 @@ def _epoch_figures(root: Path, rows, y: np.ndarray, meta, spectra, epochs, archs
     norm = colors.Normalize(float(y.min()), float(y.max()) if np.ptp(y) > 0 else float(y.min()) + 1)
     cmap = colormaps["viridis"]
     fig, axes = new_figure(1, len(epochs), figsize=(4.2 * len(epochs), 3.6))
-    for ax, e in zip(axes[0], epochs, strict=True):
-        for r, score in zip(rows, y, strict=True):
-            key = f"{r['trial']}_le{e}"
-            if key in spectra:
-                lam = np.asarray(spectra[key])
-                ax.plot(np.arange(1, lam.size + 1), lam, color=cmap(norm(score)), lw=0.8,
-                        alpha=0.8)
-        ax.axhline(0.0, color="k", lw=0.8, ls="--")
-        ax.set_xlabel("exponent index")
-        ax.set_title(f"epoch {e}")
-        ax.grid(alpha=0.3)
-    axes[0, 0].set_ylabel("Lyapunov exponent")
+    for j, (ax, e) in enumerate(zip(axes[0], epochs, strict=True)):
+        drawn = [(np.asarray(spectra[f"{r['trial']}_le{e}"]), score)
+                 for r, score in zip(rows, y, strict=True) if f"{r['trial']}_le{e}" in spectra]
+        draw_spectra(ax, [lam for lam, _ in drawn], [cmap(norm(score)) for _, score in drawn])
+        ax.set_title(le_epoch_title(e))
+        if j > 0:
+            ax.set_ylabel("")
     fig.colorbar(cm.ScalarMappable(norm=norm, cmap=cmap), ax=axes[0, -1],
                  label=_metric_label(meta))
     save_png(fig, root / "study_spectra.png")

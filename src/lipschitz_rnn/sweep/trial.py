@@ -14,6 +14,12 @@ trial directory holds
 
 A trial that is run again (``--resume``) continues from its last checkpoint (``train(...,
 resume=True)``), keeping the spectra it already has.
+
+On a cluster whose nodes do not see the sweep directory, a trial runs in a directory of its
+node and ships its run directory to the driver with every report (:class:`RunShipper` on the
+trial's side, :func:`receive_run_files` on the driver's): everything but the resumable
+checkpoint (``checkpoints/last.pt``) and the previous versions of the checkpoints, which stay on
+the node (and in ``--storage``).
 """
 
 from __future__ import annotations
@@ -37,23 +43,25 @@ try:
 except ImportError:  # pragma: no cover - Windows
     fcntl = None
 
-from .._io import atomic_write_bytes, write_json
+from .._io import atomic_write_bytes, checksum_path, write_checked_bytes, write_json
 from ..analysis import NonFiniteStateError, spectrum_features
+from ..runs.config import TrainConfig
+from ..runs.rundir import RunDir
+from ..runs.sweepdir import PROBE_SPECTRA, read_probe_spectra
 from ..train.callbacks import Callback, RunContext
-from ..train.config import TrainConfig
 from ..train.loop import DivergenceError, train
 from ..train.tensorboard import tensorboard_callbacks
 from .probe import probe_spectrum
 from .spec import LyapunovSpec
 
-__all__ = ["SweepCallback", "run_trial", "is_done", "read_status", "write_status", "read_spectra",
-           "features_by_epoch", "report_metrics", "STATUS_FILE", "SPECTRA_FILE",
-           "FINAL_STATUSES"]
+__all__ = ["SweepCallback", "run_trial", "is_done", "read_status", "write_status",
+           "features_by_epoch", "report_metrics", "RunShipper", "receive_run_files",
+           "STATUS_FILE", "SPECTRA_FILE", "FINAL_STATUSES"]
 
 log = logging.getLogger(__name__)
 
 STATUS_FILE = "trial.json"
-SPECTRA_FILE = "probe_spectra.npz"
+SPECTRA_FILE = PROBE_SPECTRA
 #: outcomes that a resumed sweep does not run again (``failed`` trials are retried)
 FINAL_STATUSES = ("ok", "diverged", "stopped")
 #: for tests: the process of the trial with this id ends (``os._exit``) right after its last
@@ -81,27 +89,15 @@ def is_done(trial_dir: str | Path) -> bool:
     """Whether a trial has a final outcome (``failed`` and unfinished ones are run again). An
     ``ok`` trial is done only with its ``results.json``: one without it is finished on resume."""
     st = read_status(trial_dir)
-    results = (Path(trial_dir) / "results.json").is_file()
+    results = RunDir(trial_dir).has_results()
     if st is not None:
         return st["status"] in FINAL_STATUSES and (results or st["status"] != "ok")
     return results
 
 
-def read_spectra(trial_dir: str | Path) -> dict[int, np.ndarray]:
-    """Epoch -> (batch, k) exponents of a trial (empty when none were computed)."""
-    p = Path(trial_dir) / SPECTRA_FILE
-    if not p.is_file():
-        return {}
-    with np.load(p) as z:
-        return {int(k[2:]): z[k] for k in z.files if k.startswith("le")}
-
-
 def last_record(trial_dir: str | Path) -> dict[str, Any] | None:
-    p = Path(trial_dir) / "metrics.jsonl"
-    if not p.is_file():
-        return None
-    lines = [ln for ln in p.read_text().splitlines() if ln.strip()]
-    return json.loads(lines[-1]) if lines else None
+    records = RunDir(trial_dir).records()
+    return records[-1] if records else None
 
 
 def features_by_epoch(spectra: dict[int, np.ndarray]) -> dict[int, dict[str, float]]:
@@ -162,7 +158,7 @@ class SweepCallback(Callback):
         atomic_write_bytes(self.dir / SPECTRA_FILE, buf.getvalue())
 
     def on_train_start(self, run: RunContext) -> None:
-        self.spectra = {} if run.fresh else read_spectra(self.dir)
+        self.spectra = {} if run.fresh else read_probe_spectra(self.dir)
         # the model as it starts is that of the end of epoch start_epoch - 1 (0: initial): a
         # sweep's checkpoints are all at epoch ends. Its spectrum is computed here when missing
         # (the driver was killed between the checkpoint and the spectrum)
@@ -201,17 +197,19 @@ def run_trial(
     *,
     data_dir: str | Path | None = None,
     report: Callable[[dict], None] | None = None,
+    node: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train (or continue) trial ``trial_id`` into ``sweep_dir/trials/<id>/``; return and write
     its ``trial.json``. Divergence and any other exception are recorded, not raised.
 
     ``report`` gets :func:`report_metrics` after every epoch, the last one after ``trial.json``
-    is written. Attempts of one trial never overlap: an attempt waits for the lock of the trial
-    (``DIR/.locks/<id>``) that a worker of a killed driver may still hold.
+    is written. ``node`` (``{"id", "hostname"}``: where the attempt runs) is recorded in
+    ``trial.json``. Attempts of one trial never overlap: an attempt waits for the lock of the
+    trial (``DIR/.locks/<id>``) that a worker of a killed driver may still hold.
     """
     with trial_lock(sweep_dir, trial_id):
         return _attempt(Path(sweep_dir) / "trials" / trial_id, trial_id, config, lyap, inputs,
-                        data_dir, report)
+                        data_dir, report, node)
 
 
 @contextlib.contextmanager
@@ -237,13 +235,13 @@ def trial_lock(sweep_dir: str | Path, trial_id: str) -> Iterator[None]:
 
 
 def _attempt(tdir: Path, trial_id: str, config: TrainConfig, lyap: LyapunovSpec, inputs: Tensor,
-             data_dir, report) -> dict[str, Any]:
+             data_dir, report, node) -> dict[str, Any]:
     earlier = read_status(tdir) or {}
     (tdir / STATUS_FILE).unlink(missing_ok=True)  # the outcome of an earlier attempt
     # TensorBoard per trial when the spec sets it: tensorboard --logdir SWEEP compares them
     cb = SweepCallback(tdir, inputs, lyap, report=report)
     callbacks = [cb, *tensorboard_callbacks(config)]
-    resume = (tdir / "config.toml").is_file()
+    resume = RunDir(tdir).is_run()
     t0 = time.perf_counter()
     status, error, results, tb = "ok", None, None, None
     try:
@@ -271,7 +269,96 @@ def _attempt(tdir: Path, trial_id: str, config: TrainConfig, lyap: LyapunovSpec,
                          **{str(k): v for k, v in cb.errors.items()}},
         test=results["test"] if results else None,
         traceback=tb,
+        **({"node": node} if node is not None else {}),
     )
     if report is not None and cb.final is not None:
         report(cb.final)
     return outcome
+
+
+# --- a run directory shipped to the driver ------------------------------------------------------
+def _shipped(rel: str) -> bool:
+    """Whether the run-directory file ``rel`` (a POSIX path relative to the run directory)
+    travels to the driver: not the resumable checkpoint, not the previous versions of the
+    checkpoints, not the temporary files of atomic writes."""
+    parts = rel.split("/")
+    name = parts[-1]
+    if any(p.startswith(".") for p in parts) or name.endswith(".tmp"):
+        return False
+    if parts[0] == "checkpoints" and (name.startswith("last") or ".prev." in name):
+        return False
+    return True
+
+
+def _relative(rel: Any) -> str:
+    """``rel`` checked as a relative path inside a run directory (ValueError otherwise)."""
+    if not isinstance(rel, str) or not rel or rel.startswith("/") or "\\" in rel or \
+            any(p in ("", ".", "..") for p in rel.split("/")):
+        raise ValueError(f"shipped file {rel!r}: expected a relative path inside the run "
+                         "directory")
+    return rel
+
+
+class RunShipper:
+    """The trial's side of a run directory that the driver cannot see: :meth:`payload` holds
+    the files that changed since the last payload (``{"files": {path: bytes}, "manifest":
+    [every shipped path present]}``), or None when nothing changed."""
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.dir = Path(run_dir)
+        self._sent: dict[str, tuple[int, int, int]] = {}
+        self._manifest: list[str] = []
+
+    def _present(self) -> dict[str, tuple[int, int, int]]:
+        out = {}
+        if self.dir.is_dir():
+            for p in sorted(self.dir.rglob("*")):
+                rel = p.relative_to(self.dir).as_posix()
+                if p.is_file() and _shipped(rel):
+                    st = p.stat()
+                    out[rel] = (st.st_size, st.st_mtime_ns, st.st_ino)
+        return out
+
+    def payload(self) -> dict[str, Any] | None:
+        present = self._present()
+        changed = [rel for rel, sig in present.items() if self._sent.get(rel) != sig]
+        manifest = sorted(present)
+        if not changed and manifest == self._manifest:
+            return None
+        files = {}
+        for rel in changed:
+            try:
+                files[rel] = (self.dir / rel).read_bytes()
+            except FileNotFoundError:  # replaced or removed since the listing
+                present.pop(rel)
+        self._sent, self._manifest = present, sorted(present)
+        return {"files": files, "manifest": self._manifest}
+
+
+def receive_run_files(trial_dir: str | Path, payload: dict[str, Any]) -> None:
+    """The driver's side of :class:`RunShipper`: write ``payload``'s files into ``trial_dir``
+    atomically and remove the shipped kind of files the trial no longer has (an earlier
+    attempt's). A file whose checksum sidecar travels with it is written with its checksum
+    recorded crash-consistently (:func:`~lipschitz_rnn._io.write_checked_bytes`);
+    ``trial.json`` comes last, so the directory never holds an outcome before its files. Files
+    that are not shipped (``checkpoints/last.pt``) are left as they are."""
+    tdir = Path(trial_dir)
+    files = {_relative(rel): data for rel, data in (payload.get("files") or {}).items()}
+    manifest = {_relative(rel) for rel in payload.get("manifest") or ()} | set(files)
+    if STATUS_FILE not in manifest:  # a new attempt: the earlier outcome goes first
+        (tdir / STATUS_FILE).unlink(missing_ok=True)
+    sidecars = {checksum_path(Path(rel)).as_posix() for rel in files}
+    for rel, data in files.items():
+        if rel == STATUS_FILE or (rel in sidecars and rel[: -len(".sha256")] in files):
+            continue
+        if checksum_path(Path(rel)).as_posix() in files:
+            write_checked_bytes(tdir / rel, data)
+        else:
+            atomic_write_bytes(tdir / rel, data)
+    if tdir.is_dir():
+        for p in sorted(tdir.rglob("*"), reverse=True):
+            rel = p.relative_to(tdir).as_posix()
+            if p.is_file() and _shipped(rel) and rel not in manifest:
+                p.unlink()
+    if STATUS_FILE in files:
+        atomic_write_bytes(tdir / STATUS_FILE, files[STATUS_FILE])

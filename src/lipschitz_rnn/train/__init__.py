@@ -1,15 +1,16 @@
-"""Training: configurations and presets, the loop with exact resume, per-task batching."""
+"""Training: the one loop with exact resume (one process or many), its callbacks, TensorBoard.
 
-from .config import TrainConfig, list_presets, resolve_config
-from .loop import DistributedError, DivergenceError, RunInterrupted, evaluate_run, load_run, train
+A run's configuration, task and directory are those of :mod:`lipschitz_rnn.runs`.
+"""
+
+from .callbacks import Callback, RunContext, StepInfo
+from .loop import DistributedError, DivergenceError, RunInterrupted, train
 
 __all__ = [
-    "TrainConfig",
-    "list_presets",
-    "resolve_config",
     "train",
-    "evaluate_run",
-    "load_run",
+    "Callback",
+    "RunContext",
+    "StepInfo",
     "DivergenceError",
     "DistributedError",
     "RunInterrupted",

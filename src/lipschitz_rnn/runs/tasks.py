@@ -1,4 +1,5 @@
-"""How each kind of task is batched, scored and evaluated by the training loop.
+"""A run's task: how each kind is batched, scored and evaluated (by the training loop and by the
+analyses of run directories), and which direction of its metric is better.
 
 Kinds (from :class:`lipschitz_rnn.data.Task`):
 
@@ -13,7 +14,8 @@ Kinds (from :class:`lipschitz_rnn.data.Task`):
 
 Under several processes (:meth:`TaskRunner.distribute`) every rank takes its share of each
 global batch: a contiguous block of the batch's items (of the streams, for a language model;
-:meth:`DistContext.share`), so the batch order is the one a single process draws. A rank left
+:meth:`lipschitz_rnn.train.distributed.DistContext.share`), so the batch order is the one a
+single process draws. A rank left
 without items (a last batch smaller than the number of ranks) runs one item with zero weight, so
 that every rank takes part in the gradient all-reduce. Datasets that draw fresh random data per
 item (npcifar's noise) are collated whole on every rank and then sliced, so their generator
@@ -35,11 +37,38 @@ from .._checks import check_int
 from ..analysis import lyapunov_spectrum
 from ..data import get_task
 from .config import TrainConfig
-from .distributed import DistContext
+
+__all__ = ["TaskRunner", "higher_is_better", "analysis_batches", "loss_function",
+           "metric_function"]
 
 LN2 = math.log(2.0)
 #: parallel streams when evaluating a language model (state carried over the whole split)
 LM_EVAL_STREAMS = 10
+#: the metrics of which a larger value is better (every other metric, and the loss: smaller)
+HIGHER_IS_BETTER = ("accuracy",)
+
+
+def higher_is_better(metric: str) -> bool:
+    """Whether a larger value of ``metric`` (``accuracy``, ``mse``, ``bpc``, ``loss``) is better:
+    the one rule that the loop (best checkpoint), the sweep (its mode) and the report follow."""
+    return metric in HIGHER_IS_BETTER
+
+
+class _OneProcess:
+    """The placement of a process that trains alone (what :meth:`TaskRunner.distribute` replaces
+    with a :class:`~lipschitz_rnn.train.distributed.DistContext` of several)."""
+
+    enabled = False
+    rank = 0
+    world_size = 1
+
+    @staticmethod
+    def share(n: int) -> tuple[int, int]:
+        return 0, n
+
+    @staticmethod
+    def all_gather_object(obj: Any) -> list[Any]:
+        return [obj]
 
 
 def _to_time_major(x: Tensor) -> Tensor:
@@ -55,6 +84,10 @@ def _detach_state(h):
 
 
 class TaskRunner:
+    """The task of a run (``config.task`` with ``config.task_kwargs``, loaded from ``data_dir``)
+    as the loop and the analyses use it: its batches, one training step, evaluation, and the
+    state a checkpoint must hold (data RNG, a language model's carried state)."""
+
     def __init__(self, config: TrainConfig, *, data_dir=None, device: torch.device):
         self.config = config
         self.device = device
@@ -64,16 +97,17 @@ class TaskRunner:
         self.metric_name = t.metric
         self.readout = t.readout
         self.output_size = t.output_size
-        self.higher_is_better = t.metric == "accuracy"
+        self.higher_is_better = higher_is_better(t.metric)
         self.is_lm = t.kind == "language_model"
         self.vocab_size = t.output_size if self.is_lm else None
         self.model_input_size = t.input_size
         self._carry = None  # LM hidden state carried across segments (this rank's streams)
-        self.dist = DistContext()
+        self.dist: Any = _OneProcess()
 
-    def distribute(self, dist: DistContext) -> None:
+    def distribute(self, dist: Any) -> None:
         """Take rank ``dist.rank``'s share of every training batch and split evaluation over
-        the ranks. Raises ValueError for what cannot be shared."""
+        the ranks (``dist``: a :class:`~lipschitz_rnn.train.distributed.DistContext`). Raises
+        ValueError for what cannot be shared."""
         if dist.enabled and self.is_lm and self.config.batch_size < dist.world_size:
             raise ValueError(
                 f"batch_size={self.config.batch_size} parallel streams cannot be shared by "

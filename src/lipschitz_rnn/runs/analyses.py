@@ -1,19 +1,19 @@
 """Analyses of run directories: Lyapunov spectrum, Hessian spectrum, robustness, comparison.
 
 (The analyses themselves, for any module, are in :mod:`lipschitz_rnn.analysis`; this module
-loads a run's best checkpoint and data, runs them, and writes the results into the run.)
+loads a run's best checkpoint and data through :class:`~lipschitz_rnn.runs.rundir.RunDir`, runs
+them, and writes the results into the run.)
 
 Each writes its JSON (and a PNG) into the run directory, atomically, and returns the dict.
 """
 
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 from typing import Any
 
-from .._io import atomic_write_text, write_json
+from .._io import atomic_write_text
 from ..analysis import (
     compare_table,
     hessian_spectrum,
@@ -21,11 +21,11 @@ from ..analysis import (
     lyapunov_spectrum,
     plot_curves,
     plot_density,
+    plot_evolution,
+    plot_spectrum,
     weight_noise_curve,
 )
-from ..analysis.lyapunov import plot_evolution, plot_spectrum
-from .loop import load_run
-from .rundir import read_results
+from .rundir import RunDir, run_metric
 from .tasks import analysis_batches, loss_function, metric_function
 
 __all__ = [
@@ -42,13 +42,12 @@ DEFAULT_INPUT_SIGMAS = (0.0, 0.01, 0.05, 0.1, 0.2, 0.5)
 DEFAULT_WEIGHT_SIGMAS = (0.0, 0.001, 0.005, 0.01, 0.05, 0.1)
 
 
-def _run_dir(run_dir) -> Path:
-    run = Path(run_dir)
-    if not (run / "config.toml").is_file():
-        raise FileNotFoundError(f"run_dir: {run} is not a run directory (no config.toml)")
-    if not (run / "checkpoints" / "best.pt").is_file():
+def _trained_run(run_dir) -> RunDir:
+    """The run directory ``run_dir``, which must have a best checkpoint."""
+    run = RunDir(run_dir).require()
+    if not run.checkpoint_path("best").is_file():
         raise FileNotFoundError(
-            f"run_dir: {run} has no checkpoints/best.pt (did it finish an epoch?)"
+            f"run_dir: {run.path} has no checkpoints/best.pt (did it finish an epoch?)"
         )
     return run
 
@@ -63,8 +62,8 @@ def lyapunov_run(
     data_dir=None,
 ) -> dict[str, Any]:
     """Spectrum of the best checkpoint driven by the task's test inputs; writes lyapunov.json/png."""
-    run = _run_dir(run_dir)
-    _, runner, model = load_run(run, data_dir=data_dir)
+    run = _trained_run(run_dir)
+    _, runner, model = run.load(data_dir=data_dir)
     inputs = runner.sample_inputs("test", batch)
     if steps is not None:
         if steps < 1:
@@ -79,25 +78,22 @@ def lyapunov_run(
         "entropy_rate": spec.entropy_rate_of_mean,
     }
     d["summary"] = summary
-    write_json(run / "lyapunov.json", d)
-    plot_spectrum(spec, run / "lyapunov.png", title=f"Lyapunov spectrum: {run.name}")
+    run.write_analysis("lyapunov", d)
+    plot_spectrum(spec, run.file("lyapunov.png"), title=f"Lyapunov spectrum: {run.name}")
     return d
 
 
 def lyapunov_evolution(run_dir) -> Path:
     """Plot the spectra logged by ``train --lyapunov-every`` to lyapunov_evolution.png."""
-    run = Path(run_dir)
-    path = run / "metrics.jsonl"
+    run = RunDir(run_dir)
+    path = run.file("metrics.jsonl")
     if not path.is_file():
-        raise FileNotFoundError(f"run_dir: {run} has no metrics.jsonl")
-    records = []
-    for line in path.read_text().splitlines():
-        rec = json.loads(line)
-        if "lyapunov" in rec:
-            records.append((rec["epoch"], rec["lyapunov"]["spectrum"]))
+        raise FileNotFoundError(f"run_dir: {run.path} has no metrics.jsonl")
+    records = [(rec["epoch"], rec["lyapunov"]["spectrum"]) for rec in run.records()
+               if "lyapunov" in rec]
     if not records:
         raise ValueError(f"{path} holds no spectra: train with --lyapunov-every E")
-    out = run / "lyapunov_evolution.png"
+    out = run.file("lyapunov_evolution.png")
     plot_evolution(records, out, title=f"Lyapunov spectrum during training: {run.name}")
     return out
 
@@ -114,8 +110,8 @@ def hessian_run(
     **kw,
 ) -> dict[str, Any]:
     """Hessian spectrum of the test loss at the best checkpoint; writes hessian.json/png."""
-    run = _run_dir(run_dir)
-    _, runner, model = load_run(run, data_dir=data_dir)
+    run = _trained_run(run_dir)
+    _, runner, model = run.load(data_dir=data_dir)
     batches = analysis_batches(runner, "test", n_batches, batch_size)
     spec = hessian_spectrum(
         model, loss_function(runner), batches, top_k=top_k, density=density, seed=seed, **kw
@@ -123,9 +119,9 @@ def hessian_run(
     d = spec.to_dict()
     d["batches"] = {"split": "test", "n_batches": len(batches), "batch_size": batch_size,
                     **_subset(runner, batches)}
-    write_json(run / "hessian.json", d)
+    run.write_analysis("hessian", d)
     if density and spec.density is not None:
-        plot_density(spec, run / "hessian.png")
+        plot_density(spec, run.file("hessian.png"))
     return d
 
 
@@ -140,8 +136,8 @@ def robustness_run(
     data_dir=None,
 ) -> dict[str, Any]:
     """Test metric under input and relative weight noise; writes robustness.json/png."""
-    run = _run_dir(run_dir)
-    _, runner, model = load_run(run, data_dir=data_dir)
+    run = _trained_run(run_dir)
+    _, runner, model = run.load(data_dir=data_dir)
     batches = analysis_batches(runner, "test", n_batches, batch_size)
     metric = metric_function(runner)
     curves = []
@@ -160,8 +156,8 @@ def robustness_run(
         "subset": _subset(runner, batches),
         "curves": {c.kind: c.to_dict() for c in curves},
     }
-    write_json(run / "robustness.json", d)
-    plot_curves(curves, run / "robustness.png")
+    run.write_analysis("robustness", d)
+    plot_curves(curves, run.file("robustness.png"))
     return d
 
 
@@ -193,8 +189,8 @@ def compare_runs(run_dirs, out: str | Path | None = None) -> tuple[str, str]:
     rows = []
     results = []
     for rd in run_dirs:
-        run = Path(rd)
-        results.append((run, read_results(run)))  # verified against its checksum
+        run = RunDir(rd)
+        results.append((run, run.results()))  # verified against its checksum
     tasks = sorted({res.get("task", "?") for _, res in results})
     if len(tasks) > 1:
         warnings.warn(
@@ -204,7 +200,8 @@ def compare_runs(run_dirs, out: str | Path | None = None) -> tuple[str, str]:
             stacklevel=2,
         )
     for run, res in results:
-        metric_name, value = next((k, v) for k, v in res["test"].items() if k != "loss")
+        metric_name = run_metric(res, [])
+        value = res["test"][metric_name]
         label = res["model"] if run.name == res["model"] else f"{res['model']} ({run.name})"
         if len(tasks) > 1:
             label += f" [{res.get('task', '?')}]"
@@ -213,15 +210,16 @@ def compare_runs(run_dirs, out: str | Path | None = None) -> tuple[str, str]:
             "metric_name": metric_name,
             "metric": value,
         }
-        if (run / "hessian.json").is_file():
-            h = json.loads((run / "hessian.json").read_text())
+        h = run.analysis("hessian")
+        if h is not None:
             row.update(
                 lambda_max=h["eigenvalues"][0] if h.get("eigenvalues") else None,
                 trace=h.get("trace"),
                 condition_number=h.get("condition_number"),
             )
-        if (run / "robustness.json").is_file():
-            r = json.loads((run / "robustness.json").read_text())["curves"]
+        robustness = run.analysis("robustness")
+        if robustness is not None:
+            r = robustness["curves"]
             row["input_noise"] = _noise_map(r.get("input"))
             row["weight_noise"] = _noise_map(r.get("weight"))
         rows.append(row)

@@ -1,4 +1,5 @@
-"""Training configuration: a dataclass, TOML presets shipped in the package, ``--set`` overrides."""
+"""What defines a run: :class:`TrainConfig` (``config.toml``), the TOML presets shipped in the
+package, ``--set`` overrides, and which settings a resume may change."""
 
 from __future__ import annotations
 
@@ -19,7 +20,9 @@ import tomli_w
 
 from .._checks import check_float
 
-__all__ = ["TrainConfig", "list_presets", "load_preset", "resolve_config", "parse_set"]
+__all__ = ["TrainConfig", "list_presets", "load_preset", "resolve_config", "parse_set",
+           "RESUMABLE_KEYS", "apply_resume_overrides", "config_differences",
+           "resume_overrides_from"]
 
 
 @dataclass
@@ -222,3 +225,80 @@ def resolve_config(
         else:
             raise ValueError(f"--set: unknown key {key!r}; known: {sorted(known)}")
     return TrainConfig.from_dict(d)
+
+
+# --- resume: which settings may change --------------------------------------------------------
+#: settings that may change when a run is resumed: the length, the learning-rate schedule and
+#: what is monitored; everything else defines the run and is refused
+RESUMABLE_KEYS = (
+    "epochs",
+    "lr",
+    "lr_decay_epochs",
+    "lr_decay_factor",
+    "test_every",
+    "eval_batch_size",
+    "lyapunov_every",
+    "lyapunov_batch",
+    "lyapunov_k",
+)
+
+#: settings that neither define a run nor change it: a resume ignores their differences
+#: (``tensorboard``: ``train --tensorboard`` turns the logging on for a session)
+_NOT_COMPARED = ("description", "tensorboard")
+
+
+def apply_resume_overrides(
+    config: TrainConfig, overrides: dict[str, Any] | None
+) -> tuple[TrainConfig, dict[str, list]]:
+    """``config`` with ``overrides`` (``--set`` keys) applied on resume, and the changes as
+    ``{key: [old, new]}``. Keys outside :data:`RESUMABLE_KEYS` raise ValueError naming them."""
+    if not overrides:
+        return config, {}
+    refused = sorted(k for k in overrides if k not in RESUMABLE_KEYS)
+    if refused:
+        raise ValueError(
+            f"--resume cannot change {refused}: they define the run. Settings that may change "
+            f"on resume: {list(RESUMABLE_KEYS)}; start a new run (--out) for the others"
+        )
+    new = resolve_config(preset=None, base=config.to_dict(), overrides=overrides)
+    changes = {
+        k: [getattr(config, k), getattr(new, k)]
+        for k in overrides
+        if getattr(config, k) != getattr(new, k)
+    }
+    return new, changes
+
+
+def _flat(config: TrainConfig) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in config.to_dict().items():
+        if k in ("model_kwargs", "task_kwargs"):
+            out.update({f"{k.split('_')[0]}.{kk}": vv for kk, vv in v.items()})
+        elif k not in _NOT_COMPARED:
+            out[k] = v
+    return out
+
+
+def config_differences(run: TrainConfig, given: TrainConfig) -> dict[str, tuple[Any, Any]]:
+    """``{key: (run's value, given value)}`` for every setting in which ``given`` differs from
+    ``run`` (``model.x``/``task.x`` for the model's and task's options; a missing option shows
+    as None). ``description`` and ``tensorboard`` are not compared."""
+    a, b = _flat(run), _flat(given)
+    keys = dict.fromkeys([*a, *b])
+    return {k: (a.get(k), b.get(k)) for k in keys if a.get(k) != b.get(k)}
+
+
+def resume_overrides_from(out: Path, run: TrainConfig, given: TrainConfig) -> dict[str, Any]:
+    """The overrides that turn the run's configuration ``run`` into ``given`` (a resume that
+    repeats the command that started the run): differences in :data:`RESUMABLE_KEYS` are
+    applied; any other difference raises ValueError naming each setting and both values."""
+    diff = config_differences(run, given)
+    refused = {k: v for k, v in diff.items() if k not in RESUMABLE_KEYS}
+    if refused:
+        listed = "; ".join(f"{k}: {a!r} in the run, {b!r} now" for k, (a, b) in refused.items())
+        raise ValueError(
+            f"--resume: the run in {out} was started with another configuration ({listed}). "
+            "These settings define the run: resume with the settings it was started with, or "
+            "start a new run (another --out, or --force to overwrite it)"
+        )
+    return {k: b for k, (_, b) in diff.items()}
