@@ -135,6 +135,12 @@ def cases(tmp_path_factory, data_dir):
               "length": 5, "n_train": 48, "n_valid": 16, "n_test": 16})},
           {"name": "adding", "config": _tiny("adding", model="odernn", batch_size=16, task_kwargs={
               "length": 12, "n_train": 48, "n_valid": 16, "n_test": 16})},
+          # flossing phases before and during training: every rank draws and steps the same
+          {"name": "flossing", "config": _tiny("delayed-xor", model="rnn", batch_size=16,
+                                               epochs=2, task_kwargs={
+              "delay": 4, "length": 12, "n_train": 48, "n_valid": 16, "n_test": 16},
+              flossing={"k": 4, "warmup": 2, "steps": 8, "batch": 4, "before": 4, "every": 1,
+                        "during": 2, "lr": 0.01})},
           {"name": "ptb", "config": _tiny("ptb-char", model="lstm", batch_size=3, bptt=4,
                                           epochs=2), "data_dir": d},
           {"name": "npcifar", "config": _tiny("npcifar", batch_size=3, task_kwargs={

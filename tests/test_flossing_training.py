@@ -8,7 +8,8 @@ import torch
 
 from lipschitz_rnn.data import get_task
 from lipschitz_rnn.models import SequenceModel, build
-from lipschitz_rnn.train.flossing import Flossing, FlossingConfig, sequence_sampler
+from lipschitz_rnn.runs.config import FlossingConfig
+from lipschitz_rnn.train.flossing import Flossing, sequence_sampler
 
 
 def _setup(seed=0, **cfg):

@@ -440,3 +440,21 @@ def test_ptb_preset_documents_its_initial_transient():
         state = net.rnn(net.embedding(x[:150]))[0].pow(2).mean(-1).sqrt().mean(-1)
     assert bpc1 > math.log2(V) + 3 and bpc2 > bpc1  # far above uniform, worse when carried
     assert float(state[149]) > 5 * float(state[9])  # the state sums its input
+
+
+def test_adamw_decays_the_weights_apart_from_the_gradient(tmp_path):
+    """``optimizer = "adamw"`` is torch's AdamW (decoupled decay): with weight_decay 0 it is
+    Adam, with weight_decay > 0 another trajectory than Adam's L2 penalty."""
+    from lipschitz_rnn.train.loop import _make_optimizer
+
+    model = torch.nn.Linear(2, 2)
+    opt = _make_optimizer(tiny(optimizer="adamw", weight_decay=0.05), model)
+    assert isinstance(opt, torch.optim.AdamW) and opt.defaults["weight_decay"] == 0.05
+    for name, wd in (("adam", 0.0), ("adamw", 0.0), ("adam", 0.05), ("adamw", 0.05)):
+        train(tiny(optimizer=name, weight_decay=wd, epochs=1, max_batches=3),
+              tmp_path / f"{name}{wd}")
+    w = {k: _weights(tmp_path / k) for k in ("adam0.0", "adamw0.0", "adam0.05", "adamw0.05")}
+    assert all(torch.equal(w["adam0.0"][k], w["adamw0.0"][k]) for k in w["adam0.0"])
+    assert not all(torch.equal(w["adam0.05"][k], w["adamw0.05"][k]) for k in w["adam0.05"])
+    with pytest.raises(ValueError, match="optimizer must be one of"):
+        tiny(optimizer="rmsprop")

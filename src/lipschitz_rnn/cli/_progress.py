@@ -43,11 +43,13 @@ class TrainingDisplay(Callback):
         self._close_bar()
         parts = [f"epoch {record['epoch']:3d}"]
         for k, v in record.items():
-            if k in ("epoch", "lyapunov"):
+            if k in ("epoch", "lyapunov", "flossing"):
                 continue
             parts.append(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}")
         if "lyapunov" in record:
             parts.append(f"lambda_max {record['lyapunov']['max']:.4f}")
+        if "flossing" in record:
+            parts.append(_flossing_part(record["flossing"]))
         console.print("  ".join(parts))
 
     def close(self) -> None:
@@ -82,3 +84,12 @@ class StopOnSigint(Callback):
 
     def should_stop(self, run: RunContext) -> bool:
         return self.requested
+
+
+def _flossing_part(phase: dict) -> str:
+    """``flossing before 500 steps 12.3 s lambda_1 0.41 -> 0.02`` (the monitor's largest
+    exponent before and after the phase)."""
+    top = [max(s) if s else float("nan")
+           for s in (phase.get("spectrum_before"), phase.get("spectrum_after"))]
+    return (f"flossing {phase.get('phase', '')} {phase.get('steps')} steps "
+            f"{phase.get('seconds', float('nan')):.3g} s lambda_1 {top[0]:.3g} -> {top[1]:.3g}")

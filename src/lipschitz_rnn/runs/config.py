@@ -20,9 +20,88 @@ import tomli_w
 
 from .._checks import check_float
 
-__all__ = ["TrainConfig", "list_presets", "load_preset", "resolve_config", "parse_set",
+__all__ = ["TrainConfig", "FlossingConfig", "list_presets", "load_preset", "resolve_config", "parse_set",
            "RESUMABLE_KEYS", "apply_resume_overrides", "config_differences",
            "resume_overrides_from"]
+
+
+#: which parameters a phase changes: the recurrent layer's (recurrent and input weights,
+#: biases), or every parameter of the model (readout and embedding included)
+PARAM_SETS = ("recurrent", "all")
+
+
+@dataclass
+class FlossingConfig:
+    """The ``[flossing]`` table of a run configuration (all off by default).
+
+    ``k`` exponents (0: all of the state) are pushed toward ``target`` on ``batch`` sequences of
+    ``warmup + steps`` time steps (``warmup`` transient steps not averaged, ``steps`` averaged);
+    ``before`` steps before training; ``during`` steps at the start of every ``every``-th epoch
+    (epochs ``every + 1``, ``2 every + 1``, ...: the phase before training covers the first);
+    Adam at ``lr`` with gradient-norm clipping at ``clip_grad_norm`` (0: none) on ``params``
+    (``"recurrent"``: the recurrent layer; ``"all"``: every parameter).
+    """
+
+    k: int = 0
+    target: float = 0.0
+    warmup: int = 16
+    steps: int = 55
+    batch: int = 16
+    before: int = 0
+    every: int = 0
+    during: int = 0
+    lr: float = 1e-3
+    clip_grad_norm: float = 0.0
+    params: str = "recurrent"
+
+    @property
+    def enabled(self) -> bool:
+        return self.before > 0 or (self.every > 0 and self.during > 0)
+
+    def validate(self) -> FlossingConfig:
+        """Check every key (ValueError / TypeError naming ``flossing.KEY``); returns self."""
+        for name, low in (("k", 0), ("warmup", 0), ("steps", 1), ("batch", 1), ("before", 0),
+                          ("every", 0), ("during", 0)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise TypeError(f"flossing.{name} must be an int, got {v!r}")
+            if v < low:
+                raise ValueError(f"flossing.{name} must be >= {low}, got {v}")
+        self.target = check_float("flossing.target", self.target)
+        self.lr = check_float("flossing.lr", self.lr, gt=0)
+        self.clip_grad_norm = check_float("flossing.clip_grad_norm", self.clip_grad_norm, ge=0)
+        if self.params not in PARAM_SETS:
+            raise ValueError(f"flossing.params must be one of {list(PARAM_SETS)}, got "
+                             f"{self.params!r}")
+        if (self.every > 0) != (self.during > 0):
+            raise ValueError(
+                f"flossing.every and flossing.during go together (a phase every `every` epochs "
+                f"of `during` steps), got every={self.every}, during={self.during}"
+            )
+        return self
+
+    def check_against(self, state_size: int, sequence_length: int | None) -> None:
+        """The checks that need the model and the task: ``k`` within the state, sequences
+        long enough for ``warmup + steps``."""
+        if self.k > state_size:
+            raise ValueError(f"flossing.k={self.k} is larger than the model's state size "
+                             f"{state_size}")
+        if sequence_length is not None and self.warmup + self.steps > sequence_length:
+            raise ValueError(
+                f"flossing.warmup + flossing.steps = {self.warmup + self.steps} exceeds the "
+                f"task's {sequence_length} time steps"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FlossingConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown flossing keys {unknown}; known: {sorted(known)}")
+        return cls(**d).validate()
 
 
 @dataclass
@@ -37,6 +116,7 @@ class TrainConfig:
     and logs it in ``metrics.jsonl`` (a learning curve for comparison with published per-epoch
     test curves; the model is still selected on validation only). ``tensorboard = true``: the
     ``train`` command also logs to ``RUN/tb/`` (:mod:`lipschitz_rnn.train.tensorboard`).
+    ``flossing``: the ``[flossing]`` table (:class:`FlossingConfig`; off by default).
     """
 
     task: str = "digits"
@@ -65,6 +145,7 @@ class TrainConfig:
     lyapunov_k: int = 0
     test_every: int = 0
     tensorboard: bool = False
+    flossing: FlossingConfig = field(default_factory=FlossingConfig)
 
     def validate(self) -> TrainConfig:
         def pos_int(name: str, allow_zero: bool = False) -> None:
@@ -89,8 +170,9 @@ class TrainConfig:
         self.lr = check_float("lr", self.lr, gt=0)
         if not isinstance(self.tensorboard, bool):
             raise ValueError(f"tensorboard must be true or false, got {self.tensorboard!r}")
-        if self.optimizer not in ("adam", "sgd"):
-            raise ValueError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {list(OPTIMIZERS)}, got "
+                             f"{self.optimizer!r}")
         if not isinstance(self.lr_decay_epochs, list) or not all(
             isinstance(e, int) and e >= 1 for e in self.lr_decay_epochs
         ):
@@ -102,6 +184,12 @@ class TrainConfig:
                 raise ValueError(f"{n} must be a table, got {getattr(self, n)!r}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {self.device!r}")
+        if isinstance(self.flossing, dict):
+            self.flossing = FlossingConfig.from_dict(self.flossing)
+        elif isinstance(self.flossing, FlossingConfig):
+            self.flossing.validate()
+        else:
+            raise TypeError(f"flossing must be a table, got {self.flossing!r}")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -158,7 +246,8 @@ def load_preset(name: str) -> dict[str, Any]:
 
 def parse_set(items: list[str]) -> dict[str, Any]:
     """Parse ``key=value`` overrides. Values are TOML (``0.1``, ``[90]``, ``true``, ``"rk2"``); a
-    bare word is taken as a string. ``model.x`` and ``task.x`` address ``model_kwargs``/``task_kwargs``."""
+    bare word is taken as a string. ``model.x``, ``task.x`` and ``flossing.x`` address
+    ``model_kwargs``, ``task_kwargs`` and the ``[flossing]`` table."""
     out: dict[str, Any] = {}
     for item in items:
         if not isinstance(item, str) or "=" not in item:
@@ -176,6 +265,14 @@ def parse_set(items: list[str]) -> dict[str, Any]:
                 raise ValueError(f"--set: malformed value {raw!r} for {key!r}") from None
         out[key] = value
     return out
+
+
+#: ``optimizer`` values: Adam (L2 ``weight_decay`` in the gradient), AdamW (decoupled weight
+#: decay), SGD with ``momentum``
+OPTIMIZERS = ("adam", "adamw", "sgd")
+
+#: the tables that ``--set TABLE.KEY=...`` addresses, and their fields in :class:`TrainConfig`
+_TABLES = {"model": "model_kwargs", "task": "task_kwargs", "flossing": "flossing"}
 
 
 def resolve_config(
@@ -208,9 +305,10 @@ def resolve_config(
     for key, value in (overrides or {}).items():
         head, _, rest = key.partition(".")
         if rest:
-            if head not in ("model", "task"):
-                raise ValueError(f"--set: unknown table {head!r} in {key!r}; use model.* or task.*")
-            d[f"{head}_kwargs"][rest] = value
+            if head not in _TABLES:
+                raise ValueError(f"--set: unknown table {head!r} in {key!r}; use model.*, task.* "
+                                 "or flossing.*")
+            d.setdefault(_TABLES[head], {})[rest] = value
         elif key in known:
             default = getattr(TrainConfig(), key)
             if (
@@ -271,9 +369,10 @@ def apply_resume_overrides(
 
 def _flat(config: TrainConfig) -> dict[str, Any]:
     out: dict[str, Any] = {}
+    tables = {field: head for head, field in _TABLES.items()}
     for k, v in config.to_dict().items():
-        if k in ("model_kwargs", "task_kwargs"):
-            out.update({f"{k.split('_')[0]}.{kk}": vv for kk, vv in v.items()})
+        if k in tables:
+            out.update({f"{tables[k]}.{kk}": vv for kk, vv in v.items()})
         elif k not in _NOT_COMPARED:
             out[k] = v
     return out

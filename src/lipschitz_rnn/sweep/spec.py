@@ -58,6 +58,8 @@ SCHEDULER_KINDS = ("fifo", "asha", "lyapunov")
 SCHEDULER_OPTIONS = {"fifo": (), "asha": ("grace_period", "reduction_factor")}
 DISTRIBUTIONS = ("uniform", "loguniform", "choice")
 _CONFIG_KEYS = {f.name: f for f in fields(TrainConfig)}
+#: the tables whose keys are given one by one as TABLE.KEY
+_TABLES = ("model", "task", "flossing")
 
 
 @dataclass(frozen=True)
@@ -173,7 +175,7 @@ def _flatten(table: str, d: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in d.items():
         leaf = table == "sample" and _is_distribution(value)
-        if isinstance(value, dict) and key in ("model", "task") and not leaf:
+        if isinstance(value, dict) and key in _TABLES and not leaf:
             for sub, v in value.items():
                 if isinstance(v, dict) and not (table == "sample" and _is_distribution(v)):
                     raise TypeError(f"{_where(table, f'{key}.{sub}')}: nested tables are not "
@@ -187,12 +189,13 @@ def _flatten(table: str, d: dict[str, Any]) -> dict[str, Any]:
 def _check_key(table: str, key: str) -> None:
     head, dot, rest = key.partition(".")
     if dot:
-        if head not in ("model", "task") or not rest:
+        if head not in _TABLES or not rest:
             raise ValueError(f"{_where(table, key)}: unknown key; use a setting of train --set "
-                             "(model.* and task.* for the unit's and the task's options)")
+                             "(model.*, task.* and flossing.* for the unit's, the task's and "
+                             "gradient flossing's options)")
     elif key not in _CONFIG_KEYS:
         raise ValueError(f"{_where(table, key)}: unknown key; known: {sorted(_CONFIG_KEYS)} "
-                         "and model.*, task.*")
+                         "and model.*, task.*, flossing.*")
 
 
 def _check_value(table: str, key: str, value: Any) -> None:

@@ -1,4 +1,5 @@
-"""Gradient flossing in training: the ``[flossing]`` settings and one flossing phase.
+"""Gradient flossing in training: a flossing phase, and the callback that runs the phases of
+the ``[flossing]`` table (:class:`~lipschitz_rnn.runs.config.FlossingConfig`) in the loop.
 
 A phase is ``n`` optimisation steps of :func:`lipschitz_rnn.analysis.flossing_loss` on fresh
 sequences of the task's training split, with its own optimiser (Adam) over the chosen
@@ -16,97 +17,19 @@ communication (the flossing loss is cheap next to an epoch).
 
 from __future__ import annotations
 
-import dataclasses
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_float
 from ..analysis import flossing_loss, lyapunov_spectrum
 from ..analysis._systems import resolve_system
+from ..runs.config import FlossingConfig
+from .callbacks import Callback, RunContext
 
-__all__ = ["FlossingConfig", "Flossing"]
+__all__ = ["Flossing", "FlossingCallback", "sequence_sampler", "check_flossing"]
 
-#: which parameters a phase changes: the recurrent layer's (recurrent and input weights,
-#: biases), or every parameter of the model (readout and embedding included)
-PARAM_SETS = ("recurrent", "all")
-
-
-@dataclass
-class FlossingConfig:
-    """The ``[flossing]`` table of a run configuration (all off by default).
-
-    ``k`` exponents (0: all of the state) are pushed toward ``target`` on ``batch`` sequences of
-    ``warmup + steps`` time steps (``warmup`` transient steps not averaged, ``steps`` averaged);
-    ``before`` steps before training; ``during`` steps at the start of every ``every``-th epoch
-    (epochs ``every + 1``, ``2 every + 1``, ...: the phase before training covers the first);
-    Adam at ``lr`` with gradient-norm clipping at ``clip_grad_norm`` (0: none) on ``params``
-    (``"recurrent"``: the recurrent layer; ``"all"``: every parameter).
-    """
-
-    k: int = 0
-    target: float = 0.0
-    warmup: int = 16
-    steps: int = 55
-    batch: int = 16
-    before: int = 0
-    every: int = 0
-    during: int = 0
-    lr: float = 1e-3
-    clip_grad_norm: float = 0.0
-    params: str = "recurrent"
-
-    @property
-    def enabled(self) -> bool:
-        return self.before > 0 or (self.every > 0 and self.during > 0)
-
-    def validate(self) -> FlossingConfig:
-        """Check every key (ValueError / TypeError naming ``flossing.KEY``); returns self."""
-        for name, low in (("k", 0), ("warmup", 0), ("steps", 1), ("batch", 1), ("before", 0),
-                          ("every", 0), ("during", 0)):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int):
-                raise TypeError(f"flossing.{name} must be an int, got {v!r}")
-            if v < low:
-                raise ValueError(f"flossing.{name} must be >= {low}, got {v}")
-        self.target = check_float("flossing.target", self.target)
-        self.lr = check_float("flossing.lr", self.lr, gt=0)
-        self.clip_grad_norm = check_float("flossing.clip_grad_norm", self.clip_grad_norm, ge=0)
-        if self.params not in PARAM_SETS:
-            raise ValueError(f"flossing.params must be one of {list(PARAM_SETS)}, got "
-                             f"{self.params!r}")
-        if (self.every > 0) != (self.during > 0):
-            raise ValueError(
-                f"flossing.every and flossing.during go together (a phase every `every` epochs "
-                f"of `during` steps), got every={self.every}, during={self.during}"
-            )
-        return self
-
-    def check_against(self, state_size: int, sequence_length: int | None) -> None:
-        """The checks that need the model and the task: ``k`` within the state, sequences
-        long enough for ``warmup + steps``."""
-        if self.k > state_size:
-            raise ValueError(f"flossing.k={self.k} is larger than the model's state size "
-                             f"{state_size}")
-        if sequence_length is not None and self.warmup + self.steps > sequence_length:
-            raise ValueError(
-                f"flossing.warmup + flossing.steps = {self.warmup + self.steps} exceeds the "
-                f"task's {sequence_length} time steps"
-            )
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> FlossingConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown flossing keys {unknown}; known: {sorted(known)}")
-        return cls(**d).validate()
 
 
 def _state_size(model: nn.Module) -> int:
@@ -210,3 +133,56 @@ def sequence_sampler(task, device: torch.device | str = "cpu"):
         return torch.stack([x[:length] for x in xs], 1).to(device)
 
     return sample_items
+
+
+def check_flossing(cfg: FlossingConfig, model: nn.Module, task) -> None:
+    """The checks of ``cfg`` that need the run's model and task (``flossing.k`` within the
+    state, sequences long enough): the loop runs them before anything is written."""
+    length = None
+    if task.kind != "language_model" and len(task.train) > 0:
+        length = int(task.train[0][0].shape[0])
+    cfg.check_against(_state_size(model), length)
+
+
+class FlossingCallback(Callback):
+    """Runs the flossing phases of ``cfg`` in the training loop: ``before`` steps at the start
+    of epoch 1 of a fresh run, ``during`` steps at the start of epochs ``every + 1``,
+    ``2 every + 1``, ... Each phase's record (:meth:`Flossing.phase`, with ``phase`` =
+    ``"before"`` or ``"during"``) goes into that epoch's ``metrics.jsonl`` line under
+    ``flossing``; its seconds are not part of the epoch's ``seconds``. The phase state (generator,
+    optimiser, steps done) is saved in every checkpoint under ``flossing``."""
+
+    state_key = "flossing"
+
+    def __init__(self, cfg: FlossingConfig, seed: int) -> None:
+        self.cfg, self.seed = cfg, int(seed)
+        self.flossing: Flossing | None = None
+        self._pending: dict[str, Any] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.flossing.state_dict() if self.flossing is not None else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._pending = state or None
+
+    def on_train_start(self, run: RunContext) -> None:
+        sample = sequence_sampler(run.runner.task, run.device)
+        self.flossing = Flossing(self.cfg, run.model, sample, self.seed)
+        if self._pending is not None:
+            self.flossing.load_state_dict(self._pending)
+            self._pending = None
+
+    def steps_at(self, epoch: int) -> tuple[str, int]:
+        """(phase name, flossing steps) at the start of ``epoch`` (1-based)."""
+        if epoch == 1:
+            return "before", self.cfg.before
+        if self.cfg.every > 0 and (epoch - 1) % self.cfg.every == 0:
+            return "during", self.cfg.during
+        return "", 0
+
+    def on_epoch_start(self, run: RunContext, epoch: int) -> dict[str, Any] | None:
+        name, n = self.steps_at(epoch)
+        if n == 0 or self.flossing is None:
+            return None
+        record = self.flossing.phase(n)
+        return {"flossing": {"phase": name, **record}}

@@ -45,6 +45,7 @@ from ..runs.rundir import RunDir
 from ..runs.tasks import TaskRunner
 from .callbacks import Callback, RunContext, StepInfo
 from .distributed import DistContext, DistributedError, init_from_env, mark_origin
+from .flossing import FlossingCallback, check_flossing
 from .rng import rank_seed, rng_state, seed_everything, set_rng_state
 
 __all__ = ["train", "DivergenceError", "RunInterrupted", "DistributedError"]
@@ -166,6 +167,9 @@ def _lr_at(config: TrainConfig, epoch: int) -> float:
 def _make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     if config.optimizer == "adam":
         return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=config.lr,
+                                 weight_decay=config.weight_decay)
     return torch.optim.SGD(
         model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
     )
@@ -203,9 +207,13 @@ class _Training:
             runner = TaskRunner(config, data_dir=data_dir, device=dev)
             runner.distribute(dist)
             model = build_model(config, runner).to(dev)
+            if config.flossing.enabled:
+                check_flossing(config.flossing, model, runner.task)
             return dev, runner, model, _make_optimizer(config, model)
 
         self.device, self.runner, self.model, self.optimizer = dist.agree(setup)
+        if config.flossing.enabled:  # the run's own phases, before the caller's callbacks
+            self.callbacks = [FlossingCallback(config.flossing, config.seed), *callbacks]
         self.cuda_dev = self.device if dist.enabled and self.device.type == "cuda" else None
         self.net: nn.Module = self.model  # the model as trained (DDP's wrapper of several)
         # the state of the run, saved in last.pt: where it is, the epoch's sums so far, the
@@ -437,6 +445,9 @@ class _Training:
             "device": str(self.device),
             "world_size": dist.world_size,
         }
+        if config.flossing.enabled:  # the flossing phases (included in wall_time_s)
+            results["flossing_seconds"] = sum(
+                r["flossing"]["seconds"] for r in self.records if "flossing" in r)
         eigs = lipschitz_eigs(model)
         if eigs is not None:
             results["eigenvalues"] = eigs

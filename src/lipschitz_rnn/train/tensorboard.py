@@ -15,6 +15,10 @@ every scalar is the global optimiser step. Tags:
 * when the epoch has a Lyapunov summary (``lyapunov_every``): ``lyapunov/max``,
   ``lyapunov/mean``, ``lyapunov/median``, ``lyapunov/kaplan_yorke_dimension`` and the spectrum
   as the histogram ``lyapunov/spectrum``;
+* when the epoch began with a flossing phase (``[flossing]``): ``flossing/steps``,
+  ``flossing/seconds``, ``flossing/loss_first``, ``flossing/loss_last``,
+  ``flossing/max_exponent_before``, ``flossing/max_exponent_after`` and the histograms
+  ``flossing/spectrum_before``, ``flossing/spectrum_after``;
 * at the end: ``final/test_<metric>``, ``final/test_loss``; the configuration as the text
   ``config``.
 
@@ -133,7 +137,7 @@ class TensorBoardLogger(Callback):
         step = self._step
         writer = self._get_writer(step)
         for key, value in record.items():
-            if key == "lyapunov":
+            if key in ("lyapunov", "flossing"):
                 continue
             head, _, rest = key.partition("_")
             tag = f"{head}/{rest}" if head in _SPLITS and rest else f"epoch/{key}"
@@ -151,7 +155,23 @@ class TensorBoardLogger(Callback):
             spectrum = spectrum[np.isfinite(spectrum)]
             if spectrum.size:
                 writer.add_histogram("lyapunov/spectrum", spectrum, step, bins="auto")
+        self._flossing(record.get("flossing"), step)
         writer.flush()
+
+    def _flossing(self, phase: Any, step: int) -> None:
+        """A flossing phase's time, loss and first exponents before and after it."""
+        if not isinstance(phase, dict):
+            return
+        for name in ("steps", "seconds", "loss_first", "loss_last"):
+            self._scalar(f"flossing/{name}", phase.get(name), step)
+        for when in ("before", "after"):
+            spectrum = np.asarray([v for v in phase.get(f"spectrum_{when}") or []
+                                   if v is not None], dtype=np.float64)
+            spectrum = spectrum[np.isfinite(spectrum)]
+            if spectrum.size:
+                self._scalar(f"flossing/max_exponent_{when}", float(spectrum.max()), step)
+                self._get_writer(step).add_histogram(f"flossing/spectrum_{when}", spectrum,
+                                                     step, bins="auto")
 
     def on_train_end(self, run: RunContext, results: dict) -> None:
         # a resumed run that had nothing left to train has no step of its own to log at
