@@ -1,0 +1,174 @@
+"""Read the gradient-flossing sweeps (experiments/flossing.sh) into the tables and figures of
+docs/flossing.md.
+
+    python experiments/flossing_report.py ~/lrnn-runs/flossing --out docs/flossing
+
+For every delay (one sweep each, ``delay<D>/``) and method (unit and flossing phases): the
+trials, how many succeeded (held-out test accuracy >= ``--threshold``, default 0.95), the mean
+test accuracy, the wall time and the flossing share of it. Writes ``flossing.json``,
+``flossing.md`` (the table) and three figures: ``success_vs_delay.png``,
+``spectrum_before_after.png`` (the first exponents on the flossing monitor batch before and
+after the flossing phases of one trial per flossed method) and, when
+``experiments/flossing_gradients.py`` was run into ``--gradients``, its figure is left where it
+is and linked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from lipschitz_rnn.runs.sweepdir import SweepDir  # noqa: E402
+
+ORDER = ["rnn", "rnn + flossing before", "rnn + flossing before and during", "lstm", "gru",
+         "lipschitz", "lipschitz + flossing before and during"]
+
+
+def method(config) -> str:
+    f = config.flossing
+    name = config.model
+    if f.before and f.every:
+        return f"{name} + flossing before and during"
+    if f.before:
+        return f"{name} + flossing before"
+    return name
+
+
+def collect(root: Path, threshold: float) -> dict:
+    cells: dict[tuple[str, int], list[dict]] = defaultdict(list)
+    for sweep_path in sorted(root.glob("delay*/")):
+        m = re.fullmatch(r"delay(\d+)", sweep_path.name)
+        if m is None or not (sweep_path / "sweep.json").is_file():
+            continue
+        delay = int(m.group(1))
+        sweep = SweepDir(sweep_path)
+        for tid in sweep.trial_ids():
+            run = sweep.trial(tid)
+            if not run.has_results():
+                continue
+            res, cfg = run.results(), run.config()
+            records = run.records()
+            phases = [r["flossing"] for r in records if "flossing" in r]
+            cells[(method(cfg), delay)].append({
+                "trial": tid, "seed": cfg.seed, "test_accuracy": res["test"]["accuracy"],
+                "success": res["test"]["accuracy"] >= threshold,
+                "wall_s": res["wall_time_s"], "flossing_s": res.get("flossing_seconds", 0.0),
+                "train_s": sum(r["seconds"] for r in records),
+                "phases": phases,
+            })
+    return cells
+
+
+def summarise(cells: dict) -> list[dict]:
+    rows = []
+    for (name, delay), trials in sorted(cells.items(), key=lambda kv: (_rank(kv[0][0]),
+                                                                        kv[0][1])):
+        acc = [t["test_accuracy"] for t in trials]
+        rows.append({"method": name, "delay": delay, "trials": len(trials),
+                     "successes": sum(t["success"] for t in trials),
+                     "mean_test_accuracy": float(np.mean(acc)),
+                     "min_test_accuracy": float(np.min(acc)),
+                     "mean_wall_s": float(np.mean([t["wall_s"] for t in trials])),
+                     "mean_train_s": float(np.mean([t["train_s"] for t in trials])),
+                     "mean_flossing_s": float(np.mean([t["flossing_s"] for t in trials]))})
+    return rows
+
+
+def _rank(name: str) -> int:
+    return ORDER.index(name) if name in ORDER else len(ORDER)
+
+
+def table(rows: list[dict], threshold: float) -> str:
+    delays = sorted({r["delay"] for r in rows})
+    methods = sorted({r["method"] for r in rows}, key=_rank)
+    by = {(r["method"], r["delay"]): r for r in rows}
+    head = "| method | " + " | ".join(f"delay {d}" for d in delays) + " | wall s (flossing s) |"
+    lines = [head, "|---" * (len(delays) + 2) + "|"]
+    for m in methods:
+        cells = []
+        for d in delays:
+            r = by.get((m, d))
+            cells.append("–" if r is None else
+                         f"{r['successes']}/{r['trials']} ({r['mean_test_accuracy']:.3f})")
+        walls = [by[(m, d)] for d in delays if (m, d) in by]
+        wall = np.mean([r["mean_wall_s"] for r in walls])
+        fl = np.mean([r["mean_flossing_s"] for r in walls])
+        lines.append(f"| {m} | " + " | ".join(cells) + f" | {wall:.0f} ({fl:.0f}) |")
+    return (f"Successes (test accuracy >= {threshold}) out of the seeds run, and the mean test "
+            "accuracy, per method and delay; the last column is the mean wall time of a trial "
+            "and the part of it spent flossing.\n\n" + "\n".join(lines) + "\n")
+
+
+def plot_success(rows: list[dict], path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    methods = sorted({r["method"] for r in rows}, key=_rank)
+    for i, m in enumerate(methods):
+        rs = sorted((r for r in rows if r["method"] == m), key=lambda r: r["delay"])
+        d = np.array([r["delay"] for r in rs], dtype=float)
+        rate = np.array([r["successes"] / r["trials"] for r in rs])
+        ax.plot(d * (1 + 0.012 * (i - len(methods) / 2)), rate, "o-", label=m)
+    ax.set(xlabel="delay d (steps)", ylabel="success rate (test accuracy >= threshold)",
+           title="delayed XOR, T = 300: success against delay", xscale="log")
+    ax.set_ylim(-0.05, 1.05)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_spectra(cells: dict, path: Path, delay: int) -> None:
+    flossed = [m for m in ORDER if "flossing" in m]
+    fig, axes = plt.subplots(1, len(flossed), figsize=(4 * len(flossed), 3.4), squeeze=False)
+    for ax, m in zip(axes[0], flossed, strict=True):
+        trials = sorted(cells.get((m, delay), []), key=lambda t: t["seed"])
+        if not trials or not trials[0]["phases"]:
+            ax.set_title(f"{m}: no trial yet", fontsize=8)
+            continue
+        phases = trials[0]["phases"]
+        first = phases[0]
+        ax.plot(first["spectrum_before"], "k--", label="initialisation")
+        for i, ph in enumerate(phases):
+            ax.plot(ph["spectrum_after"], color=f"C{i}",
+                    label=f"after phase {i + 1} ({ph['phase']}, {ph['steps']} steps)")
+            if i > 0:
+                ax.plot(ph["spectrum_before"], color=f"C{i}", ls=":", lw=0.8)
+        ax.axhline(0, color="grey", lw=0.6)
+        ax.set(xlabel="exponent index i", ylabel="lambda_i (per step)",
+               title=f"{m}\n(delay {delay}, seed {trials[0]['seed']})")
+        ax.title.set_fontsize(8)
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("root", type=Path)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--threshold", type=float, default=0.95)
+    ap.add_argument("--spectrum-delay", type=int, default=40)
+    args = ap.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    cells = collect(args.root, args.threshold)
+    rows = summarise(cells)
+    (args.out / "flossing.json").write_text(json.dumps(
+        {"threshold": args.threshold, "rows": rows,
+         "trials": {f"{m} @ {d}": t for (m, d), t in cells.items()}}, indent=1))
+    (args.out / "flossing.md").write_text(table(rows, args.threshold))
+    plot_success(rows, args.out / "success_vs_delay.png")
+    plot_spectra(cells, args.out / "spectrum_before_after.png", args.spectrum_delay)
+    print(table(rows, args.threshold))
+
+
+if __name__ == "__main__":
+    main()
