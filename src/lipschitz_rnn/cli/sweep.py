@@ -149,12 +149,22 @@ def add_commands(sub) -> None:
                     help="fraction pruned at the decision epoch in the replay")
     st.add_argument("--min-history", type=int, default=8,
                     help="finished trials needed before the replayed rules prune")
+    st.add_argument("--orders", type=int, default=30,
+                    help="random trial orders of the replay's regret curves (pruning.md, "
+                    "pruning_regret.png)")
+    st.add_argument("--predictor-from", default=None, metavar="OTHER_DIR",
+                    help="another sweep whose trials fit the spectrum predictor that the "
+                    "replay's lyapunov rule applies here (default: cross-fitted on this sweep "
+                    "over folds grouped by configuration)")
+    st.add_argument("--reduction-factor", type=float, default=2.0,
+                    help="reduction factor of Ray's ASHA in the replay (rungs at 1, rf, rf^2, "
+                    "... epochs)")
     st.set_defaults(func=_cmd_study)
 
 
 def _cmd_study(args: argparse.Namespace) -> int:
-    from .._io import write_json
     from ..sweep import replay, run_study
+    from ..sweep.pruning import regret_markdown, replay_regret, write_pruning
 
     with console.status("study: cross-validating feature sets"):
         s = run_study(args.sweep_dir, folds=args.folds, bootstrap=args.bootstrap, seed=args.seed)
@@ -169,11 +179,16 @@ def _cmd_study(args: argparse.Namespace) -> int:
     if args.replay:
         rp = replay(args.sweep_dir, fraction=args.fraction, min_history=args.min_history,
                     seed=args.seed)
-        write_json(Path(args.sweep_dir) / "pruning.json", rp)
+        with console.status(f"pruning: replaying {args.orders} random trial orders"):
+            rp["regret"] = replay_regret(
+                args.sweep_dir, orders=args.orders, seed=args.seed, fraction=args.fraction,
+                predictor_from_dir=args.predictor_from, reduction_factor=args.reduction_factor)
+        write_pruning(args.sweep_dir, rp)
         for name, o in rp["rules"].items():
             console.print(
                 f"  pruning {name:<9} stopped {o['stopped']:>5.1f}  compute saved "
                 f"{o['compute_saved_frac']:.1%}  best kept {o['best_kept']:.4f}  top-5 recall "
                 f"{o['top5_recall']:.2f}", markup=False)
+        console.print(regret_markdown(rp["regret"]), markup=False)
     console.print(f"wrote {Path(args.sweep_dir) / 'study.md'}")
     return 0
