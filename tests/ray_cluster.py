@@ -157,13 +157,27 @@ class LocalCluster:
                 return pid
         raise LookupError(f"no raylet of node {name}")
 
-    def kill_node(self, name: str) -> None:
-        """SIGKILL every process of node ``name``."""
+    def _signal_node(self, name: str, sig: int) -> None:
         for pid in self.pids(name):
             try:
-                os.kill(pid, signal.SIGKILL)
+                os.kill(pid, sig)
             except ProcessLookupError:
                 pass
+
+    def freeze_node(self, name: str) -> None:
+        """SIGSTOP every process of node ``name``: the node does nothing more (its trials make
+        no progress, send nothing) until :meth:`thaw_node` or :meth:`kill_node`."""
+        self._signal_node(name, signal.SIGSTOP)
+
+    def thaw_node(self, name: str) -> None:
+        """SIGCONT every process of node ``name`` (after :meth:`freeze_node`)."""
+        self._signal_node(name, signal.SIGCONT)
+
+    def kill_node(self, name: str) -> None:
+        """SIGKILL every process of node ``name`` (a frozen one too): the node is lost. Killing
+        only its raylet is not enough: a worker outlives its raylet for a second or more
+        (until it notices), and goes on sending its trial's results to the driver."""
+        self._signal_node(name, signal.SIGKILL)
 
     def stop(self) -> None:
         """End every process of the cluster (by id) and remove its directory."""

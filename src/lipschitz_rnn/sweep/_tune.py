@@ -31,7 +31,7 @@ import torch
 from ray import tune
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
-from .. import _io, _process
+from .. import _io, process
 from ..runs.config import TrainConfig
 from ..runs.sweepdir import SWEEP_FILE
 from .runner import RayConnectError
@@ -54,6 +54,11 @@ log = logging.getLogger(__name__)
 #: the key of a report that carries the trial's node and shipped files (the driver takes it
 #: out before Tune records the result)
 PAYLOAD = "_lipschitz_rnn"
+
+#: a trial's Tune checkpoint lists its files and their sizes here (a dot file: neither shipped
+#: nor copied into the next checkpoint); one in the storage whose files do not match was cut short
+#: while uploaded (its node or the driver died) and is not resumed from
+CHECKPOINT_MANIFEST = ".lipschitz-rnn-checkpoint.json"
 
 #: what a user connecting to a token-authenticated cluster must set
 AUTH_HELP = ("set RAY_AUTH_MODE=token and give this machine the cluster's token: the file "
@@ -232,7 +237,7 @@ def trainable(config: dict[str, Any], ctx: dict[str, Any]) -> None:
     os.environ.update(ctx["env"])
     torch.set_num_threads(ctx["threads"])
     if ctx["process_settings"]:
-        _process.configure_process()
+        process.configure_process()
     tid = config["trial_id"]
     cfg = TrainConfig.from_dict(ctx["configs"][tid])
     lyap = LyapunovSpec(**{**ctx["lyapunov"], "at_epochs": tuple(ctx["lyapunov"]["at_epochs"])})
@@ -265,6 +270,7 @@ def _run_shipped(ctx: dict[str, Any], tid: str, cfg: TrainConfig, lyap: Lyapunov
                 if ctx["checkpoints"] and not (tdir / STATUS_FILE).is_file():
                     snapshot = Path(tempfile.mkdtemp(prefix=f"lipschitz-rnn-{tid}-checkpoint-"))
                     shutil.copytree(tdir, snapshot, dirs_exist_ok=True, ignore=_temporary)
+                    write_manifest(snapshot)
                     checkpoint = tune.Checkpoint.from_directory(str(snapshot))
                 tune.report({**metrics, PAYLOAD: {"node": node, **(shipper.payload() or {})}},
                             checkpoint=checkpoint)
@@ -281,6 +287,13 @@ def _run_shipped(ctx: dict[str, Any], tid: str, cfg: TrainConfig, lyap: Lyapunov
         shutil.rmtree(work, ignore_errors=True)
 
 
+def write_manifest(folder: Path) -> None:
+    """:data:`CHECKPOINT_MANIFEST` of the checkpoint ``folder``: every file's size."""
+    files = {p.relative_to(folder).as_posix(): p.stat().st_size
+             for p in sorted(folder.rglob("*")) if p.is_file()}
+    _io.write_json(folder / CHECKPOINT_MANIFEST, {"files": files})
+
+
 def _restore(ctx: dict[str, Any], tid: str, tdir: Path) -> None:
     """The run directory of the trial's last checkpoint: Tune's (an attempt after a lost node)
     or an earlier session's in the storage (a resumed sweep); none: the trial starts afresh."""
@@ -293,6 +306,7 @@ def _restore(ctx: dict[str, Any], tid: str, tdir: Path) -> None:
         log.warning("trial %s: its checkpoint %s cannot be read (%s); it starts afresh", tid,
                     checkpoint.path, e)
         shutil.rmtree(tdir, ignore_errors=True)
+    (tdir / CHECKPOINT_MANIFEST).unlink(missing_ok=True)
 
 
 # --- the driver's side --------------------------------------------------------------------------
@@ -382,9 +396,13 @@ def _trial_error(trial) -> str:
 
 
 def latest_checkpoints(storage: str, trial_ids: list[str]) -> dict[str, Any]:
-    """Trial id -> the newest Tune checkpoint of that trial among the sessions in ``storage``
-    (``session-N/<id>/checkpoint_*``), as a ``tune.Checkpoint``; trials without one are left
-    out. Used to continue a resumed sweep's trials where the earlier sessions left them."""
+    """Trial id -> the newest complete Tune checkpoint of that trial among the sessions in
+    ``storage`` (``session-N/<id>/checkpoint_*``), as a ``tune.Checkpoint``; trials without one
+    are left out. Used to continue a resumed sweep's trials where the earlier sessions left them.
+
+    Complete: its files match its :data:`CHECKPOINT_MANIFEST`. A node goes on uploading its
+    trial's checkpoints for a moment after the driver died, and the last one may be cut short:
+    resumed from, it would fail the trial in every later session."""
     import pyarrow.fs as pafs
 
     fs, root = pafs.FileSystem.from_uri(storage)
@@ -406,11 +424,32 @@ def latest_checkpoints(storage: str, trial_ids: list[str]) -> dict[str, Any]:
     for tid in trial_ids:
         for s in sessions:
             ckpts = [c for c in folders(f"{root}/{s}/{tid}") if number(c, "checkpoint_") >= 0]
-            if ckpts:
-                best = max(ckpts, key=lambda c: number(c, "checkpoint_"))
-                found[tid] = tune.Checkpoint(path=f"{root}/{s}/{tid}/{best}", filesystem=fs)
+            ckpts.sort(key=lambda c: number(c, "checkpoint_"), reverse=True)
+            path = next((p for p in (f"{root}/{s}/{tid}/{c}" for c in ckpts)
+                         if _complete(fs, p, tid)), None)
+            if path is not None:
+                found[tid] = tune.Checkpoint(path=path, filesystem=fs)
                 break
     return found
+
+
+def _complete(fs: Any, path: str, tid: str) -> bool:
+    """Whether the checkpoint folder ``path`` of ``fs`` holds every file of its manifest with
+    its size (a warning when not)."""
+    import pyarrow.fs as pafs
+
+    try:
+        with fs.open_input_stream(f"{path}/{CHECKPOINT_MANIFEST}") as f:
+            files = json.loads(f.readall())["files"]
+        infos = fs.get_file_info([f"{path}/{rel}" for rel in files])
+        ok = all(i.type == pafs.FileType.File and i.size == files[rel]
+                 for rel, i in zip(files, infos, strict=True))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        ok = False
+    if not ok:
+        log.warning("trial %s: checkpoint %s is incomplete (cut short while uploaded?); it is "
+                    "not resumed from", tid, path)
+    return ok
 
 
 def fit(
