@@ -16,12 +16,26 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import time
+from collections.abc import Callable
 
 import torch
 
 from lipschitz_rnn import LipschitzRNN
-from lipschitz_rnn.bench import time_interleaved
-from lipschitz_rnn.models.solvers import rk_step
+from lipschitz_rnn.models import rk_step
+
+
+def time_interleaved(steps: dict[str, Callable[[], None]], repeats: int) -> dict[str, list[float]]:
+    """Seconds of each step over ``repeats`` round-robin rounds after one untimed warm-up round
+    (every step of a round runs under the same machine load, so ratios between them are fair)."""
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for r in range(repeats + 1):
+        for name, step in steps.items():
+            t0 = time.perf_counter()
+            step()
+            if r > 0:
+                times[name].append(time.perf_counter() - t0)
+    return times
 
 
 def naive_loop(rnn: LipschitzRNN):
@@ -64,7 +78,7 @@ def main() -> None:
         "nn.RNN(tanh)": lambda: ref(x)[0],
     }
     steps = {name: (lambda fn=fn: fn().sum().backward()) for name, fn in cases.items()}
-    times = time_interleaved(steps, a.repeats, torch.device("cpu"))
+    times = time_interleaved(steps, a.repeats)
     base = statistics.median(times["naive-loop"])
     print(f"T={a.T} batch={a.batch} hidden={a.hidden} input={a.input} solver={a.solver} "
           f"threads={torch.get_num_threads()} repeats={a.repeats} (plain process)")

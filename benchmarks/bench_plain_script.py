@@ -11,9 +11,9 @@ first round is a warm-up), so that every ratio compares numbers taken under the 
   ``bench_core.py``: per step the input projection, the ``A`` and ``W`` products, tanh and the
   update as separate autograd ops).
 * ``configured:*``: processes set up as ``lipschitz-rnn bench`` sets itself up
-  (``lipschitz_rnn._process.configure_process``: glibc malloc reuse, flush-to-zero). Rows:
-  ``bench-row`` (the bench's own step, ``lipschitz_rnn.bench._fwd_bwd``) and the same reference
-  loop.
+  (``lipschitz_rnn.process.configure_process``: glibc malloc reuse, flush-to-zero). Rows:
+  ``bench-row`` (the step of a ``lipschitz-rnn bench`` row: the gradients reset, the forward and
+  the backward of the loss below, the same as ``layer``'s) and the same reference loop.
 
 Every step is one forward+backward with the loss ``out[-1].square().sum()``. Reported: medians of
 wall seconds and of process CPU seconds (user + system, less sensitive to a shared machine's
@@ -37,8 +37,8 @@ import warnings
 import torch
 
 from lipschitz_rnn import LipschitzRNN
-from lipschitz_rnn.bench import _fwd_bwd
-from lipschitz_rnn.models import fused_buffer_reuse, kernel_status
+from lipschitz_rnn.models.fused import fused_buffer_reuse, kernel_status
+from lipschitz_rnn.process import configure_process
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_core import naive_loop  # noqa: E402  (the reference loop, defined once)
@@ -53,8 +53,6 @@ def _step(row: str, a: argparse.Namespace):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         layer = LipschitzRNN(a.input, a.hidden, solver=a.solver)
-    if row == "configured:bench-row":
-        return _fwd_bwd(layer, x)
     loop = naive_loop(layer)
 
     def reference() -> None:
@@ -72,16 +70,14 @@ def _step(row: str, a: argparse.Namespace):
         with fused_buffer_reuse(False):
             user_step()
 
-    return {"layer": user_step, "layer-fresh": fresh, "reference-loop": reference}[
-        row.split(":")[1]
-    ]
+    steps = {"layer": user_step, "bench-row": user_step, "layer-fresh": fresh,
+             "reference-loop": reference}
+    return steps[row.split(":")[1]]
 
 
 def child(row: str, a: argparse.Namespace) -> None:
     settings = "none"
     if row.startswith("configured:"):
-        from lipschitz_rnn._process import configure_process
-
         settings = configure_process()
     if a.threads:
         torch.set_num_threads(a.threads)

@@ -2,7 +2,7 @@ import pytest
 import torch
 from fused_helpers import can_build_native
 
-from lipschitz_rnn import _process
+from lipschitz_rnn import process
 from lipschitz_rnn.models import _native
 from lipschitz_rnn.models.fused import fused_backend
 
@@ -17,7 +17,7 @@ def _seed():
 def _no_process_settings(monkeypatch):
     # the CLI's process-wide CPU settings (glibc malloc options, flush-denormal) cannot be undone;
     # keep them out of the test process so every test sees torch's defaults
-    monkeypatch.setattr(_process, "configure_process", lambda: "process settings skipped in tests")
+    monkeypatch.setattr(process, "configure_process", lambda: "process settings skipped in tests")
 
 
 @pytest.fixture(params=["native", "torch"])

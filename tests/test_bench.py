@@ -6,7 +6,7 @@ import pytest
 
 
 def test_bench_smoke():
-    from lipschitz_rnn.bench import epoch_estimate, format_epoch, format_table, run_bench
+    from lipschitz_rnn._bench import epoch_estimate, format_epoch, format_table, run_bench
 
     rows = run_bench("cpu", grid=[(6, 2, 4)], repeats=1, solver="rk2")
     assert [r["model"] for r in rows] == ["lipschitz-fused", "lipschitz-loop", "nn.RNN", "nn.LSTM"]

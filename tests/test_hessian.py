@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from lipschitz_rnn.analysis._curvature import build_operator
-from lipschitz_rnn.analysis.hessian import HessianSpectrum, hessian_spectrum, plot_density
+from lipschitz_rnn.analysis.hessian import HessianSpectrum, hessian_spectrum
+from lipschitz_rnn.analysis.plots import plot_density
 from lipschitz_rnn.models import SequenceModel, build
 from lipschitz_rnn.models.fused import fused_disabled
 

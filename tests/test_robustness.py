@@ -12,13 +12,13 @@ import torch
 import torch.nn.functional as F
 
 from lipschitz_rnn.analysis.compare import compare_table
+from lipschitz_rnn.analysis.plots import plot_curves
 from lipschitz_rnn.analysis.robustness import (
     RobustnessCurve,
     accuracy_metric,
     evaluate_metric,
     input_noise_curve,
     mse_metric,
-    plot_curves,
     weight_noise_curve,
 )
 from lipschitz_rnn.models import SequenceModel, build

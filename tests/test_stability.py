@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from lipschitz_rnn import LipschitzRNN, LipschitzRNNCell
-from lipschitz_rnn.stability import certify, max_stable_step
+from lipschitz_rnn.models import max_stable_step
+from lipschitz_rnn.stability import certify
 
 D = torch.float64
 

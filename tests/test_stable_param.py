@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from lipschitz_rnn import LipschitzRNN, LipschitzRNNCell
-from lipschitz_rnn.models import build, fused_disabled
+from lipschitz_rnn.models import build
+from lipschitz_rnn.models.fused import fused_disabled
 from lipschitz_rnn.models.parametrize import stable_symmetric_skew, symmetric_skew
 from lipschitz_rnn.models.solvers import (
     affine_step,

@@ -13,8 +13,8 @@ import torch
 from fused_helpers import assert_rel_close
 
 from lipschitz_rnn import LipschitzRNN
-from lipschitz_rnn.models import (
-    _workspace,
+from lipschitz_rnn.models import _workspace
+from lipschitz_rnn.models.fused import (
     fused_backend,
     fused_buffer_reuse,
     release_fused_buffers,
@@ -190,7 +190,7 @@ PAGE_FAULTS = textwrap.dedent(
     """
     import json, resource, sys, torch
     from lipschitz_rnn import LipschitzRNN
-    from lipschitz_rnn.models import fused_buffer_reuse
+    from lipschitz_rnn.models.fused import fused_buffer_reuse
     torch.set_num_threads(1)
     torch.manual_seed(0)
     T, B, H = 600, 128, 128  # 39 MB per (T, B, H) array: above glibc's 32 MiB mmap threshold

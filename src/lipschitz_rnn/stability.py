@@ -39,15 +39,9 @@ import torch
 from torch import nn
 
 from .models.lipschitz import LipschitzRNNCell
-from .models.solvers import STABILITY_POLYNOMIALS, affine_step, max_stable_step
+from .models.solvers import affine_step, max_stable_step
 
-__all__ = [
-    "StabilityCertificate",
-    "certify",
-    "certify_cell",
-    "max_stable_step",
-    "STABILITY_POLYNOMIALS",
-]
+__all__ = ["StabilityCertificate", "certify", "certify_cell"]
 
 
 @dataclass(frozen=True)

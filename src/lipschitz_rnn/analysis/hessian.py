@@ -81,11 +81,10 @@ from ._model_state import (
     preserved_state,
     to_device,
 )
-from .plots import plot_density
 
 log = logging.getLogger(__name__)
 
-__all__ = ["HessianSpectrum", "SpectralDensity", "hessian_spectrum", "plot_density"]
+__all__ = ["HessianSpectrum", "SpectralDensity", "hessian_spectrum"]
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ Exponent axes carry their unit (:func:`exponent_label`: per step, or per unit ti
 ``dt``). Figures are built on an Agg canvas without pyplot's global state (safe in threads and
 servers) and saved atomically (temporary file in the same folder, then ``os.replace``). Results
 are read by attribute or, as read from their JSON files, by key (duck typing), so this module
-imports none of the estimators and they re-export their plot from here.
+imports none of the estimators (their results are drawn here, from :mod:`lipschitz_rnn.analysis`).
 """
 
 from __future__ import annotations

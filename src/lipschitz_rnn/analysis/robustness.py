@@ -46,7 +46,6 @@ from ._model_state import (
     preserved_state,
     to_device,
 )
-from .plots import plot_curves
 
 __all__ = [
     "RobustnessCurve",
@@ -55,7 +54,6 @@ __all__ = [
     "evaluate_metric",
     "input_noise_curve",
     "weight_noise_curve",
-    "plot_curves",
 ]
 
 MetricFn = Callable[[Tensor, Tensor], Any]

@@ -3,7 +3,10 @@
 One module per group of commands (:mod:`.train`, :mod:`.analysis`, :mod:`.bench`), each adding
 its subcommands to the parser; :mod:`._console` holds the console and what every command
 shares, :mod:`._training` the training front-end (:mod:`._progress` its display).
-Command functions import the library lazily so that ``lipschitz-rnn --help`` stays fast.
+Command functions import the library when they run: at the top level the modules of this
+package import only argparse, rich and the light modules of the package, so that
+``import lipschitz_rnn.cli`` loads no torch and ``lipschitz-rnn --help`` stays fast
+(``tests/test_layout.py`` checks it).
 """
 
 from __future__ import annotations
@@ -17,10 +20,9 @@ from pathlib import Path
 from rich.markup import escape
 
 from . import analysis, bench, report, sweep, train
-from ._console import configure_console, console, process_settings
-from ._training import run_training
+from ._console import configure_console, console
 
-__all__ = ["main", "build_parser", "run_training", "process_settings", "console", "EXIT_CODES"]
+__all__ = ["main", "build_parser", "EXIT_CODES"]
 
 #: exit status -> meaning (also in ``lipschitz-rnn --help``)
 EXIT_CODES = {
@@ -76,8 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     logging.captureWarnings(True)  # library warnings as one log line, not a source excerpt
     from .._io import WriteError
-    from ..train.distributed import origin_rank
-    from ..train.loop import DistributedError, DivergenceError, RunInterrupted
+    from ..train.distributed import DistributedError, origin_rank
+    from ..train.loop import DivergenceError, RunInterrupted
 
     try:
         return int(args.func(args) or 0)

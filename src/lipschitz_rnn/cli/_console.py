@@ -10,8 +10,6 @@ import sys
 
 from rich.console import Console
 
-from .. import _process
-
 console = Console()
 
 #: width for output that is not a terminal (log files, pipes): lines are never wrapped
@@ -71,5 +69,7 @@ def data_dir_arg(parser: argparse.ArgumentParser) -> None:
 
 def process_settings() -> str:
     """Process-wide CPU settings for training and benchmarking (the CLI owns the process; the
-    library never changes them): see :func:`lipschitz_rnn._process.configure_process`."""
-    return _process.configure_process()
+    library never changes them): see :func:`lipschitz_rnn.process.configure_process`."""
+    from .. import process  # loads torch: only when a command applies them
+
+    return process.configure_process()

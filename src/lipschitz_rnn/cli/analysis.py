@@ -7,8 +7,13 @@ from pathlib import Path
 
 from rich.table import Table
 
-from ..runs.analyses import DEFAULT_INPUT_SIGMAS, DEFAULT_WEIGHT_SIGMAS
 from ._console import console, data_dir_arg
+
+#: the noise levels of ``robustness`` when none are given: those of
+#: :func:`lipschitz_rnn.runs.analyses.robustness_run` (a test checks they agree; not imported
+#: here, which would load torch for every command)
+INPUT_SIGMAS = (0.0, 0.01, 0.05, 0.1, 0.2, 0.5)
+WEIGHT_SIGMAS = (0.0, 0.001, 0.005, 0.01, 0.05, 0.1)
 
 
 def _cmd_lyapunov(args: argparse.Namespace) -> int:
@@ -152,11 +157,11 @@ def add_commands(sub) -> None:
     )
     s.add_argument("run_dir")
     s.add_argument(
-        "--input-sigmas", type=float, nargs="+", default=list(DEFAULT_INPUT_SIGMAS),
+        "--input-sigmas", type=float, nargs="+", default=list(INPUT_SIGMAS),
         help="input noise levels",
     )
     s.add_argument(
-        "--weight-sigmas", type=float, nargs="+", default=list(DEFAULT_WEIGHT_SIGMAS),
+        "--weight-sigmas", type=float, nargs="+", default=list(WEIGHT_SIGMAS),
         help="relative weight noise levels",
     )
     s.add_argument("--seeds", type=int, default=3, help="number of noise seeds")

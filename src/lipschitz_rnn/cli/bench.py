@@ -1,4 +1,5 @@
-"""``lipschitz-rnn bench``: the one front-end of the layer timings (see :mod:`lipschitz_rnn.bench`)."""
+"""``lipschitz-rnn bench``: the one front-end of the layer timings (its engine:
+``lipschitz_rnn._bench``)."""
 
 from __future__ import annotations
 
@@ -26,9 +27,9 @@ def _device_name(device: str) -> str:
 def _cmd_bench(args: argparse.Namespace) -> int:
     import torch
 
+    from .._bench import BENCH_MODELS, epoch_estimate, format_epoch, format_table, run_bench
     from .._io import write_json
-    from ..bench import MODELS, epoch_estimate, format_epoch, format_table, run_bench
-    from ..models import fused_backend, kernel_status
+    from ..models.fused import fused_backend, kernel_status
 
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: CUDA is not available on this machine")
@@ -38,7 +39,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         if args.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
-    models = MODELS if args.models is None else tuple(m.strip() for m in args.models.split(","))
+    models = BENCH_MODELS if args.models is None else tuple(m.strip() for m in args.models.split(","))
     if args.plain_process:
         settings = f"plain process (no malloc or denormal settings), torch threads " \
                    f"{torch.get_num_threads()}"

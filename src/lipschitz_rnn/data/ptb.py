@@ -10,11 +10,11 @@ word-boundary symbol) and the line ends with the end-of-line symbol ``<eos>`` (o
 (index 0), then every other symbol in code-point order; on PTB that is 50 symbols. A symbol in
 valid/test that is not in the training vocabulary is an error.
 
-Batching for truncated BPTT: :func:`batchify` cuts a token stream into ``B`` contiguous
-parallel streams, an ``(N, B)`` tensor whose column ``b`` is tokens ``[b N, (b + 1) N)`` (the
-last ``len % B`` tokens are dropped); :func:`bptt_segments` then yields consecutive
-``(input (L, B), target (L, B))`` windows with ``target = input`` shifted by one step, where
-window ``k + 1`` starts exactly where window ``k`` ended, so a hidden state carried across
+Batching for truncated BPTT (in :mod:`lipschitz_rnn.data.task`): ``batchify`` cuts a token
+stream into ``B`` contiguous parallel streams, an ``(N, B)`` tensor whose column ``b`` is tokens
+``[b N, (b + 1) N)`` (the last ``len % B`` tokens are dropped); ``bptt_segments`` then yields
+consecutive ``(input (L, B), target (L, B))`` windows with ``target = input`` shifted by one step,
+where window ``k + 1`` starts exactly where window ``k`` ended, so a hidden state carried across
 windows sees each stream in order.
 """
 
@@ -26,10 +26,9 @@ import numpy as np
 import torch
 
 from ._common import RemoteFile, ensure_files, reading, verify_local
-from .task import DEFAULT_BPTT, batchify, bptt_segments
+from .task import DEFAULT_BPTT
 
-__all__ = ["EOS", "BOUNDARY", "DEFAULT_BPTT", "text_to_symbols", "build_vocab", "encode", "decode",
-           "batchify", "bptt_segments", "load_ptb_text"]
+__all__ = ["EOS", "BOUNDARY", "text_to_symbols", "build_vocab", "encode", "decode", "load_ptb_text"]
 
 EOS = "<eos>"
 BOUNDARY = "_"

@@ -1,4 +1,11 @@
-"""Recurrent units: the Lipschitz RNN and its peers, buildable by name."""
+"""Recurrent units: the Lipschitz RNN and its peers, buildable by name.
+
+The units (cell and layer each), :func:`build` and its table :data:`MODELS`, the readout
+:class:`SequenceModel`, and the discretisation schemes (:data:`SCHEMES`, :func:`rk_step`,
+:func:`max_stable_step`). The fused scan behind :class:`LipschitzRNN` and its switches
+(``fused_disabled``, ``fused_backend``, ``fused_checkpointing``, ...) are in
+:mod:`lipschitz_rnn.models.fused`; the parametrisations in :mod:`lipschitz_rnn.models.parametrize`.
+"""
 
 from .baselines import (
     ODERNN,
@@ -10,26 +17,14 @@ from .baselines import (
     ExpRNNCell,
     ODERNNCell,
 )
-from .fused import (
-    fused_backend,
-    fused_buffer_reuse,
-    fused_checkpointing,
-    fused_disabled,
-    kernel_status,
-    lipschitz_scan,
-    release_fused_buffers,
-)
 from .heads import SequenceModel
-from .lipschitz import SOLVERS, LipschitzRNN, LipschitzRNNCell
-from .parametrize import symmetric_skew
+from .lipschitz import LipschitzRNN, LipschitzRNNCell
 from .registry import MODELS, build
 from .solvers import SCHEMES, max_stable_step, rk_step
 
 __all__ = [
     "LipschitzRNN",
     "LipschitzRNNCell",
-    "SOLVERS",
-    "symmetric_skew",
     "build",
     "MODELS",
     "SequenceModel",
@@ -41,13 +36,6 @@ __all__ = [
     "CoRNNCell",
     "ExpRNN",
     "ExpRNNCell",
-    "lipschitz_scan",
-    "fused_checkpointing",
-    "fused_disabled",
-    "fused_backend",
-    "fused_buffer_reuse",
-    "release_fused_buffers",
-    "kernel_status",
     "SCHEMES",
     "rk_step",
     "max_stable_step",

@@ -38,26 +38,20 @@ from torch import Tensor
 from .._checks import check_choice, check_optional_int
 from . import _fused_kernels, _native, _workspace
 from ._base import autocast_active
-from .solvers import SOLVERS, rk_step
+from .solvers import SCHEMES, rk_step
 
 __all__ = [
-    "FUSED_BACKENDS",
-    "FUSED_SOLVERS",
-    "KernelStatus",
-    "fused_available",
-    "fused_backend",
-    "fused_buffer_reuse",
-    "fused_checkpointing",
-    "fused_disabled",
-    "kernel_status",
-    "lipschitz_layer_scan",
     "lipschitz_scan",
+    "fused_disabled",
+    "fused_backend",
+    "fused_checkpointing",
+    "fused_buffer_reuse",
     "release_fused_buffers",
-    "reference_scan",
-    "stacked_step",
+    "kernel_status",
+    "KernelStatus",
+    "FUSED_BACKENDS",
 ]
 
-FUSED_SOLVERS = SOLVERS
 FUSED_BACKENDS = ("auto", "native", "torch")
 _DTYPES = (torch.float32, torch.float64)
 _DEVICES = ("cpu", "cuda")
@@ -199,12 +193,12 @@ def fused_available(solver: str, u: Tensor) -> bool:
     """Whether :func:`lipschitz_scan` handles ``solver`` for the projected inputs ``u`` (and
     :func:`lipschitz_layer_scan` for the layer's input ``x``: the same conditions).
 
-    True for ``solver`` in ``FUSED_SOLVERS`` and a non-empty dense (T, B, H) float32/float64 tensor
+    True for ``solver`` in ``SCHEMES`` and a non-empty dense (T, B, H) float32/float64 tensor
     on CPU or CUDA, unless disabled by :func:`fused_disabled`, or autocast, a torch.func transform,
     forward-mode AD or torch.compile tracing is active (the plain loop handles those).
     """
     return (
-        solver in FUSED_SOLVERS
+        solver in SCHEMES
         and isinstance(u, Tensor)
         and u.dim() == 3
         and u.numel() > 0
@@ -356,7 +350,7 @@ def lipschitz_scan(
     no stage values are saved. On CPU the returned tensor may live in storage reused from an
     earlier call that nothing holds any more (see :func:`fused_buffer_reuse`).
     """
-    check_choice("solver", solver, FUSED_SOLVERS)
+    check_choice("solver", solver, SCHEMES)
     if not isinstance(u, Tensor) or u.dim() != 3:
         got = tuple(u.shape) if isinstance(u, Tensor) else type(u).__name__
         raise ValueError(f"u must be a (T, B, H) tensor, got {got}")
@@ -372,7 +366,7 @@ def lipschitz_layer_scan(
     Function (what :class:`~lipschitz_rnn.LipschitzRNN` runs): ``x`` is (T, B, I), ``U`` (H, I),
     ``b`` (H,) or None. ``u`` and its gradient are then scratch storage reused across calls
     instead of arrays that autograd holds; differentiable w.r.t. every tensor argument."""
-    check_choice("solver", solver, FUSED_SOLVERS)
+    check_choice("solver", solver, SCHEMES)
     if not isinstance(x, Tensor) or x.dim() != 3:
         got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
         raise ValueError(f"x must be a (T, B, I) tensor, got {got}")

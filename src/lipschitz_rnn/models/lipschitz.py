@@ -31,15 +31,13 @@ from .parametrize import (
     stable_symmetric_skew,
     symmetric_skew,
 )
-from .solvers import SOLVERS, max_stable_step, rk_step, stability_polynomial
+from .solvers import SCHEMES, max_stable_step, rk_step, stability_polynomial
 
 __all__ = [
     "LipschitzRNNCell",
     "LipschitzRNN",
     "PARAMETRIZATIONS",
-    "SOLVERS",
     "lipschitz_step",
-    "stacked_step",
 ]
 
 #: ``"symmetric_skew"``: ``A = S(M_A; beta, gamma_A)`` as in the paper; ``"stable"``: the same
@@ -123,7 +121,7 @@ class LipschitzRNNCell(RecurrentCell):
         dtype=None,
     ) -> None:
         super().__init__(input_size, hidden_size)
-        self.solver = check_choice("solver", solver, SOLVERS)
+        self.solver = check_choice("solver", solver, SCHEMES)
         self.eps = check_float("eps", eps, gt=0)
         check_beta_gamma(beta, gamma_A, gamma_name="gamma_A")
         check_beta_gamma(beta, gamma_W, gamma_name="gamma_W")

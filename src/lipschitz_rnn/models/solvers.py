@@ -43,7 +43,6 @@ import numpy as np
 __all__ = [
     "Scheme",
     "SCHEMES",
-    "SOLVERS",
     "get_scheme",
     "rk_step",
     "stability_polynomial",
@@ -71,13 +70,13 @@ class Scheme:
         return len(self.b)
 
 
+#: solver name -> :class:`Scheme`, in the order documented; its keys are the accepted ``solver``
+#: values (``tuple(SCHEMES)`` lists them)
 SCHEMES: dict[str, Scheme] = {
     "euler": Scheme("euler", ((),), (1.0,), "forward Euler"),
     "rk2": Scheme("rk2", ((), (0.5,)), (0.0, 1.0), "explicit midpoint (RK2)"),
     "heun": Scheme("heun", ((), (1.0,)), (0.5, 0.5), "Heun's method (explicit trapezoid)"),
 }
-#: the scheme names, in the order documented
-SOLVERS: tuple[str, ...] = tuple(SCHEMES)
 
 
 def get_scheme(solver: Any) -> Scheme:
@@ -85,11 +84,11 @@ def get_scheme(solver: Any) -> Scheme:
     if isinstance(solver, Scheme):
         return solver
     if not isinstance(solver, str):
-        raise TypeError(f"solver must be one of {SOLVERS}, got {type(solver).__name__}")
+        raise TypeError(f"solver must be one of {tuple(SCHEMES)}, got {type(solver).__name__}")
     try:
         return SCHEMES[solver]
     except KeyError:
-        raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}") from None
+        raise ValueError(f"solver must be one of {tuple(SCHEMES)}, got {solver!r}") from None
 
 
 # ----------------------------------------------------------------------------------------------

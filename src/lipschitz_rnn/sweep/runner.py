@@ -167,7 +167,7 @@ def run_sweep(
     their reports); otherwise a local Ray is started (``num_cpus`` cores, default all) and shut
     down at the end. An already initialised Ray is used as it is. ``max_concurrent`` limits the
     trials running at once (default: one per CPU). ``progress`` is called after every trial
-    event. ``trial_process_settings`` applies :func:`lipschitz_rnn._process.configure_process`
+    event. ``trial_process_settings`` applies :func:`lipschitz_rnn.process.configure_process`
     in every trial's worker (the CLI does).
 
     ``storage``: Tune's storage (a path every node sees, or a URI such as ``s3://bucket/dir``)
@@ -250,22 +250,10 @@ def _run(sweep: SweepSpec, spec: Any, out: Path, *, resume: bool, stored: dict |
          trial_process_settings: bool, storage: str | None, max_failures: int
          ) -> dict[str, Any]:
     """:func:`run_sweep` from the first file it writes on (Ray, where trials are pending, is
-    joined)."""
-    probe_path = out / PROBE_FILE
+    joined): the sweep's files, a new session in ``sweep.json``, the trials on Ray Tune, and
+    the summary of the trial directories."""
     t_start, started = time.perf_counter(), _now()
-    if stored is None:
-        out.mkdir(parents=True, exist_ok=True)
-        save_probe(probe_path, probe)
-        meta = _new_meta(sweep, spec, runner.metric_name, mode, probe)
-        write_json(out / SWEEP_FILE, meta)
-    else:
-        meta = stored
-        if not probe_path.is_file():
-            save_probe(probe_path, probe)
-    if not meta.get("id"):  # a sweep.json of an earlier version
-        meta = update_sweep_json(out, id=_new_id())
-    if storage is not None and meta.get("storage") != storage:
-        meta = update_sweep_json(out, storage=storage)
+    meta = _write_sweep_files(sweep, spec, out, stored, probe, runner.metric_name, mode, storage)
     # Tune's experiments of this sweep in the storage: one folder per sweep
     tune_storage = None if storage is None else f"{storage}/{out.resolve().name}-{meta['id']}"
     sessions = list(meta["sessions"])
@@ -277,45 +265,15 @@ def _run(sweep: SweepSpec, spec: Any, out: Path, *, resume: bool, stored: dict |
     sessions.append(session)
     update_sweep_json(out, sessions=sessions)
 
-    state = SweepProgress(total=len(sweep.trials), metric=runner.metric_name, mode=mode)
-    for t in sweep.trials:
-        tdir = out / "trials" / t.id
-        if t.id not in pending:
-            st = read_status(tdir)
-            status = st["status"] if st else "ok"
-            state.counts[status] = state.counts.get(status, 0) + 1
-            _offer_finished(state, tdir, t.id, runner.metric_name)
-
-    def on_event(kind: str, tid: str, payload: dict | None) -> None:
-        if kind == "start":
-            state.running.add(tid)
-            state.event = f"{tid} started"
-        elif kind == "result":
-            state.offer(tid, payload.get("valid_metric"))
-            state.event = f"{tid} epoch {payload.get('epoch')}"
-        elif kind == "retry":
-            state.running.discard(tid)
-            state.event = f"{tid} lost its Ray worker; it runs again"
-        else:
-            state.running.discard(tid)
-            status = payload["status"]
-            state.counts[status] = state.counts.get(status, 0) + 1
-            state.event = f"{tid} {status}"
-            # from its run directory: a trial resumed after its last epoch reports no epoch
-            _offer_finished(state, out / "trials" / tid, tid, runner.metric_name)
-            # the session's wall time so far, kept should the driver be killed
-            session["wall_s"] = time.perf_counter() - t_start
-            update_sweep_json(out, sessions=sessions)
-        if progress is not None:
-            progress(state)
-
+    state = _progress_so_far(sweep, out, pending, runner.metric_name, mode)
+    on_event = _event_handler(state, out, sessions, t_start, runner.metric_name, progress)
     if progress is not None:
         state.event = f"{len(pending)} trials to run"
         progress(state)
     ran = len(pending)
     try:
         if pending:
-            from . import _tune
+            from . import _tune  # the optional Ray adapter (run_sweep checked Ray is installed)
 
             ctx = {
                 "out": str(out.resolve()),
@@ -337,14 +295,82 @@ def _run(sweep: SweepSpec, spec: Any, out: Path, *, resume: bool, stored: dict |
                       storage=tune_storage, max_failures=max_failures)
     finally:
         counts = collect(out)
-        wall = time.perf_counter() - t_start
-        session.update(ended=_now(), wall_s=wall, trials_run=ran)
+        session.update(ended=_now(), wall_s=time.perf_counter() - t_start, trials_run=ran)
         meta = update_sweep_json(out, sessions=sessions,
                                  wall_s=sum(float(s["wall_s"] or 0.0) for s in sessions))
     # the summary is that of the trial directories (trials.csv), whatever Ray reported
     best = meta.get("best") or {}
     return {"counts": counts, "best": best.get("best_valid"), "best_trial": best.get("trial"),
             "metric": runner.metric_name, "mode": mode, "out": str(out)}
+
+
+def _write_sweep_files(sweep: SweepSpec, spec: Any, out: Path, stored: dict | None,
+                       probe: dict[str, Any], metric: str, mode: str,
+                       storage: str | None) -> dict[str, Any]:
+    """``sweep.json`` and ``probe.pt`` of a new sweep, or what a resumed one lacks (the probe,
+    the id of an earlier version's ``sweep.json``, a new ``storage``); returns ``sweep.json``."""
+    probe_path = out / PROBE_FILE
+    if stored is None:
+        out.mkdir(parents=True, exist_ok=True)
+        save_probe(probe_path, probe)
+        meta = _new_meta(sweep, spec, metric, mode, probe)
+        write_json(out / SWEEP_FILE, meta)
+    else:
+        meta = stored
+        if not probe_path.is_file():
+            save_probe(probe_path, probe)
+    if not meta.get("id"):  # a sweep.json of an earlier version
+        meta = update_sweep_json(out, id=_new_id())
+    if storage is not None and meta.get("storage") != storage:
+        meta = update_sweep_json(out, storage=storage)
+    return meta
+
+
+def _progress_so_far(sweep: SweepSpec, out: Path, pending: list[str], metric: str,
+                     mode: str) -> SweepProgress:
+    """The progress record with the trials that are not pending counted and offered."""
+    state = SweepProgress(total=len(sweep.trials), metric=metric, mode=mode)
+    for t in sweep.trials:
+        tdir = out / "trials" / t.id
+        if t.id not in pending:
+            st = read_status(tdir)
+            status = st["status"] if st else "ok"
+            state.counts[status] = state.counts.get(status, 0) + 1
+            _offer_finished(state, tdir, t.id, metric)
+    return state
+
+
+def _event_handler(state: SweepProgress, out: Path, sessions: list[dict], t_start: float,
+                   metric: str, progress: Callable[[SweepProgress], None] | None
+                   ) -> Callable[[str, str, dict | None], None]:
+    """What the driver does on a trial's event (``start``, ``result``, ``retry``, an end):
+    update ``state``, and after an end record the session's wall time so far (the last of
+    ``sessions``) in ``sweep.json``, kept should the driver be killed; then ``progress``."""
+    session = sessions[-1]
+
+    def on_event(kind: str, tid: str, payload: dict | None) -> None:
+        if kind == "start":
+            state.running.add(tid)
+            state.event = f"{tid} started"
+        elif kind == "result":
+            state.offer(tid, payload.get("valid_metric"))
+            state.event = f"{tid} epoch {payload.get('epoch')}"
+        elif kind == "retry":
+            state.running.discard(tid)
+            state.event = f"{tid} lost its Ray worker; it runs again"
+        else:
+            state.running.discard(tid)
+            status = payload["status"]
+            state.counts[status] = state.counts.get(status, 0) + 1
+            state.event = f"{tid} {status}"
+            # from its run directory: a trial resumed after its last epoch reports no epoch
+            _offer_finished(state, out / "trials" / tid, tid, metric)
+            session["wall_s"] = time.perf_counter() - t_start
+            update_sweep_json(out, sessions=sessions)
+        if progress is not None:
+            progress(state)
+
+    return on_event
 
 
 #: said once before the trials of a cluster without ``storage`` start

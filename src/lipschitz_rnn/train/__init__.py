@@ -4,7 +4,8 @@ A run's configuration, task and directory are those of :mod:`lipschitz_rnn.runs`
 """
 
 from .callbacks import Callback, RunContext, StepInfo
-from .loop import DistributedError, DivergenceError, RunInterrupted, train
+from .distributed import DistributedError
+from .loop import DivergenceError, RunInterrupted, train
 
 __all__ = [
     "train",

@@ -44,11 +44,11 @@ from ..runs.model import build_model, lipschitz_eigs, model_sizes
 from ..runs.rundir import RunDir
 from ..runs.tasks import TaskRunner
 from .callbacks import Callback, RunContext, StepInfo
-from .distributed import DistContext, DistributedError, init_from_env, mark_origin
+from .distributed import DistContext, init_from_env, mark_origin
 from .flossing import FlossingCallback, check_flossing
 from .rng import rank_seed, rng_state, seed_everything, set_rng_state
 
-__all__ = ["train", "DivergenceError", "RunInterrupted", "DistributedError"]
+__all__ = ["train", "DivergenceError", "RunInterrupted"]
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,6 @@
-"""Speed of the Lipschitz layer's fused path against the plain per-step loop and torch's RNNs.
+"""The engine of ``lipschitz-rnn bench`` (private: the command is its interface; scripts that
+time their own code are in ``benchmarks/``): speed of the Lipschitz layer's fused path against
+the plain per-step loop and torch's RNNs.
 
 :func:`run_bench` times one forward+backward (loss on the last output, as in sequence
 classification) of four layers on a grid of shapes, all built with ``input_size`` features:
@@ -64,19 +66,18 @@ import torch
 from torch import nn
 
 from ._io import write_json
-from ._process import reuse_freed_memory
-from .models import LipschitzRNN, fused_backend, kernel_status
+from .models import LipschitzRNN
+from .models.fused import fused_backend, kernel_status
 
 __all__ = [
     "FULL_GRID",
     "QUICK_GRID",
-    "MODELS",
-    "EXTRA_MODELS",
+    "BENCH_MODELS",
+    "EXTRA_BENCH_MODELS",
     "run_bench",
     "epoch_estimate",
     "format_table",
     "format_epoch",
-    "reuse_freed_memory",  # re-exported from lipschitz_rnn._process (its old place)
     "cpu_peak_mb",
     "time_interleaved",
 ]
@@ -85,9 +86,9 @@ FULL_GRID: tuple[tuple[int, int, int], ...] = tuple(
     product((100, 784), (32, 128), (64, 128, 256))
 )
 QUICK_GRID: tuple[tuple[int, int, int], ...] = ((100, 32, 64), (100, 128, 128), (784, 128, 128))
-MODELS = ("lipschitz-fused", "lipschitz-loop", "nn.RNN", "nn.LSTM")
+BENCH_MODELS = ("lipschitz-fused", "lipschitz-loop", "nn.RNN", "nn.LSTM")
 # also accepted: the fused path pinned to its PyTorch kernels (compare with the native ones)
-EXTRA_MODELS = ("lipschitz-fused-torch",)
+EXTRA_BENCH_MODELS = ("lipschitz-fused-torch",)
 
 
 def _sync(device: torch.device) -> None:
@@ -108,7 +109,7 @@ def _build(name: str, input_size: int, hidden: int, solver: str, eps: float, dev
         return nn.RNN(input_size, hidden, nonlinearity="tanh", device=device, dtype=dtype)
     if name == "nn.LSTM":
         return nn.LSTM(input_size, hidden, device=device, dtype=dtype)
-    raise ValueError(f"unknown model {name!r}; choose from {MODELS}")
+    raise ValueError(f"unknown model {name!r}; choose from {BENCH_MODELS}")
 
 
 def _flop(name: str, solver: str, T: int, B: int, H: int, I: int) -> float:
@@ -195,7 +196,7 @@ def run_bench(
     grid: Iterable[Sequence[int]] | None = None,
     repeats: int = 5,
     *,
-    models: Sequence[str] = MODELS,
+    models: Sequence[str] = BENCH_MODELS,
     solver: str = "euler",
     eps: float = 0.03,
     input_size: int = 1,
@@ -212,8 +213,8 @@ def run_bench(
         grid: (T, B, H) triples; default :data:`FULL_GRID` (T in {100, 784}, B in {32, 128},
             H in {64, 128, 256}), or :data:`QUICK_GRID` with ``quick=True``.
         repeats: timed rounds per shape (median reported), after one warm-up round.
-        models: names from :data:`MODELS` and :data:`EXTRA_MODELS`. ``speedup_vs_loop`` needs
-            ``"lipschitz-loop"``.
+        models: names from :data:`BENCH_MODELS` and :data:`EXTRA_BENCH_MODELS`.
+            ``speedup_vs_loop`` needs ``"lipschitz-loop"``.
         solver, eps: of the Lipschitz layers.
         input_size: features per step (1 as in sequential MNIST).
         memory: also measure ``peak_mb`` on CPU (one fresh process per row, after the timing).
@@ -225,9 +226,10 @@ def run_bench(
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     shapes = [tuple(int(v) for v in s) for s in (grid or (QUICK_GRID if quick else FULL_GRID))]
+    known = BENCH_MODELS + EXTRA_BENCH_MODELS
     for name in models:
-        if name not in MODELS + EXTRA_MODELS:
-            raise ValueError(f"unknown model {name!r}; choose from {MODELS + EXTRA_MODELS}")
+        if name not in known:
+            raise ValueError(f"unknown model {name!r}; choose from {known}")
     rows: list[dict] = []
     for T, B, H in shapes:
         if progress is not None:
@@ -285,7 +287,7 @@ def cpu_peak_mb(spec: dict) -> float | None:
     runs first and is freed). None where Linux's ``/proc`` interface is unavailable."""
     with tempfile.TemporaryDirectory() as tmp:
         out = f"{tmp}/peak.json"
-        code = "import sys; from lipschitz_rnn.bench import _peak_child; _peak_child(*sys.argv[1:])"
+        code = "import sys; from lipschitz_rnn._bench import _peak_child; _peak_child(*sys.argv[1:])"
         proc = subprocess.run(
             [sys.executable, "-c", code, json.dumps(spec), out], capture_output=True, text=True
         )

@@ -1,8 +1,8 @@
 """Process-wide CPU settings for training and benchmarking.
 
 The library never changes them on its own: the ``lipschitz-rnn`` command owns its process and
-calls :func:`configure_process`; a user's own script may call the same function (or set
-``GLIBC_TUNABLES``, see :func:`reuse_freed_memory`).
+calls :func:`configure_process`; a user's own script may call the same function, or only
+:func:`reuse_freed_memory` (or set ``GLIBC_TUNABLES``, see there).
 """
 
 from __future__ import annotations
