@@ -225,7 +225,7 @@ def test_gradients_land_on_float32_parameters_unchanged():
         assert torch.equal(p.detach(), before[n])
         assert bool(torch.isfinite(p.grad).all())
     # the spectrum of the untouched module is unchanged by having been differentiated
-    assert float(loss) == pytest.approx(
+    assert float(loss.detach()) == pytest.approx(
         float((lyapunov_spectrum(rnn, x, k=4).exponents ** 2).mean()), rel=1e-12)
 
 
@@ -268,3 +268,114 @@ def test_bad_arguments_name_themselves(kw, exc, needle):
     rnn = nn.RNN(2, 4)
     with pytest.raises(exc, match=needle):
         flossing_loss(rnn, _inputs(2), **kw)
+
+
+# ------------------------------------------------------------------------------------------------
+# the QR step's own derivative (analysis._qr._RowsQR), whichever algorithm ran
+# ------------------------------------------------------------------------------------------------
+def _rows(seed, B=3, k=4, n=7, scales=None, couple=0.0):
+    """(B, k, n) float64 rows: Gaussian, graded by ``scales`` and pulled toward the first row
+    by ``couple`` (a larger alignment, i.e. a worse conditioned basis)."""
+    g = torch.Generator().manual_seed(seed)
+    V = torch.randn(B, k, n, generator=g, dtype=DT)
+    if scales is not None:
+        V = V * torch.tensor(scales, dtype=DT).unsqueeze(-1)
+    V[:, 1:] += couple * V[:, :1]
+    return V.requires_grad_(True)
+
+
+def _qr_outputs(fn):
+    return lambda V: tuple(fn(V)[:2])
+
+
+@pytest.mark.parametrize(
+    "case,two_pass,V,householders",
+    [
+        ("well-conditioned", False, _rows(0), 0),
+        ("graded rows", False, _rows(1, scales=[1, 0.1, 0.03, 0.01]), 0),
+        # one sequence's alignment above REFINE_TOL: Householder QR for it alone on the CPU (a
+        # mixed batch), a second Cholesky pass on accelerators
+        ("aligned rows, cpu", False, _rows(2, scales=[1, 0.1, 0.03, 0.01], couple=1.0), 1),
+        ("aligned rows, two passes", True, _rows(2, scales=[1, 0.1, 0.03, 0.01], couple=1.0), 0),
+    ],
+)
+def test_the_qr_step_passes_gradcheck(case, two_pass, V, householders):
+    from lipschitz_rnn.analysis._qr import REFINE_TOL, orthonormalize_rows
+
+    _, _, n_h, align = orthonormalize_rows(V.detach(), two_pass=two_pass)
+    assert n_h == householders, case
+    assert (align > REFINE_TOL) == ("aligned" in case)
+    fn = _qr_outputs(lambda W: orthonormalize_rows(W, two_pass=two_pass))
+    assert torch.autograd.gradcheck(fn, (V,)), case
+
+
+def test_the_qr_step_passes_gradcheck_on_a_planned_householder_block():
+    from lipschitz_rnn.analysis._qr import Orthonormalizer
+
+    V = _rows(3, scales=[1, 0.3, 0.1, 0.05])
+    ortho = Orthonormalizer()
+    assert torch.autograd.gradcheck(_qr_outputs(lambda W: ortho(W, True)), (V,))
+    assert ortho.householder_count == 0  # planned, not a fallback
+
+
+def _torch_qr_rows(V):
+    """The reference: torch.linalg.qr and its own backward (signs fixed, diag R > 0)."""
+    Q, R = torch.linalg.qr(V.mT)
+    d = torch.diagonal(R, dim1=-2, dim2=-1)
+    return (Q * torch.sign(d).unsqueeze(-2)).mT, torch.log(d.abs())
+
+
+@pytest.mark.parametrize("two_pass", [False, True])
+def test_the_qr_step_gradient_of_a_mixed_batch_equals_torchs(two_pass):
+    """One sequence nearly singular (Cholesky fails: Householder QR for it alone), the others
+    Cholesky-QR: each element's backward uses its own factor (before, autograd went through
+    Householder QR for the whole batch)."""
+    from lipschitz_rnn.analysis._qr import orthonormalize_rows
+
+    V = _rows(4).detach()
+    V[1, 1:] = V[1, :1] + 1e-7 * V[1, 1:]
+    V.requires_grad_(True)
+    Vn, logd, n_h, _ = orthonormalize_rows(V, two_pass=two_pass)
+    assert n_h == 1
+    g = torch.Generator().manual_seed(5)
+    gVn, glogd = torch.randn(Vn.shape, generator=g, dtype=DT), torch.randn(logd.shape, generator=g,
+                                                                           dtype=DT)
+    (ours,) = torch.autograd.grad((Vn * gVn).sum() + (logd * glogd).sum(), V)
+    Qt, logt = _torch_qr_rows(V)
+    (ref,) = torch.autograd.grad((Qt * gVn).sum() + (logt * glogd).sum(), V)
+    torch.testing.assert_close(ours, ref, rtol=1e-9, atol=0.0)
+
+
+def _tanh_rnn(N, gain=1.0, seed=3):
+    torch.manual_seed(seed)
+    rnn = nn.RNN(2, N).double()
+    with torch.no_grad():
+        rnn.weight_hh_l0.normal_(0.0, gain / N**0.5)
+    return rnn
+
+
+def test_householder_blocks_under_autograd_keep_the_every_step_gradient(monkeypatch):
+    """A spectrum spread over ~1 nat per step (10 units, k=8): Cholesky-QR's alignment bound
+    allows blocks of ~2, Householder's ~4-9, so the auto policy plans Householder blocks under
+    autograd; value and gradient stay those of reorth_every=1 (round-off)."""
+    from lipschitz_rnn.analysis import _qr
+
+    blocks = []
+    after = _qr.AutoBlocks.after
+
+    def spy(self, since, accepted, measured):
+        blocks.append((since, self.householder_next, accepted))
+        after(self, since, accepted, measured)
+
+    monkeypatch.setattr(_qr.AutoBlocks, "after", spy)
+    rnn = _tanh_rnn(10)
+    x = _inputs(2, T=60)
+    params = list(rnn.parameters())
+    loss = flossing_loss(rnn, x, k=8, warmup=5)
+    g = torch.cat([a.reshape(-1) for a in torch.autograd.grad(loss, params)])
+    assert any(h and ok and s > 2 for s, h, ok in blocks), blocks
+    every = flossing_loss(rnn, x, k=8, warmup=5, reorth_every=1)
+    g1 = torch.cat([a.reshape(-1) for a in torch.autograd.grad(every, params)])
+    assert float((g - g1).norm() / g1.norm()) < 1e-10
+    spec = lyapunov_spectrum(rnn, x, k=8, warmup=5)
+    assert _value(loss) == pytest.approx(float((spec.exponents**2).mean()), rel=1e-12)

@@ -35,13 +35,9 @@ from torch import nn
 
 from lipschitz_rnn.analysis import LyapunovSpectrum, lyapunov_spectrum
 from lipschitz_rnn.analysis._qr import householder_rows, orthonormalize_rows
-from lipschitz_rnn.analysis.lyapunov import (
-    NonFiniteStateError,
-    _initial_basis,
-    kaplan_yorke_dimension,
-    plot_evolution,
-    plot_spectrum,
-)
+from lipschitz_rnn.analysis.features import kaplan_yorke_dimension
+from lipschitz_rnn.analysis.lyapunov import NonFiniteStateError, _initial_basis
+from lipschitz_rnn.analysis.plots import plot_evolution, plot_spectrum
 from lipschitz_rnn.models import (
     AntisymmetricRNNCell,
     CoRNNCell,
@@ -675,3 +671,71 @@ def test_auto_blocks_verification():
     assert pol.block == 1 and pol.redone_steps == 16
     # float32 budgets are tighter than float64's
     assert AutoBlocks(torch.float32).accept_spread < pol.accept_spread
+
+
+def test_auto_blocks_under_autograd_plan_householder_where_the_alignment_limits():
+    """Under autograd (the flossing loss) the plan aims at GRAD_PLAN_FRACTION of the bounds and
+    takes Householder QR, whose alignment bound is twice Cholesky-QR's in nats, where that
+    makes blocks at least HOUSEHOLDER_COST times longer; without autograd nothing changes."""
+    from lipschitz_rnn.analysis._qr import HOUSEHOLDER_COST, AutoBlocks
+
+    # ~1.6 nats of ln(alignment) and of spread per step (a wide spectrum)
+    wide = (1.6 * 4, 1.6 * 4, 3.0)
+    plain = AutoBlocks(torch.float64)
+    plain.after(4, True, wide)
+    assert plain.block == 1 and not plain.householder_next  # the spectrum's own plan
+    grad = AutoBlocks(torch.float64, differentiable=True, householder=True)
+    grad.after(4, True, wide)
+    assert grad.householder_next and grad.block >= 4
+    no_h = AutoBlocks(torch.float64, differentiable=True, householder=False)
+    no_h.after(4, True, wide)
+    assert not no_h.householder_next and grad.block >= HOUSEHOLDER_COST * no_h.block
+    # a block with ln(alignment) 6 (a = 400) fails Cholesky-QR's bound (4.5 nats in float64)
+    # and passes Householder's (9.0); the spread bound is the same for both
+    assert not grad.accept(4, 6.0, 6.0, 3.0) and grad.accept(4, 6.0, 6.0, 3.0, True)
+    assert not grad.accept(4, 6.0, 9.5, 3.0, True)
+    # a narrow spectrum, limited by the spread alike for both: Cholesky-QR (cheaper per block)
+    narrow = AutoBlocks(torch.float64, differentiable=True, householder=True)
+    narrow.after(4, True, (0.2, 2.0, 1.0))
+    assert not narrow.householder_next and narrow.block > 4
+
+
+def test_auto_blocks_measure_one_transfer():
+    """The block's statistics: spread, largest |ln R_jj|, overflow (nan or +inf, not -inf),
+    the alignment as a number or per sequence."""
+    from lipschitz_rnn.analysis._qr import AutoBlocks
+
+    logd = torch.tensor([[0.5, -1.0, -3.0], [2.0, 1.0, 0.0]], dtype=DT)
+    (la, spread, norm), over = AutoBlocks.measure(logd, math.e)
+    assert (la, spread, norm, over) == (pytest.approx(1.0), 3.5, 3.0, False)
+    (la, _, _), _ = AutoBlocks.measure(logd, torch.tensor([2.0, math.e**2], dtype=DT))
+    assert la == pytest.approx(2.0)
+    minus_inf = logd.clone()
+    minus_inf[0, 2] = -math.inf
+    (_, spread, norm), over = AutoBlocks.measure(minus_inf, 1.0)
+    assert spread == math.inf and norm == math.inf and not over
+    for bad in (math.nan, math.inf):
+        worse = logd.clone()
+        worse[1, 0] = bad
+        (_, spread, _), over = AutoBlocks.measure(worse, 1.0)
+        assert over and (math.isnan(spread) or spread == math.inf)
+
+
+def test_nonfinite_state_inside_a_long_block_names_its_step():
+    """The states are checked at each re-orthonormalisation (not at every step): the first
+    non-finite one is still named, even when the state is finite again by the block's end."""
+    grow = lambda h: h * 1e100  # 1e100, 1e200, 1e300, inf at step 3
+    with pytest.raises(NonFiniteStateError, match="non-finite at step 3 "):
+        lyapunov_spectrum(grow, steps=12, h0=torch.ones(1, 2), reorth_every=8)
+    # inf at step 1, back to 0 at step 2
+    back = lambda h: torch.where(torch.isinf(h), torch.zeros_like(h), h * 1e200)
+    with pytest.raises(NonFiniteStateError, match="non-finite at step 1 "):
+        lyapunov_spectrum(back, steps=12, h0=torch.ones(1, 2), reorth_every=8)
+
+
+def test_default_initial_basis_is_drawn_once_and_not_shared():
+    first = _initial_basis(6, 4, None)
+    assert torch.equal(first, _initial_basis(6, 4, torch.Generator().manual_seed(0)))
+    first.zero_()  # a caller's change does not reach the next call
+    again = _initial_basis(6, 4, None)
+    assert torch.allclose(again.T @ again, torch.eye(4, dtype=DT), atol=1e-14)

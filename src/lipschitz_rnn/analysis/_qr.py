@@ -34,6 +34,11 @@ calls go straight to it (no wasted Cholesky pass) until the alignment falls back
 growth of the alignment and of the spread of ``log diag R`` seen so far, accepts a block only
 when its QR shows that no direction was lost to round-off, and has a rejected block redone,
 shorter, from its start.
+
+Under autograd (the gradient-flossing loss) every QR above is one node, :class:`_RowsQR`,
+differentiated by the thin QR's own derivative (two GEMMs and a triangular solve) whichever
+algorithm ran, not through its steps; and :class:`AutoBlocks` then plans for that cost (closer
+to its bounds, and on the CPU Householder QR for blocks the alignment would keep short).
 """
 
 from __future__ import annotations
@@ -65,12 +70,33 @@ FALLBACK_TOL = 1e5
 SECOND_PASS_TOL = 10.0
 
 
-def householder_rows(V: Tensor) -> tuple[Tensor, Tensor]:
-    """Householder QR of the columns ``V^T``; return (orthonormal rows, ``log |diag R|``)."""
+def _householder(V: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Householder QR of the columns ``V^T``: (orthonormal rows, ``log |diag R|``, ``L``) with
+    ``V = L V~`` (``L = R^T`` lower triangular, its diagonal made positive)."""
     Q, R = torch.linalg.qr(V.mT, mode="reduced")  # Q (.., n, k), R (.., k, k)
     d = torch.diagonal(R, dim1=-2, dim2=-1)
     sign = torch.where(d < 0, -torch.ones_like(d), torch.ones_like(d))
-    return (Q * sign.unsqueeze(-2)).mT, torch.log(d.abs())
+    return (Q * sign.unsqueeze(-2)).mT, torch.log(d.abs()), (R * sign.unsqueeze(-1)).mT
+
+
+def _householder_planned(V: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Householder QR of a block planned for it (:class:`AutoBlocks` under autograd). The signs
+    of ``diag R`` are left as LAPACK gives them (a row of ``V~`` may be negated: nothing
+    downstream depends on it, and :class:`_RowsQR` differentiates ``log |R_jj|`` whatever the
+    signs). Returns ``(V~, log |diag R|, L, alignment per sequence)``, ``V = L V~``.
+
+    (``V~ = L^{-1} V`` by a triangular solve instead of forming ``Q`` would save a third of the
+    time, but loses orthogonality with the grading of the rows: measured, gradients of a
+    10-unit tanh RNN then moved by 1e-9 relative instead of 1e-11.)"""
+    Q, R = torch.linalg.qr(V.mT, mode="reduced")
+    d = torch.diagonal(R, dim1=-2, dim2=-1).abs()
+    return Q.mT, torch.log(d), R.mT, _alignment(torch.linalg.vector_norm(V, dim=-1), d)
+
+
+def householder_rows(V: Tensor) -> tuple[Tensor, Tensor]:
+    """Householder QR of the columns ``V^T``; return (orthonormal rows, ``log |diag R|``)."""
+    Vn, logd, _ = _householder(V)
+    return Vn, logd
 
 
 def _alignment(norms: Tensor, d: Tensor) -> Tensor:
@@ -84,6 +110,104 @@ def _chol_pass(V: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     d = torch.diagonal(L, dim1=-2, dim2=-1)
     norms = torch.diagonal(G, dim1=-2, dim2=-1).sqrt()
     return L, info, d, _alignment(norms, d)
+
+
+def _factor(
+    V: Tensor, two_pass: bool, refine_tol: float, fallback_tol: float, with_factor: bool
+) -> tuple[Tensor, Tensor, int, float, Tensor | None]:
+    """:func:`orthonormalize_rows` without autograd, plus the factor ``L`` (``V = L V~``) when
+    ``with_factor``."""
+    L, info, d, align = _chol_pass(V)
+    # one host transfer of 2 x batch numbers decides the branches (Python is cheaper than a
+    # dozen tiny tensor ops); `not a <= tol` also catches nan
+    aligns, infos = torch.stack([align, info.to(align.dtype)]).tolist()
+    failed = [i != 0 or not a <= fallback_tol for a, i in zip(aligns, infos, strict=True)]
+    refine = [a > refine_tol and not f for a, f in zip(aligns, failed, strict=True)]
+    bad = failed if two_pass else [f or r for f, r in zip(failed, refine, strict=True)]
+    any_bad, any_refine = any(bad), two_pass and any(refine)
+    align_max = max(math.inf if f else a for a, f in zip(aligns, failed, strict=True))
+    if any_bad and all(bad):
+        Vn, logd, Lh = _householder(V)
+        return Vn, logd, V.shape[0], align_max, Lh
+    Vn = torch.linalg.solve_triangular(L, V, upper=False, left=True)
+    logd = torch.log(d)
+    if any_refine:
+        L2, info2, d2, align2 = _chol_pass(Vn)
+        Vn = torch.linalg.solve_triangular(L2, Vn, upper=False, left=True)
+        logd = logd + torch.log(d2)
+        if with_factor:
+            L = L @ L2  # V = L1 V1, V1 = L2 V2
+        # after an accurate first pass the basis is orthonormal to ~alignment^2 u, so the second
+        # pass's alignment is ~1; a large one means the first pass was too inaccurate
+        aligns2, infos2 = torch.stack([align2, info2.to(align2.dtype)]).tolist()
+        bad = [b or i != 0 or not a <= SECOND_PASS_TOL
+               for b, a, i in zip(bad, aligns2, infos2, strict=True)]
+        any_bad = any(bad)
+    if not any_bad:
+        return Vn, logd, 0, align_max, L
+    # the failed elements' Cholesky factors hold garbage: replaced, as are their rows
+    idx = torch.tensor([i for i, b in enumerate(bad) if b], dtype=torch.long, device=V.device)
+    Vh, logdh, Lh = _householder(V.index_select(0, idx))
+    Vn = Vn.index_copy(0, idx, Vh)
+    logd = logd.index_copy(0, idx, logdh)
+    if with_factor:
+        L = L.index_copy(0, idx, Lh)
+    return Vn, logd, int(idx.numel()), align_max, L
+
+
+class _RowsQR(torch.autograd.Function):
+    """``(V~, log diag L) = QR(V)`` (``V = L V~``) by whatever ``factor`` does, differentiated
+    by the formula of the thin QR's derivative rather than through the algorithm's steps.
+
+    For ``A = V^T = Q R`` (``Q = V~^T``, ``R = L^T``, full column rank) with upstream gradients
+    ``Q~`` and ``R~``, ``A~ = (Q~ + Q copyltu(M)) R^{-T}`` with ``M = R R~^T - Q~^T Q`` and
+    ``copyltu(M) = tril(M) + tril(M, -1)^T`` (symmetric). Here only ``log |diag R|`` is an
+    output, so ``R~ = diag(g / R_jj)`` and ``tril(R R~^T) = diag(g)`` (whatever the signs of
+    ``diag R``); in rows: ``Vbar = L^{-T} (V~bar + S V~)``,
+    ``S = copyltu(diag(g) - tril(V~bar V~^T))``: two GEMMs and one triangular solve, whichever
+    algorithm (Cholesky-QR, CholeskyQR2, Householder) computed the factors. Only the lower
+    triangle of ``L`` is read.
+    """
+
+    @staticmethod
+    def forward(ctx, V, factor, info):
+        Vn, logd, L, *extra = factor(V.detach())
+        info.extend(extra)
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(Vn, L)
+        return Vn, logd
+
+    @staticmethod
+    def backward(ctx, gVn, glogd):
+        Vn, L = ctx.saved_tensors
+        if gVn is None and glogd is None:
+            return None, None, None
+        if gVn is None:
+            X = glogd.unsqueeze(-1) * Vn
+        else:
+            # S = copyltu(diag(g) - tril(P)) = diag(g - diag P) - (tril(P, -1) + its transpose)
+            P = gVn @ Vn.mT
+            low = P.tril(-1)
+            c = torch.diagonal(P, dim1=-2, dim2=-1)
+            c = -c if glogd is None else glogd - c
+            if Vn.dim() == 3:
+                X = torch.baddbmm(gVn, low + low.mT, Vn, alpha=-1)
+            else:
+                X = gVn - (low + low.mT) @ Vn
+            X.addcmul_(c.unsqueeze(-1), Vn)
+        return torch.linalg.solve_triangular(L.mT, X, upper=True, left=True), None, None
+
+
+def qr_rows(factor, V: Tensor) -> tuple[Tensor, Tensor, list]:
+    """``factor(V) -> (V~, logdiag, L, *extra)`` with ``V = L V~``, returned as
+    ``(V~, logdiag, extra)``; when autograd records ``V``, through :class:`_RowsQR` (the QR's
+    own derivative, not autograd through the algorithm)."""
+    if torch.is_grad_enabled() and V.requires_grad:
+        extra: list = []
+        Vn, logd = _RowsQR.apply(V, factor, extra)
+        return Vn, logd, extra
+    Vn, logd, _, *extra = factor(V)
+    return Vn, logd, extra
 
 
 def orthonormalize_rows(
@@ -103,47 +227,19 @@ def orthonormalize_rows(
     ``n_householder`` the number of batch elements done by Householder QR and ``alignment`` the
     largest ``||v_j|| / R_jj`` over the batch (inf when an element's Cholesky failed).
     Non-finite input gives non-finite ``logdiag`` (the caller checks); a singular basis gives
-    ``-inf`` entries.
+    ``-inf`` entries. Differentiable (when autograd records ``V``) by the derivative of the
+    thin QR itself (:class:`_RowsQR`), whichever algorithm ran.
     """
     if two_pass is None:
         two_pass = V.device.type != "cpu"
-    L, info, d, align = _chol_pass(V)
-    failed = (info != 0) | ~(align <= fallback_tol)  # `~(x <= t)` also catches nan
-    refine = (align > refine_tol) & ~failed
-    bad = failed if two_pass else failed | refine
-    flags = torch.stack(
-        [
-            bad.any().to(align.dtype),
-            (refine.any() & two_pass).to(align.dtype),
-            torch.where(failed, math.inf, align).amax(),
-        ]
-    ).tolist()
-    any_bad, any_refine, align_max = bool(flags[0]), bool(flags[1]), float(flags[2])
-    # under autograd a mixed batch goes to Householder QR whole: the failed elements' Cholesky
-    # factors hold garbage whose backward (0 * nan) would poison the gradient
-    if any_bad and (bool(bad.all()) or V.requires_grad):
-        Vn, logd = householder_rows(V)
-        return Vn, logd, V.shape[0], align_max
-    Vn = torch.linalg.solve_triangular(L, V, upper=False, left=True)
-    logd = torch.log(d)
-    if any_refine:
-        L2, info2, d2, align2 = _chol_pass(Vn)
-        Vn = torch.linalg.solve_triangular(L2, Vn, upper=False, left=True)
-        logd = logd + torch.log(d2)
-        # after an accurate first pass the basis is orthonormal to ~alignment^2 u, so the second
-        # pass's alignment is ~1; a large one means the first pass was too inaccurate
-        bad = bad | (info2 != 0) | ~(align2 <= SECOND_PASS_TOL)
-        any_bad = bool(bad.any())
-        if any_bad and V.requires_grad:
-            Vn, logd = householder_rows(V)
-            return Vn, logd, V.shape[0], align_max
-    if not any_bad:
-        return Vn, logd, 0, align_max
-    idx = bad.nonzero().squeeze(-1)
-    Vh, logdh = householder_rows(V.index_select(0, idx))
-    Vn = Vn.index_copy(0, idx, Vh)
-    logd = logd.index_copy(0, idx, logdh)
-    return Vn, logd, int(idx.numel()), align_max
+    grad = torch.is_grad_enabled() and V.requires_grad
+
+    def factor(W: Tensor):
+        Vn, logd, n_h, align, L = _factor(W, two_pass, refine_tol, fallback_tol, grad)
+        return Vn, logd, L, n_h, align
+
+    Vn, logd, (n_h, align) = qr_rows(factor, V)
+    return Vn, logd, n_h, align
 
 
 class Orthonormalizer:
@@ -159,22 +255,35 @@ class Orthonormalizer:
         self.householder_mode = False
         self.householder_count = 0
 
-    def __call__(self, V: Tensor) -> tuple[Tensor, Tensor, float]:
-        """Return ``(V~, logdiag, alignment)`` (see :func:`orthonormalize_rows`)."""
+    def _factor(self, V: Tensor, with_factor: bool, householder: bool):
         B = V.shape[0]
+        if householder:  # planned (AutoBlocks under autograd), not a fallback: not counted
+            return _householder_planned(V)
         if self.householder_mode:
-            Vn, logd = householder_rows(V)
+            Vn, logd, L = _householder(V)
             align = float(_alignment(V.norm(dim=-1), logd.exp()).amax())
             if math.isnan(align):
                 align = math.inf
             self.householder_count += B
             if align <= REFINE_TOL:
                 self.householder_mode = False
-            return Vn, logd, align
-        Vn, logd, n_h, align = orthonormalize_rows(V, two_pass=self.two_pass)
+            return Vn, logd, L, align
+        two_pass = self.two_pass if self.two_pass is not None else V.device.type != "cpu"
+        Vn, logd, n_h, align, L = _factor(V, two_pass, REFINE_TOL, FALLBACK_TOL, with_factor)
         self.householder_count += n_h
         if 2 * n_h >= B and B > 0:
             self.householder_mode = True
+        return Vn, logd, L, align
+
+    def __call__(
+        self, V: Tensor, householder: bool = False
+    ) -> tuple[Tensor, Tensor, float | Tensor]:
+        """Return ``(V~, logdiag, alignment)`` (see :func:`orthonormalize_rows`);
+        differentiable as it is. ``householder``: a block planned for Householder QR by
+        :class:`AutoBlocks` (not counted as a fallback), whose alignment comes per sequence,
+        as a tensor (:meth:`AutoBlocks.measure` takes both)."""
+        grad = torch.is_grad_enabled() and V.requires_grad
+        Vn, logd, (align,) = qr_rows(lambda W: self._factor(W, grad, householder), V)
         return Vn, logd, align
 
 
@@ -189,6 +298,13 @@ AUTO_MAX_BLOCK = 32
 AUTO_GROWTH = 4
 #: how much of the largest recent growth rate the plan keeps per step (see AutoBlocks.after).
 RATE_MEMORY = 0.9
+#: under autograd, the fraction of the acceptance bounds that a block is planned to use (a
+#: rejected block costs only its forward there; see AutoBlocks).
+GRAD_PLAN_FRACTION = 0.9
+#: the cost of a Householder QR block over a Cholesky-QR one under autograd on the CPU, forward
+#: and backward (:class:`_RowsQR`'s backward is the same for both). Measured with one thread:
+#: ~1.5 at N=80, k=75, batch 1 and ~1.8 at N=128, k=64, batch 8.
+HOUSEHOLDER_COST = 1.75
 
 
 def _fit(budget: float, rate: float) -> int:
@@ -197,6 +313,11 @@ def _fit(budget: float, rate: float) -> int:
     if rate <= budget / AUTO_MAX_BLOCK:
         return AUTO_MAX_BLOCK
     return int(budget / rate)  # 0 for an infinite rate
+
+
+def _nanmax(values: list[float]) -> float:
+    """``max`` that is nan when any value is (as ``Tensor.amax``)."""
+    return math.nan if any(v != v for v in values) else max(values)
 
 
 def _capped(rate: float, cap: float) -> float:
@@ -242,42 +363,101 @@ class AutoBlocks:
     one (a default Lipschitz cell) reaches 32 after three blocks. A nan or infinite rate (a
     failed Cholesky, a direction annihilated exactly) counts as ``4 P / 16`` per step: blocks
     of one until it has faded (~20 steps).
+
+    **Under autograd** (``differentiable=True``, the gradient-flossing loss) a rejected block
+    costs only its forward (its graph is dropped) while an accepted one costs forward and
+    backward, so the plan aims closer to the bounds: ``GRAD_PLAN_FRACTION`` (0.9) of each
+    acceptance bound, with the rates of ``ln a`` and of the spread remembered separately.
+    With ``householder=True`` (the CPU, where LAPACK's QR is fast) a block may be planned for
+    Householder QR, whose ``R`` loses ``eps a`` rather than ``eps a^2``: its ``ln a`` bound is
+    ``P / 4`` (the spread's, unchanged: the products' own rounding does not depend on the QR).
+    Householder is planned when its longest block is at least ``HOUSEHOLDER_COST`` times
+    Cholesky-QR's (the ratio of their costs per block, forward and backward): blocks about
+    twice as long where the alignment limits them (wide spectra), Cholesky-QR otherwise.
+    ``householder_next`` says which the next block uses; :meth:`accept` is told which ran.
     """
 
-    def __init__(self, dtype: torch.dtype) -> None:
+    def __init__(
+        self, dtype: torch.dtype, *, differentiable: bool = False, householder: bool = False
+    ) -> None:
         nats = -math.log(torch.finfo(dtype).eps)
         log_max = math.log(torch.finfo(dtype).max)
         self.accept_log_align = nats / 8
+        self.accept_log_align_householder = nats / 4
         self.accept_spread = nats / 4
         self.accept_log_norm = log_max / 4
         self.plan_log_align = nats / 16
         self.plan_log_norm = log_max / 8
+        self.differentiable = differentiable
+        self.householder = householder and differentiable  # Householder blocks allowed
+        self.householder_next = False  # the method of the next block
         self.rate = 0.0  # the largest recent growth rate of ln alignment and spread, per step
+        self.align_rate = 0.0  # (differentiable) ... of ln alignment alone
+        self.spread_rate = 0.0  # (differentiable) ... of the spread alone
         self.norm_rate = 0.0  # ... and of max |ln R_jj|
         self.block = 1  # the planned length of the next block
         self.used: list[int] = []  # the lengths of the accepted blocks
         self.redone_steps = 0  # steps run again after a rejected block
 
     @staticmethod
-    def measure(logd: Tensor, align: float) -> tuple[tuple[float, float, float], bool]:
+    def measure(
+        logd: Tensor, align: float | Tensor
+    ) -> tuple[tuple[float, float, float], bool]:
         """``((ln alignment, spread, max |ln R_jj|), overflow)`` of a block's QR in one host
-        sync; ``overflow``: some ``ln R_jj`` is nan or +inf (``-inf``, a direction annihilated
-        exactly, is not an overflow)."""
-        spread = (logd.amax(-1) - logd.amin(-1)).amax()
-        overflow = (torch.isnan(logd) | (logd == math.inf)).any()
-        stats = torch.stack([spread, logd.abs().amax(), overflow.to(logd.dtype)]).tolist()
+        sync (``align``: the largest alignment, or a tensor of it per sequence); ``overflow``:
+        some ``ln R_jj`` is nan or +inf (``-inf``, a direction annihilated exactly, is not an
+        overflow)."""
+        # per sequence max and min (nan-propagating), 2 x batch numbers to the host
+        lo, hi = torch.aminmax(logd.detach(), dim=-1)
+        if isinstance(align, Tensor):  # per sequence (a planned Householder block)
+            los, his, aligns = torch.stack([lo, hi, align.detach()]).tolist()
+            align = _nanmax(aligns)
+        else:
+            los, his = torch.stack([lo, hi]).tolist()
+        overflow = any(h != h or h == math.inf for h in his)  # nan or +inf
+        spread = _nanmax([h - lo_ for lo_, h in zip(los, his, strict=True)])
+        log_norm = _nanmax([abs(v) for v in los + his])
         log_align = math.log(max(align, 1.0)) if align == align else math.nan
-        return (log_align, float(stats[0]), float(stats[1])), bool(stats[2])
+        return (log_align, float(spread), float(log_norm)), overflow
 
-    def accept(self, since: int, log_align: float, spread: float, log_norm: float) -> bool:
-        """Whether the block of ``since`` steps is kept (nan never passes)."""
+    def accept(
+        self,
+        since: int,
+        log_align: float,
+        spread: float,
+        log_norm: float,
+        householder: bool = False,
+    ) -> bool:
+        """Whether the block of ``since`` steps is kept (nan never passes); ``householder``:
+        its QR was Householder's (the larger ``ln a`` bound)."""
         if since <= 1:
             return True
+        bound = self.accept_log_align_householder if householder else self.accept_log_align
         return (
-            log_align <= self.accept_log_align
+            log_align <= bound
             and spread <= self.accept_spread
             and log_norm <= self.accept_log_norm
         )
+
+    def _longest_differentiable(self, since: int, log_align: float, spread: float) -> int:
+        """The plan under autograd (see the class): separate rates, ``GRAD_PLAN_FRACTION`` of
+        the bounds, and the choice of Householder QR; sets ``householder_next``."""
+        nan = math.isnan(log_align + spread)
+        cap = 4 * self.accept_spread  # nan/inf: blocks of one until it has faded
+        fade = RATE_MEMORY**since
+        rate = cap if nan else _capped(log_align / since, cap)
+        self.align_rate = max(rate, self.align_rate * fade)
+        rate = cap if nan else _capped(spread / since, cap)
+        self.spread_rate = max(rate, self.spread_rate * fade)
+        f = GRAD_PLAN_FRACTION
+        common = min(
+            _fit(f * self.accept_spread, self.spread_rate),
+            _fit(self.plan_log_norm, self.norm_rate),
+        )
+        chol = min(_fit(f * self.accept_log_align, self.align_rate), common)
+        house = min(_fit(f * self.accept_log_align_householder, self.align_rate), common)
+        self.householder_next = self.householder and house >= HOUSEHOLDER_COST * max(chol, 1)
+        return house if self.householder_next else chol
 
     def after(self, since: int, accepted: bool, measured: tuple[float, float, float]) -> None:
         """Plan the next block after one of ``since`` steps was accepted or rejected."""
@@ -293,9 +473,12 @@ class AutoBlocks:
         fade = RATE_MEMORY**since
         self.rate = max(rate, self.rate * fade)
         self.norm_rate = max(norm_rate, self.norm_rate * fade)
-        longest = min(
-            _fit(self.plan_log_align, self.rate), _fit(self.plan_log_norm, self.norm_rate)
-        )
+        if self.differentiable:
+            longest = self._longest_differentiable(since, log_align, spread)
+        else:
+            longest = min(
+                _fit(self.plan_log_align, self.rate), _fit(self.plan_log_norm, self.norm_rate)
+            )
         if accepted:
             self.used.append(since)
             block = min(longest, AUTO_GROWTH * max(self.block, since))

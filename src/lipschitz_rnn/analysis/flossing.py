@@ -10,13 +10,18 @@ can be minimised by gradient descent ("flossing") before and during training. Ex
 keep the long-term Jacobian ``J_T ... J_1`` well conditioned along ``k`` directions, which lets
 backpropagation through time carry gradients over long delays.
 
-:func:`flossing_loss` runs the same estimator as ``lyapunov_spectrum`` (the same systems, the
-same analytic tangent maps of every unit, the same Cholesky-QR and ``reorth_every`` policy) with
-autograd recording it: its value is ``mean((exponents - target)^2)`` of exactly the exponents
-that ``lyapunov_spectrum`` returns for the same arguments. A block of ``L`` steps between QRs
-has the same derivative as ``L`` single-step QRs in exact arithmetic (the R factor of a product
-is the product of the R factors), so the default ``reorth_every="auto"`` differentiates the
-textbook QR-every-step estimate at a fraction of its cost.
+:func:`flossing_loss` runs the same estimator loop as ``lyapunov_spectrum`` (the same systems,
+the same analytic tangent maps of every unit, the same QR machinery) with autograd recording it:
+its value is ``mean((exponents - target)^2)`` of the exponents that ``lyapunov_spectrum``
+returns for the same arguments, to round-off. A block of ``L`` steps between QRs has the same
+derivative as ``L`` single-step QRs in exact arithmetic (the R factor of a product is the
+product of the R factors), so the default ``reorth_every="auto"`` differentiates the textbook
+QR-every-step estimate at a fraction of its cost. Under autograd each QR is differentiated by
+the thin QR's own derivative (:class:`~lipschitz_rnn.analysis._qr._RowsQR`: two GEMMs and a
+triangular solve), not through the algorithm's steps, and ``"auto"`` plans its blocks for that
+cost (closer to the precision bounds, and on the CPU Householder QR where the alignment limits
+Cholesky-QR's blocks: see :class:`~lipschitz_rnn.analysis._qr.AutoBlocks`); every block still
+passes the same checks.
 
 How the parameters reach autograd: for an ``nn.Module`` system the module is called through
 ``torch.func.functional_call`` with its parameters cast to ``dtype`` (a differentiable cast), so

@@ -31,13 +31,15 @@ the system objects of :mod:`lipschitz_rnn.analysis._systems`; the estimator's lo
   lost to round-off (:class:`lipschitz_rnn.analysis._qr.AutoBlocks`), so its exponents are
   those of ``reorth_every=1`` up to round-off.
 
-Entry points: :func:`lyapunov_spectrum` -> :class:`LyapunovSpectrum`. :func:`plot_spectrum`,
-:func:`plot_evolution` (from :mod:`.plots`) and :func:`kaplan_yorke_dimension` (from
-:mod:`.features`) are re-exported here.
+Entry points: :func:`lyapunov_spectrum` -> :class:`LyapunovSpectrum`; its figures are
+:func:`~lipschitz_rnn.analysis.plots.plot_spectrum` and
+:func:`~lipschitz_rnn.analysis.plots.plot_evolution`, the spectrum's features (Kaplan-Yorke
+dimension, entropy rate, ...) are in :mod:`lipschitz_rnn.analysis.features`.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Mapping
@@ -52,15 +54,11 @@ from ._model_state import finite_or_none, nan_for_none
 from ._qr import AutoBlocks, Orthonormalizer, householder_rows
 from ._systems import TangentSystem, resolve_system
 from .features import entropy_rate, kaplan_yorke_dimension
-from .plots import plot_evolution, plot_spectrum
 
 __all__ = [
     "LyapunovSpectrum",
     "NonFiniteStateError",
     "lyapunov_spectrum",
-    "kaplan_yorke_dimension",
-    "plot_spectrum",
-    "plot_evolution",
 ]
 
 
@@ -200,12 +198,17 @@ def _initial_basis(n: int, k: int, generator: torch.Generator | None) -> Tensor:
     that ``diag R > 0``) of an i.i.d. standard normal (n, k) matrix drawn from ``generator``
     (default ``torch.Generator().manual_seed(0)``)."""
     if generator is None:
-        generator = torch.Generator().manual_seed(0)
-    elif not isinstance(generator, torch.Generator):
+        return _default_basis(n, k).clone()  # the same every call: drawn once
+    if not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
     G = torch.randn(n, k, generator=generator, dtype=torch.float64, device=generator.device)
     Q, _ = householder_rows(G.mT.unsqueeze(0))
     return Q[0].mT.cpu()
+
+
+@functools.lru_cache(maxsize=16)
+def _default_basis(n: int, k: int) -> Tensor:
+    return _initial_basis(n, k, torch.Generator().manual_seed(0))
 
 
 def _prepare_inputs(inputs: Any, system: TangentSystem, batch_first: bool, dtype, device):
@@ -245,48 +248,46 @@ def _prepare_inputs(inputs: Any, system: TangentSystem, batch_first: bool, dtype
 
 
 class _FiniteGuard:
-    """Raise :class:`NonFiniteStateError` at the first step whose state is not finite.
+    """Raise :class:`NonFiniteStateError` naming the first step whose state is not finite.
 
-    On the CPU every step is checked at once; elsewhere the per-step flags are recorded on the
-    device and checked every ``every`` steps and at the end (no host sync per step).
+    The states of the current block are only referenced (no work per step); :meth:`flush`, at
+    each re-orthonormalisation (and every ``every`` steps), checks them all in one reduction
+    and one host sync, then the steps one by one only when something is not finite.
     """
 
-    def __init__(self, device: torch.device, total: int, every: int = 128) -> None:
-        self.eager = device.type == "cpu"
+    def __init__(self, every: int = 128) -> None:
         self.every = every
-        self.checked = 0
-        if not self.eager:
-            self.flags = torch.zeros(total, dtype=torch.bool, device=device)
-
-    def _raise(self, t: int):
-        raise NonFiniteStateError(
-            f"state became non-finite at step {t} (0-based, warmup steps included); the "
-            "trajectory diverges or overflows"
-        )
+        self.states: list[Tensor] = []
+        self.first = 0  # the step of states[0]
 
     def __call__(self, h: Tensor, t: int) -> None:
-        if self.eager:
-            if not bool(torch.isfinite(h).all()):
-                self._raise(t)
-            return
-        self.flags[t] = ~torch.isfinite(h).all()
-        if (t + 1) % self.every == 0:
-            self.flush(t + 1)
+        if not self.states:
+            self.first = t
+        self.states.append(h)
+        if len(self.states) >= self.every:
+            self.flush()
 
-    def flush(self, upto: int) -> None:
-        if self.eager or upto <= self.checked:
+    def flush(self) -> None:
+        states, self.states = self.states, []
+        if not states:
             return
-        seg = self.flags[self.checked : upto]
-        if bool(seg.any()):
-            self._raise(self.checked + int(seg.nonzero()[0, 0]))
-        self.checked = upto
+        with torch.no_grad():
+            if bool(torch.isfinite(torch.stack(states)).all()):
+                return
+            for i, h in enumerate(states):
+                if not bool(torch.isfinite(h).all()):
+                    raise NonFiniteStateError(
+                        f"state became non-finite at step {self.first + i} (0-based, warmup "
+                        "steps included); the trajectory diverges or overflows"
+                    )
 
 
 @dataclass
 class _Sums:
     """What one run of the estimator's loop leaves: ``acc`` (batch, k) the float64 sums of
     ``log R_ii`` over the averaged steps (differentiable when the run was), the running
-    batch means behind ``history``, the final state, and the sizes and settings used."""
+    batch means behind ``history`` (none for a differentiable run), the final state, and the
+    sizes and settings used."""
 
     acc: Tensor
     hist_sum: list[Tensor]
@@ -343,6 +344,25 @@ def _overflowed(logd: Tensor) -> bool:
     return bool((torch.isnan(logd) | (logd == math.inf)).any())
 
 
+def _start(system, inputs, steps, warmup, h0, k, batch_first, generator, dtype,
+           differentiable):
+    """The estimator's start: (resolved system, drive, initial state (batch, n), initial basis
+    rows (batch, k, n), averaged steps)."""
+    sysm = resolve_system(system, dtype, inputs is not None, differentiable=differentiable)
+    device = sysm.device(inputs, h0)
+    x, batch, steps = _inputs_and_steps(sysm, inputs, steps, warmup, batch_first, dtype, device)
+    h = sysm.initial_state(h0, batch, dtype, device)
+    batch, n = h.shape
+    if k is None:
+        k = n
+    elif k > n:
+        raise ValueError(f"k={k} is larger than the state size n={n}")
+    drive = sysm.drive(x, warmup + steps, batch, dtype, device)
+    Q0 = _initial_basis(n, k, generator).to(device=device, dtype=dtype)
+    V = Q0.mT.unsqueeze(0).expand(batch, k, n).contiguous()
+    return sysm, drive, h, V, steps
+
+
 def _spectrum_sums(
     system: Any,
     inputs: Tensor | None,
@@ -366,29 +386,25 @@ def _spectrum_sums(
     steps, warmup, reorth_every, dt, k = _checked_options(steps, warmup, reorth_every, dt,
                                                           dtype, k)
     auto = reorth_every == "auto"
-    sysm = resolve_system(system, dtype, inputs is not None, differentiable=differentiable)
-    device = sysm.device(inputs, h0)
-    x, batch, steps = _inputs_and_steps(sysm, inputs, steps, warmup, batch_first, dtype, device)
+    sysm, drive, h, V, steps = _start(system, inputs, steps, warmup, h0, k, batch_first,
+                                      generator, dtype, differentiable)
+    batch, k, n = V.shape
+    device = h.device
     total = warmup + steps
-
-    h = sysm.initial_state(h0, batch, dtype, device)
-    batch, n = h.shape
-    if k is None:
-        k = n
-    elif k > n:
-        raise ValueError(f"k={k} is larger than the state size n={n}")
-    drive = sysm.drive(x, total, batch, dtype, device)
-
-    Q0 = _initial_basis(n, k, generator).to(device=device, dtype=dtype)
-    V = Q0.mT.unsqueeze(0).expand(batch, k, n).contiguous()
     # the sums of log R_ii in float64 whatever the working precision: a float32 sum of
     # thousands of terms would round differently for different block lengths
     acc = torch.zeros(batch, k, dtype=torch.float64, device=device)
     hist_sum: list[Tensor] = []
     hist_steps: list[int] = []
-    guard = _FiniteGuard(h.device, total)
+    logs: list[Tensor] = []  # (differentiable) the log R_ii of the averaged blocks
+    guard = _FiniteGuard()
     ortho = Orthonormalizer()
-    policy = AutoBlocks(dtype) if auto else None
+    # under autograd on the CPU, blocks may be planned for Householder QR (see AutoBlocks)
+    policy = (
+        AutoBlocks(dtype, differentiable=differentiable, householder=device.type == "cpu")
+        if auto
+        else None
+    )
     since = 0
     block = 1 if auto else reorth_every
     start = (0, h, V)  # (step, state, basis) where the current block began
@@ -399,12 +415,14 @@ def _spectrum_sums(
         guard(h, t)
         since += 1
         if since == block or t == warmup - 1 or t == total - 1:
-            guard.flush(t + 1)
+            guard.flush()
             before = (ortho.householder_count, ortho.householder_mode)
-            Vq, logd, align = ortho(V)
+            # a block cut to one step (warmup's or the run's end) needs no Householder QR
+            householder = policy is not None and policy.householder_next and since > 1
+            Vq, logd, align = ortho(V, householder)
             if policy is not None:
                 measured, overflow = policy.measure(logd, align)
-                accepted = policy.accept(since, *measured)
+                accepted = policy.accept(since, *measured, householder)
                 policy.after(since, accepted, measured)
                 block = policy.block
                 if not accepted:
@@ -423,12 +441,16 @@ def _spectrum_sums(
                 )
             V = Vq
             since = 0
-            if t >= warmup:
+            if t >= warmup and differentiable:  # summed once at the end; no history
+                logs.append(logd)
+            elif t >= warmup:
                 acc = acc + logd.to(torch.float64)
                 hist_sum.append(acc.detach().mean(0))
                 hist_steps.append(t + 1 - warmup)
             start = (t + 1, h, V)
         t += 1
+    if logs:
+        acc = torch.stack(logs).to(torch.float64).sum(0)
 
     return _Sums(
         acc=acc, hist_sum=hist_sum, hist_steps=hist_steps, h=h, n=n, k=k, batch=batch,
