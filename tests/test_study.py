@@ -12,7 +12,7 @@ import pytest
 
 from lipschitz_rnn.analysis import spectrum_features
 from lipschitz_rnn.cli import main
-from lipschitz_rnn.sweep import replay, run_study
+from lipschitz_rnn.sweep import replay, run_study, study_cv
 from lipschitz_rnn.sweep.pruning import LyapunovRule
 from lipschitz_rnn.sweep.readout import fit_predictor, predict
 from lipschitz_rnn.sweep.results import FEATURES
@@ -21,6 +21,9 @@ from lipschitz_rnn.sweep.spec import SchedulerSpec
 from lipschitz_rnn.sweep.study import grouped_folds
 
 K, EPOCHS = 12, 4
+#: the fair-baseline blocks are tested in test_study_baselines.py: here few splits, ridge only
+QUICK = {"repeats": 2, "models": ("ridge",)}
+QUICK_CLI = ["--repeats", "2", "--models", "ridge"]
 
 
 def _spectrum(lmax: float) -> np.ndarray:
@@ -87,7 +90,7 @@ def test_grouped_folds_never_split_a_configuration():
 
 def test_study_finds_the_informative_spectrum(tmp_path):
     rows = write_sweep(tmp_path)
-    s = run_study(tmp_path, bootstrap=200)
+    s = run_study(tmp_path, bootstrap=200, **QUICK)
     assert s["n_trials"] == len(rows) - 1 and s["n_configs"] == 24
     assert s["status_counts"] == {"failed": 1, "ok": len(rows) - 1}
     auc = {a["feature_set"]: a["auc"] for a in s["auc"]}
@@ -213,7 +216,7 @@ def test_study_of_eight_trials_with_repeated_seeds(tmp_path, capsys):
     # no fold grouped by configuration can train on both classes
     acc = [0.2, 0.21, 0.3, 0.31, 0.4, 0.41, 0.8, 0.81]
     seeds_sweep(tmp_path, acc, [-a for a in acc])
-    s = run_study(tmp_path, bootstrap=100, plots=False)
+    s = run_study(tmp_path, bootstrap=100, plots=False, **QUICK)
     assert s["n_trials"] == 8 and s["n_configs"] == 4
     for a in s["auc"]:
         assert a["auc"] is None and a["n"] == 4 and "seeds of one configuration" in a["reason"]
@@ -224,7 +227,7 @@ def test_study_of_eight_trials_with_repeated_seeds(tmp_path, capsys):
     md = (tmp_path / "study.md").read_text()
     assert "| spectrum@1 | — (4) |" in md and "seeds of one configuration" in md
     assert json.loads((tmp_path / "study.json").read_text())["auc"] == s["auc"]
-    assert main(["study", str(tmp_path), "--bootstrap", "100"]) == 0
+    assert main(["study", str(tmp_path), "--bootstrap", "100", *QUICK_CLI]) == 0
     out = capsys.readouterr().out
     assert "AUC —" in out and "note: AUC not computed" in out and "seeds of one" in out
 
@@ -234,7 +237,7 @@ def test_study_of_eight_trials_scores_two_stratified_folds(tmp_path):
     # trial of each class; the epoch-1 exponent orders the trials exactly
     acc = [0.2, 0.5, 0.45, 0.8, 0.22, 0.55, 0.6, 0.81]
     seeds_sweep(tmp_path, acc, [-a for a in acc], lmax0=[0.1 * (i % 3) for i in range(8)])
-    s = run_study(tmp_path, bootstrap=100, plots=False)
+    s = run_study(tmp_path, bootstrap=100, plots=False, **QUICK)
     auc = {a["feature_set"]: a for a in s["auc"]}
     assert all(a["auc"] is not None and a["folds"] == 2 for a in s["auc"])
     assert auc["spectrum@1"]["auc"] == 1.0
@@ -310,20 +313,24 @@ def _random_sweep(root, rng):
                 mode="max" if rng.random() < 0.7 else "min")
 
 
-def test_study_never_raises_on_small_random_sweeps(tmp_path):
+def test_study_never_raises_on_small_random_sweeps(tmp_path, monkeypatch):
+    monkeypatch.setattr(study_cv, "FOREST_TREES", 4)
     rng = np.random.default_rng(1)
     for i in range(16):
         root = tmp_path / f"s{i}"
         _random_sweep(root, rng)
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # nothing reaches the caller as a raw warning
-            s = run_study(root, folds=int(rng.integers(2, 6)), bootstrap=100, plots=i < 2)
+            s = run_study(root, folds=int(rng.integers(2, 6)), bootstrap=100, plots=i < 2,
+                          repeats=2, models=("ridge", "forest") if i < 4 else ("ridge",))
         for a in s["auc"]:
             assert (a["auc"] is None) == (a["reason"] is not None), a
         for r in s["r2"]:
             assert r["r2"] is not None or r["reason"], r
         for e in s["spearman"]:
             assert (e["rho"] is None) == (e["reason"] is not None), e
+        for e in s["cv"]["entries"]:  # scored, or a reason why not
+            assert (e["reason"] is None) == bool(e["repeats"]), e
         assert all(isinstance(n, str) and n for n in s["notes"])
         assert json.loads((root / "study.json").read_text())["notes"] == s["notes"]
         assert (root / "study.md").read_text().startswith("# Study of")
@@ -338,7 +345,7 @@ def test_constant_features_are_reported_in_words_not_as_warnings(tmp_path, capsy
                 lmax0=[-0.5 + 0.01 * i for i in range(8)])
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        s = run_study(tmp_path, bootstrap=200, plots=False)
+        s = run_study(tmp_path, bootstrap=200, plots=False, **QUICK)
     pooled = {(e["epoch"], e["feature"]): e for e in s["spearman"] if e["arch"] == "pooled"}
     for f in ("frac_pos", "num_pos", "ky_dim", "entropy"):
         e = pooled[(0, f)]
@@ -352,7 +359,7 @@ def test_constant_features_are_reported_in_words_not_as_warnings(tmp_path, capsy
     assert "num_pos at epoch 1 (all trials: " in notes
     assert "Spearman ρ of a constant feature is undefined" in (tmp_path / "study.md").read_text()
     caplog.clear()
-    assert main(["study", str(tmp_path), "--bootstrap", "200"]) == 0
+    assert main(["study", str(tmp_path), "--bootstrap", "200", *QUICK_CLI]) == 0
     out, err = capsys.readouterr()
     assert "note: constant across trials" in out
     for text in (out, err, caplog.text):

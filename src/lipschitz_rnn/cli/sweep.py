@@ -100,6 +100,11 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub) -> None:
+    _add_sweep(sub)
+    _add_study(sub)
+
+
+def _add_sweep(sub) -> None:
     s = sub.add_parser(
         "sweep",
         help="run a hyperparameter sweep on Ray Tune, with Lyapunov spectra of every trial",
@@ -129,19 +134,42 @@ def add_commands(sub) -> None:
                    "Ray)")
     data_dir_arg(s)
     s.set_defaults(func=_cmd_sweep)
+
+
+def _add_study(sub) -> None:
     st = sub.add_parser(
         "study",
         help="does the early Lyapunov spectrum predict the final metric? (a sweep's readout)",
         description="Score the spectrum features of a finished sweep against its trials' final "
-        "validation metric: Spearman rho with bootstrap intervals, cross-validated AUC "
-        "(top vs bottom quartile) and R^2 per feature set, folds grouped by configuration; "
-        "writes study.json, study.md and PNG plots into the sweep directory.",
+        "validation metric, beside fair baselines (hyperparameters through a linear and a "
+        "nonlinear surrogate, the early validation metric): repeated grouped cross-validation "
+        "(median and 95%% interval of R^2, Spearman rho and AUC per feature set and model, "
+        "paired differences), leave one unit out, leave a range of a swept key out, transfer "
+        "from another sweep (--predictor-from), Spearman rho of single features with bootstrap "
+        "intervals over groups; writes study.json, study.md and PNG plots into the sweep "
+        "directory (docs/study.md).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     st.add_argument("sweep_dir", metavar="DIR", help="a sweep directory (lipschitz-rnn sweep)")
     st.add_argument("--folds", type=int, default=5, help="cross-validation folds")
     st.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
     st.add_argument("--seed", type=int, default=0, help="seed of folds and resamples")
+    st.add_argument("--repeats", type=int, default=20,
+                    help="random grouped splits of the repeated cross-validation (medians and "
+                    "95 %% intervals over them)")
+    st.add_argument("--models", default="ridge,forest,aelle",
+                    help="model families, comma-separated: ridge (linear), forest (random "
+                    "forest) over every feature set; aelle adds the aelle@E sets (an "
+                    "autoencoder over the spectrum with a linear head, Vogt et al. 2022)")
+    st.add_argument("--equivalent", action="append", default=[], metavar="[KEY=VALUE:]KEYS",
+                    help="near-duplicates: ignore the swept KEYS (comma-separated) when "
+                    "grouping the trials whose KEY is VALUE (all trials without KEY=VALUE:), e.g. "
+                    "model=lipschitz:model.init_scale; repeatable")
+    st.add_argument("--ood-key", default=None, metavar="KEY",
+                    help="the swept key whose top range is left out (None: model.init_scale "
+                    "when it is swept)")
+    st.add_argument("--ood-quantile", type=float, default=0.75,
+                    help="leave out the trials at or above this quantile of --ood-key, per unit")
     st.add_argument("--replay", action="store_true",
                     help="also replay spectrum-guided pruning against ASHA and random pruning "
                     "on the sweep (pruning.json)")
@@ -153,8 +181,10 @@ def add_commands(sub) -> None:
                     help="random trial orders of the replay's regret curves (pruning.md, "
                     "pruning_regret.png)")
     st.add_argument("--predictor-from", default=None, metavar="OTHER_DIR",
-                    help="another sweep whose trials fit the spectrum predictor that the "
-                    "replay's lyapunov rule applies here (default: cross-fitted on this sweep "
+                    help="another sweep whose trials fit the predictors: the study scores every "
+                    "feature set fitted there on this sweep (ood.transfer; R² only when the "
+                    "metric is the same), and the replay's lyapunov rule applies its spectrum "
+                    "predictor here (default: no transfer; the replay cross-fits on this sweep "
                     "over folds grouped by configuration)")
     st.add_argument("--reduction-factor", type=float, default=2.0,
                     help="reduction factor of Ray's ASHA in the replay (rungs at 1, rf, rf^2, "
@@ -167,13 +197,25 @@ def _cmd_study(args: argparse.Namespace) -> int:
     from ..sweep.pruning import regret_markdown, replay_regret, write_pruning
 
     with console.status("study: cross-validating feature sets"):
-        s = run_study(args.sweep_dir, folds=args.folds, bootstrap=args.bootstrap, seed=args.seed)
-    console.print(f"{s['n_trials']} trials, {s['n_configs']} configurations "
-                  f"({s['metric']['name']})")
+        s = run_study(args.sweep_dir, folds=args.folds, bootstrap=args.bootstrap, seed=args.seed,
+                      repeats=args.repeats, equivalent=args.equivalent, ood_key=args.ood_key,
+                      ood_quantile=args.ood_quantile, predictor_from=args.predictor_from,
+                      models=[m.strip() for m in args.models.split(",") if m.strip()])
+    console.print(f"{s['n_trials']} trials, {s['n_configs']} configurations, {s['n_groups']} "
+                  f"groups ({s['metric']['name']})")
+    console.print("one grouped split:")
     for a, r in zip(s["auc"], s["r2"], strict=True):
         auc = "—" if a["auc"] is None else f"{a['auc']:.3f}"
         r2 = "—" if r["r2"] is None else f"{r['r2']:.3f}"
         console.print(f"  {a['feature_set']:<32} AUC {auc}   R² {r2}", markup=False)
+    if s["cv"]["entries"]:
+        console.print(f"{s['cv']['repeats']} grouped splits, median [2.5 %, 97.5 %]:")
+    for e in s["cv"]["entries"]:
+        med, ci = e["median"], e["ci95"]
+        cells = ["—" if med.get(m) is None else
+                 f"{med[m]:.3f} [{ci[m][0]:.3f}, {ci[m][1]:.3f}]" for m in ("r2", "rho", "auc")]
+        console.print(f"  {e['feature_set']:<32} {e['model']:<6} R² {cells[0]:<22} "
+                      f"ρ {cells[1]:<22} AUC {cells[2]}", markup=False)
     for note in s.get("notes", []):  # what could not be computed (—), and why
         console.print(f"  note: {note}", markup=False)
     if args.replay:

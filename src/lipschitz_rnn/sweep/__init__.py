@@ -10,7 +10,9 @@
 * :mod:`.readout` -- what the study and pruning share: the oriented final metric, the spectrum
   features of an LE epoch, the ridge predictor of the one from the other;
 * :mod:`.study` -- the study (:func:`run_study`): does the early spectrum predict the final
-  metric? (:mod:`.study_plots` its figures);
+  metric? (:mod:`.study_cv` its fair baselines: groups, repeated grouped cross-validation,
+  out-of-distribution and transfer scores; :mod:`.study_tables` their tables;
+  :mod:`.study_plots` its figures);
 * :mod:`.pruning` -- spectrum-guided pruning (the rule behind ``kind = "lyapunov"``) and its
   offline replay against ASHA and random pruning (:func:`replay`).
 

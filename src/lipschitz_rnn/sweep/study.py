@@ -5,61 +5,84 @@ scores, against the final best validation metric of every trial that trained to 
 (status ``ok`` or ``diverged``; a diverged trial without any finite validation metric counts as
 the worst observed):
 
+* ``cv``, ``paired``, ``ood``: the fair baselines of :mod:`.study_cv` -- every feature set
+  (hyperparameters, a hyperparameter surrogate, the spectrum at initialisation and at each LE
+  epoch, the validation metric, and combinations) through a ridge and a random-forest model,
+  scored over ``repeats`` random grouped splits (median, 95 % interval and every split's value
+  of R², Spearman's rho and AUC), paired differences of the spectrum against each baseline on
+  the same splits, and out of distribution: leave one unit out, leave the top range of a swept
+  key out, and (``predictor_from``) transfer from another sweep;
 * ``spearman``: Spearman's rho of each single spectrum feature at each LE epoch against the
-  final metric, with a bootstrap 95 % interval (``scipy.stats.bootstrap``, percentile method,
-  trials resampled in pairs), per architecture and pooled;
-* ``auc``: cross-validated ROC AUC of a logistic regression telling the top quartile of the final
-  metric from the bottom quartile, per feature set;
-* ``r2``: cross-validated R^2 (and Spearman's rho of the out-of-fold predictions) of a ridge
-  regression of the final metric, per feature set.
+  final metric, with a 95 % bootstrap interval over groups (whole configurations and their
+  near-duplicates are resampled, :func:`group_bootstrap_weights`; percentile method), per
+  architecture and pooled;
+* ``auc``, ``r2`` (one grouped split, kept for continuity): cross-validated ROC AUC of a
+  logistic regression telling the top quartile of the final metric from the bottom quartile, and
+  R^2 (and Spearman's rho of the out-of-fold predictions) of a ridge regression, per feature
+  set: ``hyperparameters``, ``spectrum@0``, and at each LE epoch ``e`` after 0 ``spectrum@e``,
+  ``full_spectrum@e`` (the mean spectrum resampled to :data:`FULL_POINTS` quantiles),
+  ``valid@e`` and ``hyperparameters+spectrum@e``. The AUC's training folds always hold both
+  classes (:func:`grouped_folds`).
 
-Feature sets at each LE epoch ``e`` after 0 (epoch 0 is the initialisation): ``hyperparameters``
-(the swept keys but the seed: numbers, on a log scale when positive and spanning a decade;
-categories one-hot), ``spectrum@0`` and ``spectrum@e`` (the features of
-:func:`lipschitz_rnn.analysis.spectrum_features`), ``full_spectrum@e`` (the mean spectrum
-resampled to :data:`FULL_POINTS` quantiles), ``valid@e`` (validation metric and loss at epoch
-``e``) and ``hyperparameters+spectrum@e``. Folds are grouped by ``config_id``
-(scikit-learn's ``StratifiedGroupKFold`` / ``GroupKFold``), so that the seeds of one
-configuration never straddle training and test; the AUC's training folds always hold both
-classes (:func:`grouped_folds`). A metric where lower is better (loss, bpc) is negated first:
-"top" always means best.
+Groups (:func:`~.study_cv.study_groups`): the seeds of a configuration, trials with the same
+swept values up to the seed, and trials a declared equivalence (``equivalent``) makes
+near-duplicates never straddle training and test, in every block. A metric where lower is
+better (loss, bpc) is negated first: "top" always means best.
 
 Any sweep with at least 8 trials trained to the end (one with a finite metric) gets a study: a
 number that cannot be computed (a quartile that is the seeds of one configuration, a constant
 feature or metric, too few values) is None with the entry's ``reason``, and ``notes`` says so in
 words; scipy's and scikit-learn's warnings are recorded there, never emitted.
 
-Outputs ``study.json`` (stable keys ``spearman``, ``auc``, ``r2``, ``notes``, each entry naming
-its feature set or feature and its epoch), ``study.md`` and PNG plots (:mod:`.study_plots`).
-The readout it shares with spectrum-guided pruning (the oriented final metric, the spectrum
-features of an epoch, the ridge ``predictor`` stored for a ``lyapunov`` scheduler) lives in
-:mod:`.readout`.
+Outputs ``study.json`` (stable keys ``spearman``, ``auc``, ``r2``, ``cv``, ``paired``, ``ood``,
+``notes``, each entry naming its feature set or feature and its epoch), ``study.md`` (tables of
+:mod:`.study_tables`) and PNG plots (:mod:`.study_plots`). The readout it shares with
+spectrum-guided pruning (the oriented final metric, the spectrum features of an epoch, the ridge
+``predictor`` stored for a ``lyapunov`` scheduler) lives in :mod:`.readout`.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .._checks import check_int
+from .._checks import check_float, check_int
 from .._io import atomic_write_text, write_json
 from ..runs.sweepdir import SweepDir
-from .readout import fit_predictor, scores, spectrum_vector
+from .readout import fit_predictor, number, scores, spectrum_vector
 from .results import FEATURES
+from .study_cv import (
+    FAMILIES,
+    HyperEncoding,
+    designs,
+    feature_sets,
+    finite_columns,
+    group_splits,
+    leave_one_unit_out,
+    leave_range_out,
+    paired_differences,
+    repeated_cv,
+    study_groups,
+    transfer,
+)
 from .study_plots import write_study_plots
+from .study_tables import fair_markdown, fair_notes
 
 log = logging.getLogger(__name__)
 
 __all__ = ["load_trials", "run_study", "feature_matrix", "grouped_folds", "study_notes",
-           "FULL_POINTS", "STUDY_FILES"]
+           "group_bootstrap_weights", "resampled_rho", "FULL_POINTS", "STUDY_FILES",
+           "DEFAULT_OOD_KEY"]
 
 #: quantiles of the mean spectrum used by the ``full_spectrum`` feature set
 FULL_POINTS = 16
+#: the swept key whose top range is left out by default (``ood.leave_one_out_range``)
+DEFAULT_OOD_KEY = "model.init_scale"
 STUDY_FILES = ("study.json", "study.md")
 _DONE = ("ok", "diverged")
 
@@ -70,38 +93,6 @@ def load_trials(sweep_dir: str | Path) -> tuple[list[dict[str, Any]], dict[str, 
     sweep = SweepDir(sweep_dir)
     meta = sweep.meta()
     return sweep.trials(), meta, sweep.spectra()
-
-
-def _hyper_columns(rows: list[dict], swept: list[str]) -> tuple[np.ndarray, list[str]]:
-    cols, names = [], []
-    for key in swept:
-        if key == "seed":
-            continue
-        vals = [r.get(key) for r in rows]
-        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals):
-            v = np.array(vals, dtype=np.float64)
-            if v.min() > 0 and v.max() >= 10 * v.min():
-                v, key = np.log10(v), f"log10 {key}"
-            cols.append(v)
-            names.append(key)
-        else:
-            for level in sorted({str(v) for v in vals}):
-                cols.append(np.array([str(v) == level for v in vals], dtype=np.float64))
-                names.append(f"{key}={level}")
-    if not cols:
-        return np.zeros((len(rows), 0)), []
-    return np.stack(cols, 1), names
-
-
-def _finite_columns(X: np.ndarray) -> np.ndarray:
-    """Non-finite entries (a -inf exponent of a singular Jacobian, a missing value) replaced by
-    the column's finite minimum (0 when the column has none)."""
-    X = np.array(X, dtype=np.float64)
-    for j in range(X.shape[1]):
-        col = X[:, j]
-        ok = np.isfinite(col)
-        col[~ok] = col[ok].min() if ok.any() else 0.0
-    return X
 
 
 def _full_spectrum(rows, spectra, epoch: int) -> np.ndarray:
@@ -118,20 +109,21 @@ def _full_spectrum(rows, spectra, epoch: int) -> np.ndarray:
 def feature_matrix(rows, meta, spectra, name: str, epoch: int) -> tuple[np.ndarray, list[str]]:
     """The feature set ``name`` (see the module docstring) of ``rows`` at LE epoch ``epoch``."""
     if name == "hyperparameters":
-        return _hyper_columns(rows, meta.get("swept_keys", []))
+        swept = meta.get("swept_keys", [])
+        return HyperEncoding.fit(rows, swept).raw(rows)
     if name == "spectrum":
         names = [f"le{epoch}_{f}" for f in FEATURES]
         X = np.array([[r.get(n) if isinstance(r.get(n), float) else np.nan for n in names]
                       for r in rows])
-        return _finite_columns(X), names
+        return finite_columns(X), names
     if name == "full_spectrum":
-        return _finite_columns(_full_spectrum(rows, spectra, epoch)), [
+        return finite_columns(_full_spectrum(rows, spectra, epoch)), [
             f"le{epoch}_q{i}" for i in range(FULL_POINTS)]
     if name == "valid":
         names = [f"valid_{epoch}", f"valid_loss_{epoch}"]
         X = np.array([[r.get(n) if isinstance(r.get(n), float) else np.nan for n in names]
                       for r in rows])
-        return _finite_columns(X), names
+        return finite_columns(X), names
     if name == "hyperparameters+spectrum":
         a, na = feature_matrix(rows, meta, spectra, "hyperparameters", epoch)
         b, nb = feature_matrix(rows, meta, spectra, "spectrum", epoch)
@@ -154,39 +146,66 @@ def _feature_sets(epochs: list[int]) -> list[tuple[str, str, int]]:
     return sets
 
 
-def _spearman_entries(rows, y, epochs, feature_names, n_boot, seed) -> list[dict]:
-    """Spearman's rho per (feature, epoch, architecture or pooled) with its bootstrap interval.
+def group_bootstrap_weights(groups, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """(n_boot, n) multiplicities of the trials in ``n_boot`` bootstrap resamples of whole
+    groups: each resample draws as many groups as there are, with replacement, and takes every
+    trial of a drawn group (near-copies of one network are one observation, not several)."""
+    uniq, inv = np.unique(np.asarray(groups, dtype=str), return_inverse=True)
+    draws = rng.integers(0, uniq.size, size=(n_boot, uniq.size))
+    counts = np.zeros((n_boot, uniq.size))
+    np.add.at(counts, (np.repeat(np.arange(n_boot), uniq.size), draws.ravel()), 1.0)
+    return counts[:, inv]
+
+
+def _weighted_ranks(x: np.ndarray, W: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(ranks, distinct) of ``x`` in each resample of multiplicities ``W`` (rows): the average
+    rank a trial would have in the resample written out with repeats, and the number of
+    distinct values of ``x`` the resample holds."""
+    u, inv = np.unique(x, return_inverse=True)
+    member = np.zeros((x.size, u.size))
+    member[np.arange(x.size), inv] = 1.0
+    wu = W @ member  # weight of each distinct value
+    below = np.cumsum(wu, axis=1) - wu
+    return below[:, inv] + (wu[:, inv] + 1.0) / 2.0, (wu > 0).sum(axis=1)
+
+
+def resampled_rho(x: np.ndarray, t: np.ndarray, W: np.ndarray) -> np.ndarray:
+    """Spearman's rho of ``x`` and ``t`` in each resample given by multiplicities ``W`` (rows),
+    equal to scipy's spearmanr of the resample written out; NaN where either is constant."""
+    (rx, nx), (rt, nt) = _weighted_ranks(x, W), _weighted_ranks(t, W)
+    s = W.sum(axis=1, keepdims=True)
+    rx = rx - (W * rx).sum(axis=1, keepdims=True) / s
+    rt = rt - (W * rt).sum(axis=1, keepdims=True) / s
+    num = (W * rx * rt).sum(axis=1)
+    den = np.sqrt((W * rx * rx).sum(axis=1) * (W * rt * rt).sum(axis=1))
+    out = np.full(num.shape, np.nan)
+    ok = (nx > 1) & (nt > 1)
+    out[ok] = num[ok] / den[ok]
+    return np.clip(out, -1.0, 1.0)
+
+
+def _spearman_entries(rows, y, groups, epochs, feature_names, n_boot, seed) -> list[dict]:
+    """Spearman's rho per (feature, epoch, architecture or pooled) with its bootstrap interval
+    over groups (:func:`group_bootstrap_weights`; percentile interval).
 
     rho is undefined where a feature or the final metric is constant across the trials (or
     fewer than 5 have a value): the entry's ``rho`` is None and ``reason`` says why. Bootstrap
     resamples in which either is constant have no rho either: ``undefined_resamples`` counts
     them and the interval is taken over the others."""
-    from scipy.stats import DegenerateDataWarning, bootstrap, rankdata, spearmanr
+    from scipy.stats import spearmanr
 
-    def stat(a, b, axis=-1):
-        """rho of each resample (one per row): Pearson's r of the ranks, NaN for a constant
-        resample (where scipy's spearmanr would warn and return NaN)."""
-        ra, rb = (rankdata(v, axis=axis) for v in (a, b))
-        ra, rb = (r - r.mean(axis=axis, keepdims=True) for r in (ra, rb))
-        num = (ra * rb).sum(axis=axis)
-        den = np.sqrt((ra * ra).sum(axis=axis) * (rb * rb).sum(axis=axis))
-        out = np.full(np.shape(num), np.nan)
-        np.divide(num, den, out=out, where=den > 0)
-        return out
-
-    groups = {"pooled": np.ones(len(rows), dtype=bool)}
+    subsets = {"pooled": np.ones(len(rows), dtype=bool)}
     for arch in sorted({str(r["model"]) for r in rows}):
-        groups[arch] = np.array([str(r["model"]) == arch for r in rows])
+        subsets[arch] = np.array([str(r["model"]) == arch for r in rows])
+    groups = np.asarray(groups, dtype=str)
     out = []
     rng = np.random.default_rng(seed)
     for e in epochs:
         for f in feature_names:
-            x_all = np.array([r.get(f"le{e}_{f}") if isinstance(r.get(f"le{e}_{f}"), float)
-                              else np.nan for r in rows])
-            for arch, sel in groups.items():
-                x, t = x_all[sel], y[sel]
-                ok = np.isfinite(x)
-                x, t = x[ok], t[ok]
+            x_all = np.array([number(r.get(f"le{e}_{f}")) for r in rows])
+            for arch, sel in subsets.items():
+                ok = sel & np.isfinite(x_all)
+                x, t = x_all[ok], y[ok]
                 entry = {"feature": f, "epoch": e, "arch": arch, "n": int(x.size), "rho": None,
                          "ci_low": None, "ci_high": None, "undefined_resamples": 0,
                          "reason": None}
@@ -198,21 +217,12 @@ def _spearman_entries(rows, y, epochs, feature_names, n_boot, seed) -> list[dict
                     entry["reason"] = "the final metric is constant across these trials"
                 else:
                     entry["rho"] = float(spearmanr(x, t).statistic)
-                    with warnings.catch_warnings():  # NaN resamples: handled below
-                        warnings.simplefilter("ignore", DegenerateDataWarning)
-                        ci = bootstrap((x, t), stat, paired=True, vectorized=True,
-                                       n_resamples=n_boot, method="percentile",
-                                       random_state=rng)
-                    lo, hi = ci.confidence_interval
-                    dist = np.asarray(ci.bootstrap_distribution)
-                    undefined = int(np.isnan(dist).sum())
-                    if undefined:
-                        entry["undefined_resamples"] = undefined
-                        defined = dist[~np.isnan(dist)]
-                        lo, hi = np.quantile(defined, [0.025, 0.975]) if defined.size else (
-                            np.nan, np.nan)
-                    entry["ci_low"] = float(lo) if math.isfinite(lo) else None
-                    entry["ci_high"] = float(hi) if math.isfinite(hi) else None
+                    dist = resampled_rho(x, t, group_bootstrap_weights(groups[ok], n_boot, rng))
+                    defined = dist[~np.isnan(dist)]
+                    entry["undefined_resamples"] = int(dist.size - defined.size)
+                    if defined.size:
+                        lo, hi = np.quantile(defined, [0.025, 0.975])
+                        entry["ci_low"], entry["ci_high"] = float(lo), float(hi)
                 out.append(entry)
     return out
 
@@ -365,64 +375,167 @@ def _cv_scores(X, y, groups, label, folds: int, seed: int) -> tuple[dict, dict]:
     return auc, r2
 
 
-def run_study(sweep_dir: str | Path, *, folds: int = 5, bootstrap: int = 1000, seed: int = 0,
-              plots: bool = True) -> dict[str, Any]:
-    """Score the sweep in ``sweep_dir``; write ``study.json``, ``study.md`` and plots there;
-    return the content of ``study.json``."""
-    folds = check_int("folds", folds, ge=2)
-    bootstrap = check_int("bootstrap", bootstrap, ge=100)
-    seed = check_int("seed", seed, ge=0)
-    root = Path(sweep_dir)
+def _finished(root: Path) -> tuple[list[dict], list[dict], dict, Any]:
+    """(all rows, the rows trained to the end, ``sweep.json``, ``spectra.npz``) of a sweep that
+    has at least 8 trials trained to the end (else ValueError)."""
     rows_all, meta, spectra = load_trials(root)
     rows = [r for r in rows_all if r.get("status") in _DONE]
     if len(rows) < 8:
         raise ValueError(
             f"{root}: {len(rows)} trial(s) trained to the end; a study needs at least 8"
         )
+    return rows_all, rows, meta, spectra
+
+
+def _ood_key(meta: dict, key: str | None) -> str | None:
+    swept = meta.get("swept_keys", [])
+    if key is None:
+        return DEFAULT_OOD_KEY if DEFAULT_OOD_KEY in swept else None
+    if not isinstance(key, str) or key not in swept or key == "seed":
+        raise ValueError(f"ood_key must be a swept key but the seed "
+                         f"({', '.join(k for k in swept if k != 'seed')}), got {key!r}")
+    return key
+
+
+def _aelle_designs(rows, spectra, epochs) -> list[dict[str, Any]]:
+    """The ``aelle@e`` feature sets: the mean spectrum at LE epoch ``e`` resampled to
+    :data:`FULL_POINTS` quantiles, read by :class:`~.aelle.AeLLERegressor` (model ``aelle``)."""
+    out = []
+    for e in (e for e in epochs if e > 0):
+        X = finite_columns(_full_spectrum(rows, spectra, e))
+        d = {"feature_set": f"aelle@{e}", "epoch": e, "model": "aelle", "X": None,
+             "key": None, "reason": None}
+        if X.shape[1] == 0 or np.ptp(X, axis=0).max() == 0:
+            d["reason"] = "no spectrum varies across the trials at this epoch"
+        else:
+            d["X"], d["key"] = X, ("aelle", e)
+        out.append(d)
+    return out
+
+
+def _fair_baselines(rows, meta, spectra, y, groups, epochs, opts: dict[str, Any],
+                    source: tuple | None) -> dict[str, Any]:
+    """The ``cv``, ``paired`` and ``ood`` blocks of ``study.json`` (see :mod:`.study_cv`)."""
+    families, seed = opts["models"], opts["seed"]
+    ds = designs(rows, HyperEncoding.fit(rows, meta.get("swept_keys", [])),
+                 feature_sets(epochs), families=[f for f in families if f in FAMILIES])
+    if "aelle" in families:
+        ds += _aelle_designs(rows, spectra, epochs)
+    n_groups = len(set(groups))
+    cv = {"folds": min(opts["folds"], n_groups), "repeats": opts["repeats"], "seed": seed,
+          "models": list(families), "entries": [], "reason": None}
+    if n_groups < 2:
+        cv["reason"] = "one group: grouped folds need at least 2"
+    elif np.ptp(y) == 0:
+        cv["reason"] = "the final metric is the same for every trial"
+    else:
+        splits = group_splits(groups, opts["folds"], opts["repeats"], seed)
+        cv["entries"] = repeated_cv(ds, y, groups, splits, seed)
+    ood: dict[str, Any] = {"leave_one_unit_out": leave_one_unit_out(rows, ds, y, groups, seed)}
+    key = opts["ood_key"]
+    ood["leave_one_out_range"] = (
+        leave_range_out(rows, ds, y, groups, key, opts["ood_quantile"], seed) if key else
+        {"key": None, "quantile": opts["ood_quantile"], "entries": [],
+         "reason": f"{DEFAULT_OOD_KEY} is not swept and no ood_key was given"})
+    if source is not None:
+        path, rows_a, meta_a, y_a = source
+        groups_a = study_groups(rows_a, meta_a.get("swept_keys", []))
+        ood["transfer"] = {"from": str(path), "n_from": len(rows_a), **transfer(
+            rows_a, meta_a, rows, meta, y_a, y, groups_a, seed, families)}
+    return {"cv": cv, "paired": paired_differences(cv["entries"], epochs), "ood": ood}
+
+
+def run_study(sweep_dir: str | Path, *, folds: int = 5, bootstrap: int = 1000, seed: int = 0,
+              plots: bool = True, repeats: int = 20, equivalent: Sequence[str] = (),
+              ood_key: str | None = None, ood_quantile: float = 0.75,
+              predictor_from: str | Path | None = None,
+              models: Sequence[str] = FAMILIES) -> dict[str, Any]:
+    """Score the sweep in ``sweep_dir``; write ``study.json``, ``study.md`` and plots there;
+    return the content of ``study.json``.
+
+    ``repeats`` grouped splits of ``folds`` folds score every feature set with every family of
+    ``models`` (:data:`~.study_cv.FAMILIES`); ``equivalent`` declares near-duplicates
+    (:func:`~.study_cv.parse_equivalence`); ``ood_key`` and ``ood_quantile`` the range left out
+    (default: the init scale's top quartile per unit); ``predictor_from`` another sweep whose
+    trials fit the predictors scored on this one (``ood.transfer``)."""
+    folds = check_int("folds", folds, ge=2)
+    bootstrap = check_int("bootstrap", bootstrap, ge=100)
+    seed = check_int("seed", seed, ge=0)
+    repeats = check_int("repeats", repeats, ge=1)
+    ood_quantile = check_float("ood_quantile", ood_quantile, gt=0.0, lt=1.0)
+    if isinstance(equivalent, str):
+        equivalent = [equivalent]
+    models = tuple(models)
+    if not models or any(m not in (*FAMILIES, "aelle") for m in models):
+        raise ValueError(f"models must name some of {', '.join(FAMILIES)}, aelle, got "
+                         f"{models!r}")
+    root = Path(sweep_dir)
+    rows_all, rows, meta, spectra = _finished(root)
+    opts = {"folds": folds, "repeats": repeats, "seed": seed, "models": models,
+            "ood_key": _ood_key(meta, ood_key), "ood_quantile": ood_quantile}
+    groups = study_groups(rows, meta.get("swept_keys", []), equivalent)
+    source = None
+    if predictor_from is not None:
+        _, rows_a, meta_a, _ = _finished(Path(predictor_from))
+        source = (Path(predictor_from), rows_a, meta_a, scores(rows_a, meta_a["metric"]["mode"]))
     mode = meta["metric"]["mode"]
     y = scores(rows, mode)
     epochs = sorted(int(e) for e in meta["lyapunov"]["at_epochs"])
-    groups = [str(r["config_id"]) for r in rows]
     # what scipy and scikit-learn warn about ends up in the study's notes, in words
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        auc, r2 = [], []
-        for label, name, e in _feature_sets(epochs):
-            X, _ = feature_matrix(rows, meta, spectra, name, e)
-            a, b = _cv_scores(X, y, groups, label, folds, seed)
-            a["epoch"] = b["epoch"] = e
-            auc.append(a)
-            r2.append(b)
         result = {
             "sweep": str(root),
             "metric": meta["metric"],
             "target": "best validation metric" + ("" if mode == "max" else " (negated)"),
             "n_trials": len(rows),
-            "n_configs": len(set(groups)),
+            "n_configs": len({str(r["config_id"]) for r in rows}),
+            "n_groups": len(set(groups)),
+            "equivalent": list(equivalent),
             "status_counts": {s: sum(r.get("status") == s for r in rows_all)
                               for s in sorted({str(r.get("status")) for r in rows_all})},
             "lyapunov_epochs": epochs,
             "folds": folds,
             "bootstrap": bootstrap,
-            "spearman": _spearman_entries(rows, y, epochs, FEATURES, bootstrap, seed),
-            "auc": auc,
-            "r2": r2,
+            "spearman": _spearman_entries(rows, y, groups, epochs, FEATURES, bootstrap, seed),
+            **_single_split(rows, meta, spectra, y, groups, epochs, folds, seed),
+            **_fair_baselines(rows, meta, spectra, y, groups, epochs, opts, source),
         }
-        later = [e for e in epochs if e > 0]
-        if later:  # the spectrum-only predictor at the first later epoch, for pruning sweeps
-            xs = [(spectrum_vector(r, later[0]), t) for r, t in zip(rows, y, strict=True)]
-            xs = [(x, t) for x, t in xs if x is not None]
-            if len(xs) >= 8:
-                result["predictor"] = fit_predictor(
-                    np.stack([x for x, _ in xs]), np.array([t for _, t in xs]), later[0])
+        predictor = _predictor(rows, y, epochs)
+        if predictor is not None:
+            result["predictor"] = predictor
         if plots:
             result["plots"] = write_study_plots(root, rows, y, meta, spectra, result)
-    result["notes"] = study_notes(result) + list(dict.fromkeys(
+    result["notes"] = study_notes(result) + fair_notes(result) + list(dict.fromkeys(
         f"{w.category.__name__}: {w.message}" for w in caught))
     write_json(root / "study.json", result)
     atomic_write_text(root / "study.md", study_markdown(result))
     log.info("study of %s: %d trials", root, len(rows))
     return result
+
+
+def _single_split(rows, meta, spectra, y, groups, epochs, folds, seed) -> dict[str, list]:
+    """The ``auc`` and ``r2`` blocks: one grouped split, ridge and logistic regression."""
+    auc, r2 = [], []
+    for label, name, e in _feature_sets(epochs):
+        X, _ = feature_matrix(rows, meta, spectra, name, e)
+        a, b = _cv_scores(X, y, groups, label, folds, seed)
+        a["epoch"] = b["epoch"] = e
+        auc.append(a)
+        r2.append(b)
+    return {"auc": auc, "r2": r2}
+
+
+def _predictor(rows, y, epochs) -> dict[str, Any] | None:
+    """The spectrum-only ridge predictor at the first LE epoch after 0 (for pruning sweeps)."""
+    later = [e for e in epochs if e > 0]
+    if not later:
+        return None
+    xs = [(spectrum_vector(r, later[0]), t) for r, t in zip(rows, y, strict=True)]
+    xs = [(x, t) for x, t in xs if x is not None]
+    if len(xs) < 8:
+        return None
+    return fit_predictor(np.stack([x for x, _ in xs]), np.array([t for _, t in xs]), later[0])
 
 
 def _scope(arches: list[str]) -> str:
@@ -493,19 +606,25 @@ def _fmt(x: Any, nd: int = 3) -> str:
 
 
 def study_markdown(s: dict[str, Any]) -> str:
+    eq = s.get("equivalent") or []
     lines = [
         f"# Study of `{s['sweep']}`", "",
-        f"{s['n_trials']} trials that trained to the end ({s['n_configs']} configurations), "
-        f"target: {s['target']} ({s['metric']['name']}); {s['folds']}-fold cross-validation "
-        "grouped by configuration.", "",
-        "## Cross-validated prediction of the final metric", "",
+        f"{s['n_trials']} trials that trained to the end ({s['n_configs']} configurations, "
+        f"{s['n_groups']} groups: the seeds of a configuration and near-duplicates together"
+        + (f"; declared equivalent: {', '.join(f'`{t}`' for t in eq)}" if eq else "")
+        + f"), target: {s['target']} ({s['metric']['name']}).", "",
+        *fair_markdown(s),
+        "## One grouped split (kept for continuity)", "",
+        f"One {s['folds']}-fold split by group: AUC of a logistic regression on the top and "
+        "bottom quartiles, R² and ρ of a ridge regression's out-of-fold predictions.", "",
         "| feature set | AUC top vs bottom quartile (n) | R² | ρ (out-of-fold) |",
         "|---|---|---|---|",
     ]
     for a, b in zip(s["auc"], s["r2"], strict=True):
         lines.append(f"| {a['feature_set']} | {_fmt(a['auc'])} ({a['n']}) | {_fmt(b['r2'])} | "
                      f"{_fmt(b['rho'])} |")
-    lines += ["", "## Spearman ρ of single features (pooled, 95 % bootstrap interval)", "",
+    lines += ["", "## Spearman ρ of single features (pooled, 95 % bootstrap interval over "
+              "groups)", "",
               "| epoch | feature | ρ | interval | n |", "|---|---|---|---|---|"]
     for e in s["spearman"]:
         if e["arch"] == "pooled":
