@@ -50,3 +50,25 @@ def write_ptb(root, texts=TEXTS):
     folder.mkdir(parents=True, exist_ok=True)
     for s, t in texts.items():
         (folder / f"ptb.{s}.txt").write_text(t)
+
+
+def write_sweep_files(root, rows, arrays, *, swept, at_epochs=(0, 1), metric=None, mode="max"):
+    """A sweep directory as the sweep writes it: ``trials.csv`` (None: an empty cell),
+    ``spectra.npz`` and ``sweep.json`` (``metric`` defaults to accuracy, or loss when lower is
+    better)."""
+    import csv
+    import json
+
+    import numpy as np
+
+    root.mkdir(parents=True, exist_ok=True)
+    cols = list(dict.fromkeys(c for r in rows for c in r))
+    with (root / "trials.csv").open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=cols)
+        w.writeheader()
+        w.writerows(rows)
+    np.savez(root / "spectra.npz", **arrays)
+    name = metric or ("accuracy" if mode == "max" else "loss")
+    (root / "sweep.json").write_text(json.dumps({
+        "metric": {"name": name, "mode": mode}, "swept_keys": list(swept),
+        "lyapunov": {"at_epochs": list(at_epochs)}}))

@@ -3,12 +3,12 @@ sweep's own file formats (trials.csv, spectra.npz, sweep.json); no Ray run neede
 
 from __future__ import annotations
 
-import csv
 import json
 import warnings
 
 import numpy as np
 import pytest
+from formats import write_sweep_files
 
 from lipschitz_rnn.analysis import spectrum_features
 from lipschitz_rnn.cli import main
@@ -65,18 +65,7 @@ def write_sweep(root, *, n_scales=6, seed=0, informative=True):
 
 def write_files(root, rows, arrays, *, swept, at_epochs, mode="max"):
     """trials.csv (None: an empty cell), spectra.npz and sweep.json as the sweep writes them."""
-    root.mkdir(parents=True, exist_ok=True)
-    cols = list(dict.fromkeys(c for r in rows for c in r))
-    with (root / "trials.csv").open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=cols)
-        w.writeheader()
-        w.writerows(rows)
-    np.savez(root / "spectra.npz", **arrays)
-    (root / "sweep.json").write_text(json.dumps({
-        "metric": {"name": "accuracy" if mode == "max" else "loss", "mode": mode},
-        "swept_keys": swept,
-        "lyapunov": {"at_epochs": at_epochs},
-    }))
+    write_sweep_files(root, rows, arrays, swept=swept, at_epochs=at_epochs, mode=mode)
 
 
 def test_grouped_folds_never_split_a_configuration():

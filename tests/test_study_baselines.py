@@ -5,11 +5,9 @@ written in the sweep's own formats (trials.csv, spectra.npz, sweep.json)."""
 
 from __future__ import annotations
 
-import csv
-import json
-
 import numpy as np
 import pytest
+from formats import write_sweep_files
 
 from lipschitz_rnn.analysis import spectrum_features
 from lipschitz_rnn.cli import main
@@ -40,16 +38,7 @@ def trial(i, cid, model, params, seed, acc, lmax1, rng, lmax0=None):
 
 
 def write_files(root, rows, arrays, *, swept, metric="accuracy", mode="max"):
-    root.mkdir(parents=True, exist_ok=True)
-    cols = list(dict.fromkeys(c for r in rows for c in r))
-    with (root / "trials.csv").open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=cols)
-        w.writeheader()
-        w.writerows(rows)
-    np.savez(root / "spectra.npz", **arrays)
-    (root / "sweep.json").write_text(json.dumps({
-        "metric": {"name": metric, "mode": mode}, "swept_keys": swept,
-        "lyapunov": {"at_epochs": [0, 1]}}))
+    write_sweep_files(root, rows, arrays, swept=swept, metric=metric, mode=mode)
 
 
 def spectrum_sweep(root, *, seed, units=("rnn", "lstm", "gru"), metric="accuracy",
