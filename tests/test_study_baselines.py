@@ -13,7 +13,8 @@ from lipschitz_rnn.analysis import spectrum_features
 from lipschitz_rnn.cli import main
 from lipschitz_rnn.sweep import run_study, study_cv
 from lipschitz_rnn.sweep.study import resampled_rho
-from lipschitz_rnn.sweep.study_cv import group_splits, parse_equivalence, study_groups
+from lipschitz_rnn.sweep.spec import parse_equivalence
+from lipschitz_rnn.sweep.study_cv import group_splits, study_groups
 
 K = 12
 FAST = {"bootstrap": 100, "plots": False}
@@ -133,6 +134,25 @@ def test_groups_join_seeds_and_declared_near_duplicates(tmp_path):
         parse_equivalence(3, swept)
     with pytest.raises(ValueError, match="no trial has model = gru"):
         study_groups(rows, swept, ["model=gru:lr"])
+
+
+def test_the_sweep_specs_study_table_sets_the_defaults(tmp_path):
+    """``[study]`` in the sweep spec (recorded in sweep.json) declares the near-duplicates and
+    the range left out; the caller's declarations are added, not substituted."""
+    import json
+
+    lipschitz_copies(tmp_path)
+    meta = json.loads((tmp_path / "sweep.json").read_text())
+    meta["spec"] = {"study": {"equivalent": "model=lipschitz:model.init_scale", "ood_key": "lr"}}
+    (tmp_path / "sweep.json").write_text(json.dumps(meta))
+    kw = dict(FAST, repeats=2, models=("ridge",))
+    s = run_study(tmp_path, **kw)
+    assert s["n_groups"] == 8 and s["equivalent"] == ["model=lipschitz:model.init_scale"]
+    assert s["ood"]["leave_one_out_range"]["key"] == "lr"
+    s = run_study(tmp_path, equivalent=["model=lipschitz:model.init_scale", "lr"],
+                  ood_key="model.init_scale", **kw)
+    assert s["equivalent"] == ["model=lipschitz:model.init_scale", "lr"]
+    assert s["n_groups"] == 1 and s["ood"]["leave_one_out_range"]["key"] == "model.init_scale"
 
 
 def test_near_duplicates_in_separate_groups_inflate_the_score(tmp_path):

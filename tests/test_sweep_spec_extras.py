@@ -107,3 +107,28 @@ def test_grid_array_times_sample_and_its_errors():
         load_spec({**BASE, "grid": [{"model": ["rnn"]}, {"lr": []}]})
     with pytest.raises(ValueError, match=r"\[grid\] hidden_size: also in \[set\]"):
         load_spec({**BASE, "grid": [{"model": ["rnn"]}, {"hidden_size": [2]}]})
+
+
+def test_study_table_declares_the_study_defaults():
+    base = {**BASE, "grid": {"model": ["rnn", "lipschitz"], "seed": [0, 1]},
+            "sample": {"n": 3, "seed": 1, "model.init_scale": {"loguniform": [0.1, 1.0]},
+                       "lr": {"loguniform": [1e-3, 1e-2]}}}
+    spec = load_spec({**base, "study": {"equivalent": "model=lipschitz:model.init_scale",
+                                        "ood_key": "lr"}})
+    assert spec.study.equivalent == ("model=lipschitz:model.init_scale",)
+    assert spec.study.ood_key == "lr"
+    assert load_spec(base).study.equivalent == () and load_spec(base).study.ood_key is None
+    # a fixed unit is a condition too (trials.csv records it)
+    fixed = {**BASE, "grid": {"lr": [1e-3, 1e-2]}, "study": {"equivalent": ["model=lstm:lr"]}}
+    assert load_spec(fixed).study.equivalent == ("model=lstm:lr",)
+    for study, exc, needle in [
+        ({"equivalnt": "lr"}, ValueError, r"\[study\] equivalnt: unknown key"),
+        ({"equivalent": 3}, TypeError, r"\[study\] equivalent: expected a string"),
+        ({"equivalent": "model=lipschitz:hidden_size"}, ValueError, "not a swept key"),
+        ({"equivalent": "model=gru:lr"}, ValueError, "no trial has model = gru"),
+        ({"ood_key": "seed"}, ValueError, r"\[study\] ood_key: expected a swept key"),
+        ({"ood_key": "hidden_size"}, ValueError, "ood_key"),
+        ("lr", TypeError, r"\[study\] must be a table"),
+    ]:
+        with pytest.raises(exc, match=needle):
+            load_spec({**base, "study": study})

@@ -164,10 +164,11 @@ def _add_study(sub) -> None:
     st.add_argument("--equivalent", action="append", default=[], metavar="[KEY=VALUE:]KEYS",
                     help="near-duplicates: ignore the swept KEYS (comma-separated) when "
                     "grouping the trials whose KEY is VALUE (all trials without KEY=VALUE:), e.g. "
-                    "model=lipschitz:model.init_scale; repeatable")
+                    "model=lipschitz:model.init_scale; repeatable; added to the sweep spec's "
+                    "[study] equivalent")
     st.add_argument("--ood-key", default=None, metavar="KEY",
-                    help="the swept key whose top range is left out (None: model.init_scale "
-                    "when it is swept)")
+                    help="the swept key whose top range is left out (None: the sweep spec's "
+                    "[study] ood_key, else model.init_scale when it is swept)")
     st.add_argument("--ood-quantile", type=float, default=0.75,
                     help="leave out the trials at or above this quantile of --ood-key, per unit")
     st.add_argument("--replay", action="store_true",

@@ -23,7 +23,7 @@ from .pruning import replay
 from .results import FEATURES, collect
 from .runner import SweepProgress, run_sweep
 from .schedulers import SchedulerContext, register_scheduler
-from .spec import LyapunovSpec, SchedulerSpec, SweepSpec, TrialPlan, load_spec
+from .spec import LyapunovSpec, SchedulerSpec, StudySpec, SweepSpec, TrialPlan, load_spec
 from .study import run_study
 
 __all__ = [
@@ -35,6 +35,7 @@ __all__ = [
     "TrialPlan",
     "LyapunovSpec",
     "SchedulerSpec",
+    "StudySpec",
     "SchedulerContext",
     "register_scheduler",
     "FEATURES",

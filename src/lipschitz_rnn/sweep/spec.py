@@ -33,6 +33,7 @@ import itertools
 import json
 import math
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -48,10 +49,13 @@ from ..data import TASKS
 from ..models import MODELS
 from ..runs.config import TrainConfig, resolve_config
 
-__all__ = ["SweepSpec", "LyapunovSpec", "SchedulerSpec", "TrialPlan", "load_spec"]
+__all__ = ["SweepSpec", "LyapunovSpec", "SchedulerSpec", "StudySpec", "TrialPlan", "load_spec",
+           "parse_equivalence"]
 
 TOP_KEYS = ("preset", "task", "model", "description", "set", "grid", "sample", "lyapunov",
-            "scheduler")
+            "scheduler", "study")
+#: keys of ``[study]``: defaults of ``lipschitz-rnn study`` declared with the sweep
+STUDY_KEYS = ("equivalent", "ood_key")
 LYAPUNOV_KEYS = ("at_epochs", "k", "steps", "warmup", "batch", "seed")
 SCHEDULER_KINDS = ("fifo", "asha", "lyapunov")
 #: options of the built-in schedulers (a ``lyapunov`` scheduler gets its options unchecked)
@@ -85,6 +89,17 @@ class SchedulerSpec:
 
 
 @dataclass(frozen=True)
+class StudySpec:
+    """``[study]``: what ``lipschitz-rnn study`` assumes for this sweep unless told otherwise:
+    ``equivalent`` near-duplicate declarations (``"KEY=VALUE:IGNORED[,IGNORED]"``, see
+    :func:`parse_equivalence`) and ``ood_key``, the swept key whose
+    top range the study leaves out (None: its default)."""
+
+    equivalent: tuple[str, ...] = ()
+    ood_key: str | None = None
+
+
+@dataclass(frozen=True)
 class TrialPlan:
     """One trial: its id (its folder under ``trials/``), the swept values, the id of its
     configuration without the seed (seeds of one configuration share it) and its config."""
@@ -110,6 +125,7 @@ class SweepSpec:
     #: the grids whose products are unioned (one for ``[grid]``, several for ``[[grid]]``);
     #: ``grid`` lists every grid key with all its values
     grids: list[dict[str, list]] = field(default_factory=list)
+    study: StudySpec = field(default_factory=StudySpec)
 
     @property
     def swept_keys(self) -> list[str]:
@@ -269,6 +285,70 @@ def _parse_scheduler(d: Any) -> SchedulerSpec:
         if isinstance(rf, bool) or not isinstance(rf, (int, float)) or not rf > 1:
             raise ValueError(f"[scheduler] reduction_factor: expected a number > 1, got {rf!r}")
     return SchedulerSpec(kind, options)
+
+
+def _parse_study(d: Any, swept: list[str], trials: list[TrialPlan]) -> StudySpec:
+    """``[study]``, checked against the swept keys and the planned trials (as the study command
+    checks them, so that a spec that loads studies)."""
+    if not isinstance(d, dict):
+        raise TypeError(f"[study] must be a table, got {d!r}")
+    unknown = sorted(set(d) - set(STUDY_KEYS))
+    if unknown:
+        raise ValueError(f"[study] {unknown[0]}: unknown key; known: {list(STUDY_KEYS)}")
+    eq = d.get("equivalent", [])
+    eq = [eq] if isinstance(eq, str) else eq
+    if not isinstance(eq, list) or not all(isinstance(t, str) for t in eq):
+        raise TypeError(f"[study] equivalent: expected a string or a list of strings like "
+                        f"'model=lipschitz:model.init_scale', got {d.get('equivalent')!r}")
+    for text in eq:
+        try:
+            when, _ = parse_equivalence(text, swept)
+        except ValueError as e:
+            raise ValueError(f"[study] {e}") from None
+        if when is not None and not any(_trial_value(t, when[0]) == when[1] for t in trials):
+            raise ValueError(f"[study] equivalent {text!r}: no trial has {when[0]} = {when[1]}")
+    ood = d.get("ood_key")
+    if ood is not None and (not isinstance(ood, str) or ood not in swept or ood == "seed"):
+        raise ValueError(f"[study] ood_key: expected a swept key but the seed "
+                         f"({', '.join(k for k in swept if k != 'seed') or 'none'}), got {ood!r}")
+    return StudySpec(tuple(eq), ood)
+
+
+def parse_equivalence(text: str, swept: Sequence[str]) -> tuple[tuple[str, str] | None,
+                                                                tuple[str, ...]]:
+    """``"KEY=VALUE:K1[,K2]"`` -> ((KEY, VALUE), (K1, K2)): for the trials whose KEY is VALUE,
+    the swept keys K1, K2 are ignored when forming groups; ``"K1[,K2]"``: for every trial.
+
+    Raises:
+        TypeError: ``text`` is not a string.
+        ValueError: the text is malformed, or an ignored key is not swept.
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"equivalent must be a string like 'model=lipschitz:model.init_scale', "
+                        f"got {type(text).__name__}")
+    cond, _, keys = text.rpartition(":")
+    when = None
+    if cond:
+        key, eq, value = cond.partition("=")
+        if not eq or not key.strip() or not value.strip():
+            raise ValueError(f"equivalent {text!r}: expected KEY=VALUE:IGNORED[,IGNORED], e.g. "
+                             "'model=lipschitz:model.init_scale'")
+        when = (key.strip(), value.strip())
+    ignored = tuple(k.strip() for k in keys.split(",") if k.strip())
+    if not ignored:
+        raise ValueError(f"equivalent {text!r}: names no key to ignore")
+    unknown = [k for k in ignored if k not in swept or k == "seed"]
+    if unknown:
+        raise ValueError(f"equivalent {text!r}: {', '.join(unknown)} is not a swept key (swept: "
+                         f"{', '.join(k for k in swept if k != 'seed') or 'only the seed'})")
+    return when, ignored
+
+
+def _trial_value(trial: TrialPlan, key: str) -> str:
+    """A trial's value of ``key`` as ``trials.csv`` writes it: swept, or its unit."""
+    if key in trial.params:
+        return str(trial.params[key])
+    return trial.config.model if key == "model" else ""
 
 
 def _parse_grids(d: Any) -> list[dict[str, list]]:
@@ -467,5 +547,6 @@ def load_spec(spec: str | Path | dict[str, Any]) -> SweepSpec:
         trials.append(TrialPlan(tid, params, cid, cfg))
     if len({t.config.task for t in trials}) > 1:  # pragma: no cover - task is never swept
         raise ValueError("sweep spec: every trial must train the same task")
+    study = _parse_study(raw.get("study", {}), list(grid) + list(dists), trials)
     return SweepSpec(raw, base, fixed, grid, n if dists else 0, sample_seed, dists, lyap, sched,
-                     trials, grids)
+                     trials, grids, study)

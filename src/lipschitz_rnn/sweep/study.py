@@ -455,8 +455,9 @@ def run_study(sweep_dir: str | Path, *, folds: int = 5, bootstrap: int = 1000, s
 
     ``repeats`` grouped splits of ``folds`` folds score every feature set with every family of
     ``models`` (:data:`~.study_cv.FAMILIES`); ``equivalent`` declares near-duplicates
-    (:func:`~.study_cv.parse_equivalence`); ``ood_key`` and ``ood_quantile`` the range left out
-    (default: the init scale's top quartile per unit); ``predictor_from`` another sweep whose
+    (:func:`~.spec.parse_equivalence`), added to those of the sweep spec's ``[study]``
+    table; ``ood_key`` (default: the spec's ``[study] ood_key``, else the init scale) and
+    ``ood_quantile`` the range left out per unit; ``predictor_from`` another sweep whose
     trials fit the predictors scored on this one (``ood.transfer``)."""
     folds = check_int("folds", folds, ge=2)
     bootstrap = check_int("bootstrap", bootstrap, ge=100)
@@ -471,6 +472,13 @@ def run_study(sweep_dir: str | Path, *, folds: int = 5, bootstrap: int = 1000, s
                          f"{models!r}")
     root = Path(sweep_dir)
     rows_all, rows, meta, spectra = _finished(root)
+    # the sweep spec's [study] table: its declarations first, then the caller's
+    declared = (meta.get("spec") or {}).get("study") or {}
+    spec_eq = declared.get("equivalent", [])
+    spec_eq = [spec_eq] if isinstance(spec_eq, str) else list(spec_eq)
+    equivalent = list(dict.fromkeys([*spec_eq, *equivalent]))
+    if ood_key is None:
+        ood_key = declared.get("ood_key")
     opts = {"folds": folds, "repeats": repeats, "seed": seed, "models": models,
             "ood_key": _ood_key(meta, ood_key), "ood_quantile": ood_quantile}
     groups = study_groups(rows, meta.get("swept_keys", []), equivalent)

@@ -5,7 +5,7 @@ distribution and across sweeps.
 **Groups** (:func:`study_groups`). Trials that are near-copies of one network never straddle
 training and test: the seeds of a configuration (``config_id``), trials whose swept values
 agree up to the seed, and trials that agree once a declared equivalence drops some keys
-(:func:`parse_equivalence`: ``model=lipschitz:model.init_scale`` -- for the trials whose
+(:func:`~.spec.parse_equivalence`: ``model=lipschitz:model.init_scale`` -- for the trials whose
 ``model`` is ``lipschitz`` the init scale is ignored -- or ``KEY[,KEY]`` for every trial).
 
 **Feature sets** (:func:`feature_sets`) at each LE epoch ``E`` after 0: ``hyperparameters``
@@ -57,8 +57,9 @@ import numpy as np
 from .aelle import AeLLERegressor
 from .readout import number
 from .results import FEATURES
+from .spec import parse_equivalence
 
-__all__ = ["FAMILIES", "FOREST_TREES", "MEASURES", "HyperEncoding", "parse_equivalence",
+__all__ = ["FAMILIES", "FOREST_TREES", "MEASURES", "HyperEncoding",
            "study_groups", "group_splits", "feature_sets", "designs", "measures",
            "repeated_cv", "paired_differences", "leave_one_unit_out", "leave_range_out",
            "transfer", "finite_columns"]
@@ -71,40 +72,10 @@ _RIDGE_ALPHAS = np.logspace(-3, 4, 15)
 
 
 # --- groups -----------------------------------------------------------------------------------
-def parse_equivalence(text: str, swept: Sequence[str]) -> tuple[tuple[str, str] | None,
-                                                                tuple[str, ...]]:
-    """``"KEY=VALUE:K1[,K2]"`` -> ((KEY, VALUE), (K1, K2)): for the trials whose KEY is VALUE,
-    the swept keys K1, K2 are ignored when forming groups; ``"K1[,K2]"``: for every trial.
-
-    Raises:
-        TypeError: ``text`` is not a string.
-        ValueError: the text is malformed, or an ignored key is not swept.
-    """
-    if not isinstance(text, str):
-        raise TypeError(f"equivalent must be a string like 'model=lipschitz:model.init_scale', "
-                        f"got {type(text).__name__}")
-    cond, _, keys = text.rpartition(":")
-    when = None
-    if cond:
-        key, eq, value = cond.partition("=")
-        if not eq or not key.strip() or not value.strip():
-            raise ValueError(f"equivalent {text!r}: expected KEY=VALUE:IGNORED[,IGNORED], e.g. "
-                             "'model=lipschitz:model.init_scale'")
-        when = (key.strip(), value.strip())
-    ignored = tuple(k.strip() for k in keys.split(",") if k.strip())
-    if not ignored:
-        raise ValueError(f"equivalent {text!r}: names no key to ignore")
-    unknown = [k for k in ignored if k not in swept or k == "seed"]
-    if unknown:
-        raise ValueError(f"equivalent {text!r}: {', '.join(unknown)} is not a swept key (swept: "
-                         f"{', '.join(k for k in swept if k != 'seed') or 'only the seed'})")
-    return when, ignored
-
-
 def study_groups(rows: Sequence[Mapping[str, Any]], swept: Sequence[str],
                  equivalent: Sequence[str] = ()) -> list[str]:
     """One group label per row: rows with the same ``config_id``, or the same swept values but
-    the seed and the keys an equivalence (:func:`parse_equivalence`) ignores for them, share a
+    the seed and the keys an equivalence (:func:`~.spec.parse_equivalence`) ignores for them, share a
     group (transitively). A label is the first ``config_id`` of its group.
 
     Raises:
