@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from lipschitz_rnn.analysis import flossing_loss, lyapunov_spectrum
-from lipschitz_rnn.analysis.lyapunov import _initial_basis
+from lipschitz_rnn.analysis.lyapunov import NonFiniteStateError, _initial_basis
 from lipschitz_rnn.models import build
 from lipschitz_rnn.models._base import RecurrentCell, RecurrentLayer
 
@@ -102,6 +102,76 @@ def test_gradient_against_central_differences(name, module, F):
     _shifted(module, d, eps)
     fd = (up - down) / (2 * eps)
     assert g_dot_d == pytest.approx(fd, rel=1e-5, abs=1e-8), name
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("bias", [True, False])
+def test_elman_steps_pass_gradcheck(relu, bias):
+    """The steps of one Elman layer between two QRs, one autograd node with its backward
+    written out (analysis._units._ElmanSteps): every input's gradient, float64."""
+    from lipschitz_rnn.analysis._units import _ElmanSteps
+
+    g = torch.Generator().manual_seed(3)
+    B, k, n, L = 2, 3, 5, 4
+    h0 = torch.randn(B, n, generator=g, dtype=DT, requires_grad=True)
+    V0 = torch.randn(B, k, n, generator=g, dtype=DT, requires_grad=True)
+    U = (torch.randn(L, B, n, generator=g, dtype=DT) + (1.0 if relu else 0.0)).requires_grad_()
+    Wt = (0.6 * torch.randn(n, n, generator=g, dtype=DT)).requires_grad_()
+    b = torch.randn(n, generator=g, dtype=DT, requires_grad=True) if bias else None
+
+    def f(h0, V0, U, Wt, b):
+        h, V, S = _ElmanSteps.apply(h0, V0, U, Wt, b, relu)
+        assert not S.requires_grad and torch.equal(S[-1], h.detach())
+        return h, V
+
+    inputs = (h0, V0, U, Wt, b)
+    assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-8, rtol=1e-6)
+
+
+@pytest.mark.parametrize("reorth_every", [1, 5, "auto"])
+@pytest.mark.parametrize("name", ["rnn", "rnn-relu", "rnncell"])
+def test_an_elman_layer_runs_its_blocks_as_one_node(name, reorth_every, monkeypatch):
+    """Under autograd a one-layer tanh/ReLU RNN runs the steps between two QRs as one node:
+    the loss is the per-step path's to the bit, the gradient to round-off."""
+    from lipschitz_rnn.analysis import _units
+
+    module, F = next((m, f) for n, m, f in UNITS if n == name)
+    x = _inputs(F, T=30)
+    kw = dict(k=3, warmup=4, reorth_every=reorth_every)
+
+    def run():
+        module.zero_grad(set_to_none=True)
+        loss = flossing_loss(module, x, **kw)
+        loss.backward()
+        # ReLU: the per-step path leaves the input weights without a gradient (None), the
+        # block node gives them zeros
+        return loss.detach(), torch.cat([(torch.zeros_like(p) if p.grad is None else p.grad)
+                                         .reshape(-1) for p in module.parameters()])
+
+    calls = []
+    steps = _units._TorchRNNBlock.steps
+    monkeypatch.setattr(_units._TorchRNNBlock, "steps",
+                        lambda self, *a: calls.append(len(a[1])) or steps(self, *a))
+    fused = run()
+    # every block of two or more steps ran as one node (a rejected "auto" block runs again,
+    # shorter); a block of one step takes the per-step path
+    assert calls == [] if reorth_every == 1 else sum(calls) >= 20 and min(calls) >= 2
+    monkeypatch.delattr(_units._TorchRNNBlock, "steps")  # the per-step path
+    per_step = run()
+    assert torch.equal(fused[0], per_step[0])
+    assert torch.allclose(fused[1], per_step[1], rtol=1e-12, atol=1e-14)
+
+
+def test_a_diverging_elman_layer_under_autograd_names_the_step():
+    rnn = nn.RNN(2, 3, nonlinearity="relu").double()
+    with torch.no_grad():
+        rnn.weight_hh_l0.copy_(1e150 * torch.eye(3, dtype=DT))
+        rnn.bias_ih_l0.fill_(1.0)
+        rnn.bias_hh_l0.zero_()
+    x = torch.zeros(12, 1, 2, dtype=DT)  # 1, 1e150, 1e300, inf at step 3
+    for r in (8, "auto"):
+        with pytest.raises(NonFiniteStateError, match="state became non-finite at step 3 "):
+            flossing_loss(rnn, x, k=2, reorth_every=r)
 
 
 def _plain_reference(rnn, x, k, target):

@@ -12,8 +12,8 @@ from formats import write_sweep_files
 from lipschitz_rnn.analysis import spectrum_features
 from lipschitz_rnn.cli import main
 from lipschitz_rnn.sweep import run_study, study_cv
-from lipschitz_rnn.sweep.study import resampled_rho
 from lipschitz_rnn.sweep.spec import parse_equivalence
+from lipschitz_rnn.sweep.study import resampled_rho
 from lipschitz_rnn.sweep.study_cv import group_splits, study_groups
 
 K = 12

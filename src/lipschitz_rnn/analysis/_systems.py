@@ -67,6 +67,15 @@ class TangentSystem:
         """The first :meth:`advance` (a system whose map is user code validates it here)."""
         return self.advance(h, x_t, V)
 
+    #: whether :meth:`advance` queues its steps (returning a :class:`Queued` for both the state
+    #: and the rows) until :meth:`flush` runs them, before each QR
+    lazy: bool = False
+
+    def flush(self, h: Any, V: Any) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Run the steps a lazy system queued: ``(state, rows, the states of the queued steps
+        (steps, batch, n) or None)``; a system that is not lazy returns its arguments."""
+        return h, V, None
+
     def flat_h0(self, h0: Any, batch: int | None) -> Tensor:
         return _flat_generic_h0(h0, self.n)
 
@@ -85,6 +94,16 @@ class TangentSystem:
                 raise ValueError(f"h0 has batch {h.shape[0]} but inputs have batch {batch}")
             h = h.expand(batch, -1)
         return h.contiguous()
+
+
+class Queued:
+    """The steps a lazy system has not run yet: the state and rows where they start and the
+    drive of each."""
+
+    __slots__ = ("h", "V", "drive")
+
+    def __init__(self, h: Tensor, V: Tensor, drive: tuple) -> None:
+        self.h, self.V, self.drive = h, V, drive
 
 
 def _flat_generic_h0(h0: Any, n: int | None) -> Tensor:
@@ -115,8 +134,12 @@ class _LayerStack(TangentSystem):
         components: list[list[int]],
         device: torch.device,
         embedding: Tensor | None = None,
+        lazy: bool = False,
     ) -> None:
         self.blocks = blocks
+        # one Elman layer under autograd (gradient flossing): the steps between two QRs run as
+        # one autograd node (_units._ElmanSteps)
+        self.lazy = lazy and len(blocks) == 1 and hasattr(blocks[0], "steps")
         self.sizes = [b.state_size for b in blocks]
         self.offsets = [sum(self.sizes[:i]) for i in range(len(blocks))]
         self.n = sum(self.sizes)
@@ -143,6 +166,10 @@ class _LayerStack(TangentSystem):
         return self.blocks[0].project(x).unbind(0)
 
     def advance(self, h, u0, V):
+        if self.lazy:
+            q = h if isinstance(h, Queued) else Queued(h, V, ())
+            q = Queued(q.h, q.V, (*q.drive, u0))
+            return q, q
         if len(self.blocks) == 1:
             return self.blocks[0].tangent(h, u0, V, None)
         hs, Vs = [], []
@@ -158,6 +185,14 @@ class _LayerStack(TangentSystem):
                 u = nxt.project(out)
                 dU = nxt.project_tangent(out, Vl[..., : blk.out_size])
         return torch.cat(hs, -1), torch.cat(Vs, -1)
+
+    def flush(self, h, V):
+        if not isinstance(h, Queued):
+            return h, V, None
+        if len(h.drive) == 1:  # one step: autograd's few nodes cost less than one more Function
+            s, V = self.blocks[0].tangent(h.h, h.drive[0], h.V, None)
+            return s, V, s.detach().unsqueeze(0)
+        return self.blocks[0].steps(h.h, h.drive, h.V)
 
     def flat_h0(self, h0, batch):
         L = len(self.blocks)
@@ -357,7 +392,7 @@ def _torch_rnn_stack(
             )
         )
     comps = [proj or rnn.hidden_size, rnn.hidden_size] if rnn.mode == "LSTM" else [rnn.hidden_size]
-    return _LayerStack(blocks, [comps] * rnn.num_layers, device, embedding)
+    return _LayerStack(blocks, [comps] * rnn.num_layers, device, embedding, lazy=differentiable)
 
 
 def _torch_cell_stack(
@@ -374,4 +409,4 @@ def _torch_cell_stack(
     g = lambda n: _w(cell, n, dtype, device, differentiable)
     block = torch_block(mode, g("weight_ih"), g("weight_hh"), g("bias_ih"), g("bias_hh"))
     H = cell.hidden_size
-    return _LayerStack([block], [[H, H] if mode == "LSTM" else [H]], device)
+    return _LayerStack([block], [[H, H] if mode == "LSTM" else [H]], device, lazy=differentiable)

@@ -30,6 +30,8 @@ included) goes through autograd, :func:`._jvp.jvp_rows` (:class:`_GenericCellBlo
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -263,6 +265,75 @@ class _GenericCellBlock(Block):
 
 
 # --- torch.nn.RNN / GRU / LSTM layers --------------------------------------------------------
+class _ElmanSteps(torch.autograd.Function):
+    """``L`` steps of one Elman layer (``torch.nn.RNN``, tanh or ReLU) with their tangent
+    rows, as one autograd node: the gradient-flossing loop's steps between two QRs.
+
+    Forward, per step, the same operations as :class:`_TorchRNNBlock`'s ``tangent`` (so the
+    same values to the bit): ``pre = u_t + h W^T (+ b_hh)``, ``s = act(pre)``,
+    ``D = act'(pre)``, ``V <- D * (V W^T)`` (``D`` scales the columns of the rows ``V``).
+    Backward, written out (``G`` the gradient of the rows, ``g`` of the state):
+    ``dD = rowsum(G * (V W^T))``, ``G <- (D * G) W``, ``dWt += V^T (D * G)``; for tanh
+    ``g += -2 s dD`` (``D = 1 - s^2``); ``dpre = g * D``, ``du_t = dpre``, ``dWt += h^T dpre``,
+    ``g <- dpre W``. A few kernels a step and no autograd bookkeeping, where autograd through
+    the per-step ops records about ten nodes a step: at flossing's small sizes the per-op
+    overhead, not the GEMMs, is most of the time (docs/benchmarks.md).
+
+    Inputs: ``h0`` (B, n), ``V0`` (B, k, n), ``U`` (L, B, n) the projected inputs, ``Wt = W^T``,
+    ``b_hh`` (n,) or None, ``relu``. Outputs: the state and rows after the ``L`` steps, and the
+    ``L`` states (L, B, n), not differentiable (for the finite-state check).
+    """
+
+    @staticmethod
+    def forward(ctx, h0, V0, U, Wt, b_hh, relu):
+        hs, Vs, Ps, Ds = [], [], [], []
+        h, V = h0, V0
+        for t in range(U.shape[0]):
+            pre = U[t] + h @ Wt
+            if b_hh is not None:
+                pre = pre + b_hh
+            if relu:
+                s, D = torch.relu(pre), (pre > 0).to(pre.dtype)
+            else:
+                s = torch.tanh(pre)
+                D = _dtanh(s)
+            hs.append(h)
+            Vs.append(V)
+            Ps.append(V @ Wt)
+            V = D.unsqueeze(1) * Ps[t]
+            Ds.append(D)
+            h = s
+        S = torch.stack([*hs[1:], h])
+        ctx.relu, ctx.bias = relu, b_hh is not None
+        ctx.save_for_backward(Wt, S, h0, *Vs, *Ps, *Ds)
+        ctx.mark_non_differentiable(S)
+        return h, V, S
+
+    @staticmethod
+    def backward(ctx, gh, gV, _gS):
+        Wt, S, h0, *rest = ctx.saved_tensors
+        L, n = S.shape[0], Wt.shape[0]
+        Vs, Ps, Ds = rest[:L], rest[L:2 * L], rest[2 * L:]
+        W = Wt.mT
+        gWt = torch.zeros_like(Wt)
+        gU = torch.empty_like(S)
+        g = torch.zeros_like(h0) if gh is None else gh
+        G = gV
+        for t in range(L - 1, -1, -1):
+            if G is not None:
+                gD = (G * Ps[t]).sum(-2)
+                GP = Ds[t].unsqueeze(1) * G
+                gWt.addmm_(Vs[t].reshape(-1, n).mT, GP.reshape(-1, n))
+                G = GP @ W
+                if not ctx.relu:
+                    g = g.addcmul(S[t], gD, value=-2.0)
+            torch.mul(g, Ds[t], out=gU[t])
+            gWt.addmm_((S[t - 1] if t > 0 else h0).mT, gU[t])
+            g = gU[t] @ W
+        gb = gU.sum((0, 1)) if ctx.bias and ctx.needs_input_grad[4] else None
+        return g, G, gU, gWt, gb, None
+
+
 class _TorchRNNBlock(_LinearInputBlock):
     def __init__(self, w_ih, w_hh, b_ih, b_hh, relu: bool) -> None:
         super().__init__(w_ih, b_ih)
@@ -285,6 +356,11 @@ class _TorchRNNBlock(_LinearInputBlock):
             return torch.relu(pre), (pre > 0).to(pre.dtype).unsqueeze(1) * zv
         s = torch.tanh(pre)
         return s, _dtanh(s).unsqueeze(1) * zv
+
+    def steps(self, h: Tensor, us: Sequence[Tensor], V: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``len(us)`` steps of ``tangent`` at once (:class:`_ElmanSteps`): the state, the rows
+        and the states of every step (not differentiable)."""
+        return _ElmanSteps.apply(h, V, torch.stack(list(us)), self.Whh_t, self.b_hh, self.relu)
 
 
 class _GRUBlock(_LinearInputBlock):

@@ -412,9 +412,14 @@ def _spectrum_sums(
     while t < total:
         step = sysm.first_step if t == 0 else sysm.advance
         h, V = step(h, drive[t], V)
-        guard(h, t)
+        if not sysm.lazy:
+            guard(h, t)
         since += 1
         if since == block or t == warmup - 1 or t == total - 1:
+            h, V, states = sysm.flush(h, V)  # the steps a lazy system queued
+            if states is not None:
+                for i, s in enumerate(states.unbind(0)):
+                    guard(s, t + 1 - since + i)
             guard.flush()
             before = (ortho.householder_count, ortho.householder_mode)
             # a block cut to one step (warmup's or the run's end) needs no Householder QR
