@@ -244,12 +244,17 @@ def _as_int(where: str, value: Any, lo: int) -> int:
     return value
 
 
-def _parse_lyapunov(d: Any) -> LyapunovSpec:
+def _check_table(name: str, d: Any, keys: tuple[str, ...]) -> None:
+    """``[name]`` is a table whose keys are among ``keys``."""
     if not isinstance(d, dict):
-        raise TypeError(f"[lyapunov] must be a table, got {d!r}")
-    unknown = sorted(set(d) - set(LYAPUNOV_KEYS))
+        raise TypeError(f"[{name}] must be a table, got {d!r}")
+    unknown = sorted(set(d) - set(keys))
     if unknown:
-        raise ValueError(f"[lyapunov] {unknown[0]}: unknown key; known: {list(LYAPUNOV_KEYS)}")
+        raise ValueError(f"[{name}] {unknown[0]}: unknown key; known: {list(keys)}")
+
+
+def _parse_lyapunov(d: Any) -> LyapunovSpec:
+    _check_table("lyapunov", d, LYAPUNOV_KEYS)
     at = d.get("at_epochs", [])
     if not isinstance(at, list):
         raise TypeError(f"[lyapunov] at_epochs: expected a list of ints >= 0, got {at!r}")
@@ -290,11 +295,7 @@ def _parse_scheduler(d: Any) -> SchedulerSpec:
 def _parse_study(d: Any, swept: list[str], trials: list[TrialPlan]) -> StudySpec:
     """``[study]``, checked against the swept keys and the planned trials (as the study command
     checks them, so that a spec that loads studies)."""
-    if not isinstance(d, dict):
-        raise TypeError(f"[study] must be a table, got {d!r}")
-    unknown = sorted(set(d) - set(STUDY_KEYS))
-    if unknown:
-        raise ValueError(f"[study] {unknown[0]}: unknown key; known: {list(STUDY_KEYS)}")
+    _check_table("study", d, STUDY_KEYS)
     eq = d.get("equivalent", [])
     eq = [eq] if isinstance(eq, str) else eq
     if not isinstance(eq, list) or not all(isinstance(t, str) for t in eq):
