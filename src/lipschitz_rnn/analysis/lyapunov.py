@@ -388,6 +388,8 @@ def _spectrum_sums(
     auto = reorth_every == "auto"
     sysm, drive, h, V, steps = _start(system, inputs, steps, warmup, h0, k, batch_first,
                                       generator, dtype, differentiable)
+    if reorth_every == 1:
+        sysm.lazy = False  # blocks of one step: nothing to gain from queueing them
     batch, k, n = V.shape
     device = h.device
     total = warmup + steps
