@@ -132,3 +132,23 @@ def test_study_table_declares_the_study_defaults():
     ]:
         with pytest.raises(exc, match=needle):
             load_spec({**base, "study": study})
+
+
+def test_resume_takes_a_changed_study_table_and_refuses_any_other_change(tmp_path):
+    """A finished sweep can be given [study] declarations afterwards (``sweep --resume`` with
+    the edited spec); a change to what the trials run is still refused, nothing written."""
+    import json
+
+    from lipschitz_rnn.sweep.runner import _check_out
+
+    base = {**BASE, "grid": {"lr": [1e-3, 1e-2], "seed": [0, 1]}}
+    (tmp_path / "sweep.json").write_text(json.dumps({"spec": load_spec(base).raw, "x": 1}))
+    declared = {**base, "study": {"equivalent": "lr"}}
+    stored = _check_out(tmp_path, True, load_spec(declared))
+    assert stored["spec"]["study"] == {"equivalent": "lr"} and stored["x"] == 1
+    assert json.loads((tmp_path / "sweep.json").read_text())["spec"]["study"] == {
+        "equivalent": "lr"}
+    before = (tmp_path / "sweep.json").read_text()
+    with pytest.raises(ValueError, match=r"beyond its \[study\] table"):
+        _check_out(tmp_path, True, load_spec({**declared, "set": {"hidden_size": 5}}))
+    assert (tmp_path / "sweep.json").read_text() == before

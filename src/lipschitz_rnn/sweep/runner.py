@@ -126,14 +126,23 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
+def _trials_part(raw: dict[str, Any]) -> dict[str, Any]:
+    """A spec without its ``[study]`` table (what the study assumes, not what the trials run)."""
+    return {k: v for k, v in raw.items() if k != "study"}
+
+
 def _check_out(out: Path, resume: bool, spec: SweepSpec) -> dict[str, Any] | None:
     if resume:
         stored = SweepDir(out).meta()
         if stored["spec"] != spec.raw:
-            raise ValueError(
-                f"--resume: the spec differs from the one this sweep was started with "
-                f"({out / SWEEP_FILE}); run it without SPEC to continue as started"
-            )
+            if _trials_part(stored["spec"]) != _trials_part(spec.raw):
+                raise ValueError(
+                    f"--resume: the spec differs from the one this sweep was started with "
+                    f"({out / SWEEP_FILE}) beyond its [study] table; run it without SPEC to "
+                    "continue as started"
+                )
+            # only [study] changed: the study's declarations are taken, the trials run as before
+            stored = update_sweep_json(out, spec=spec.raw)
         return stored
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         what = "a sweep" if (out / SWEEP_FILE).is_file() else "other files"
