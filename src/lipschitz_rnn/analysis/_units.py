@@ -305,15 +305,19 @@ class _ElmanSteps(torch.autograd.Function):
             h = s
         S = torch.stack([*hs[1:], h])
         ctx.relu, ctx.bias = relu, b_hh is not None
-        ctx.save_for_backward(Wt, S, h0, *Vs, *Ps, *Ds)
+        ctx.save_for_backward(Wt, S, h0, V0)
+        # the intermediates (made here, never seen outside) as attributes: packing a saved
+        # tensor costs more than it does at these sizes
+        ctx.steps = (Vs[1:], Ps, Ds)
         ctx.mark_non_differentiable(S)
         return h, V, S
 
     @staticmethod
     def backward(ctx, gh, gV, _gS):
-        Wt, S, h0, *rest = ctx.saved_tensors
+        Wt, S, h0, V0 = ctx.saved_tensors
+        later, Ps, Ds = ctx.steps
+        Vs = [V0, *later]
         L, n = S.shape[0], Wt.shape[0]
-        Vs, Ps, Ds = rest[:L], rest[L:2 * L], rest[2 * L:]
         W = Wt.mT
         gWt = torch.zeros_like(Wt)
         gU = torch.empty_like(S)

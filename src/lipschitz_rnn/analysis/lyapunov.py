@@ -269,15 +269,18 @@ class _FiniteGuard:
 
     def flush(self) -> None:
         states, self.states = self.states, []
-        if not states:
-            return
+        if states:
+            self.block(torch.stack(states), self.first)
+
+    def block(self, states: Tensor, first: int) -> None:
+        """Check the states (steps, batch, n) of the steps from ``first`` on at once."""
         with torch.no_grad():
-            if bool(torch.isfinite(torch.stack(states)).all()):
+            if bool(torch.isfinite(states).all()):
                 return
             for i, h in enumerate(states):
                 if not bool(torch.isfinite(h).all()):
                     raise NonFiniteStateError(
-                        f"state became non-finite at step {self.first + i} (0-based, warmup "
+                        f"state became non-finite at step {first + i} (0-based, warmup "
                         "steps included); the trajectory diverges or overflows"
                     )
 
@@ -420,8 +423,7 @@ def _spectrum_sums(
         if since == block or t == warmup - 1 or t == total - 1:
             h, V, states = sysm.flush(h, V)  # the steps a lazy system queued
             if states is not None:
-                for i, s in enumerate(states.unbind(0)):
-                    guard(s, t + 1 - since + i)
+                guard.block(states, t + 1 - since)
             guard.flush()
             before = (ortho.householder_count, ortho.householder_mode)
             # a block cut to one step (warmup's or the run's end) needs no Householder QR
