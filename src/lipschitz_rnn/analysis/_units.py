@@ -286,24 +286,23 @@ class _ElmanSteps(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, h0, V0, U, Wt, b_hh, relu):
-        hs, Vs, Ps, Ds = [], [], [], []
+        states, Vs, Ps, Ds = [], [], [], []
         h, V = h0, V0
         for t in range(U.shape[0]):
             pre = U[t] + h @ Wt
             if b_hh is not None:
                 pre = pre + b_hh
             if relu:
-                s, D = torch.relu(pre), (pre > 0).to(pre.dtype)
+                h, D = torch.relu(pre), (pre > 0).to(pre.dtype)
             else:
-                s = torch.tanh(pre)
-                D = _dtanh(s)
-            hs.append(h)
+                h = torch.tanh(pre)
+                D = _dtanh(h)
             Vs.append(V)
             Ps.append(V @ Wt)
             V = D.unsqueeze(1) * Ps[t]
+            states.append(h)
             Ds.append(D)
-            h = s
-        S = torch.stack([*hs[1:], h])
+        S = torch.stack(states)
         ctx.relu, ctx.bias = relu, b_hh is not None
         ctx.save_for_backward(Wt, S, h0, V0)
         # the intermediates (made here, never seen outside) as attributes: packing a saved

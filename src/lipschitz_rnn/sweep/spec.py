@@ -50,7 +50,7 @@ from ..models import MODELS
 from ..runs.config import TrainConfig, resolve_config
 
 __all__ = ["SweepSpec", "LyapunovSpec", "SchedulerSpec", "StudySpec", "TrialPlan", "load_spec",
-           "parse_equivalence"]
+           "parse_equivalence", "declared_study", "check_ood_key"]
 
 TOP_KEYS = ("preset", "task", "model", "description", "set", "grid", "sample", "lyapunov",
             "scheduler", "study")
@@ -296,23 +296,38 @@ def _parse_study(d: Any, swept: list[str], trials: list[TrialPlan]) -> StudySpec
     """``[study]``, checked against the swept keys and the planned trials (as the study command
     checks them, so that a spec that loads studies)."""
     _check_table("study", d, STUDY_KEYS)
-    eq = d.get("equivalent", [])
-    eq = [eq] if isinstance(eq, str) else eq
-    if not isinstance(eq, list) or not all(isinstance(t, str) for t in eq):
+    study = declared_study({"study": d})
+    if not all(isinstance(t, str) for t in study.equivalent):
         raise TypeError(f"[study] equivalent: expected a string or a list of strings like "
                         f"'model=lipschitz:model.init_scale', got {d.get('equivalent')!r}")
-    for text in eq:
+    for text in study.equivalent:
         try:
             when, _ = parse_equivalence(text, swept)
         except ValueError as e:
             raise ValueError(f"[study] {e}") from None
         if when is not None and not any(_trial_value(t, when[0]) == when[1] for t in trials):
             raise ValueError(f"[study] equivalent {text!r}: no trial has {when[0]} = {when[1]}")
-    ood = d.get("ood_key")
-    if ood is not None and (not isinstance(ood, str) or ood not in swept or ood == "seed"):
-        raise ValueError(f"[study] ood_key: expected a swept key but the seed "
-                         f"({', '.join(k for k in swept if k != 'seed') or 'none'}), got {ood!r}")
-    return StudySpec(tuple(eq), ood)
+    if study.ood_key is not None:
+        check_ood_key(study.ood_key, swept, "[study] ood_key")
+    return study
+
+
+def declared_study(raw: dict[str, Any]) -> StudySpec:
+    """The ``[study]`` table of a spec as written (``sweep.json`` keeps it so), unchecked:
+    ``equivalent`` as a tuple whether one string or a list was given."""
+    d = raw.get("study") or {}
+    eq = d.get("equivalent", [])
+    eq = tuple(eq) if isinstance(eq, list) else (eq,)  # one string, or a bad value kept
+    return StudySpec(eq, d.get("ood_key"))
+
+
+def check_ood_key(key: Any, swept: Sequence[str], where: str = "ood_key") -> str:
+    """``key`` if it is a swept key other than the seed (the key whose top range the study
+    leaves out); else ValueError naming ``where``."""
+    if not isinstance(key, str) or key not in swept or key == "seed":
+        raise ValueError(f"{where}: expected a swept key but the seed "
+                         f"({', '.join(k for k in swept if k != 'seed') or 'none'}), got {key!r}")
+    return key
 
 
 def parse_equivalence(text: str, swept: Sequence[str]) -> tuple[tuple[str, str] | None,

@@ -56,6 +56,7 @@ from .._io import atomic_write_text, write_json
 from ..runs.sweepdir import SweepDir
 from .readout import fit_predictor, number, scores, spectrum_vector
 from .results import FEATURES
+from .spec import check_ood_key, declared_study
 from .study_cv import (
     FAMILIES,
     HyperEncoding,
@@ -391,10 +392,7 @@ def _ood_key(meta: dict, key: str | None) -> str | None:
     swept = meta.get("swept_keys", [])
     if key is None:
         return DEFAULT_OOD_KEY if DEFAULT_OOD_KEY in swept else None
-    if not isinstance(key, str) or key not in swept or key == "seed":
-        raise ValueError(f"ood_key must be a swept key but the seed "
-                         f"({', '.join(k for k in swept if k != 'seed')}), got {key!r}")
-    return key
+    return check_ood_key(key, swept)
 
 
 def _aelle_designs(rows, spectra, epochs) -> list[dict[str, Any]]:
@@ -473,12 +471,10 @@ def run_study(sweep_dir: str | Path, *, folds: int = 5, bootstrap: int = 1000, s
     root = Path(sweep_dir)
     rows_all, rows, meta, spectra = _finished(root)
     # the sweep spec's [study] table: its declarations first, then the caller's
-    declared = (meta.get("spec") or {}).get("study") or {}
-    spec_eq = declared.get("equivalent", [])
-    spec_eq = [spec_eq] if isinstance(spec_eq, str) else list(spec_eq)
-    equivalent = list(dict.fromkeys([*spec_eq, *equivalent]))
+    declared = declared_study(meta.get("spec") or {})
+    equivalent = list(dict.fromkeys([*declared.equivalent, *equivalent]))
     if ood_key is None:
-        ood_key = declared.get("ood_key")
+        ood_key = declared.ood_key
     opts = {"folds": folds, "repeats": repeats, "seed": seed, "models": models,
             "ood_key": _ood_key(meta, ood_key), "ood_quantile": ood_quantile}
     groups = study_groups(rows, meta.get("swept_keys", []), equivalent)
