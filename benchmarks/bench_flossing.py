@@ -3,6 +3,7 @@
     python benchmarks/bench_flossing.py               # both workloads, 5 interleaved repeats
     python benchmarks/bench_flossing.py --quick       # small shapes, 2 repeats
     python benchmarks/bench_flossing.py --json out.json
+    python benchmarks/bench_flossing.py --workload reference   # one workload only
 
 What is timed: ``loss.backward()`` including the forward, i.e. one flossing step's gradient, of
 the mean squared first ``k`` Lyapunov exponents of a tanh ``torch.nn.RNN`` driven by Gaussian
@@ -12,7 +13,10 @@ Workloads:
 
 * ``issue``: N = 128, k = 64, T = 300, batch 8 (the bound: at most 0.5x the baseline's time);
 * ``reference``: N = 80, k = 75, T = 71, batch 1 (the size of the reference Julia example of
-  Engelken 2023: 55 flossing steps after 16 transient ones).
+  Engelken 2023: 55 flossing steps after 16 transient ones);
+* ``near-neutral``: the reference size with an orthogonal ``W_hh`` and input weights x0.1, a
+  network near where flossing leads (exponents near 0), whose ``"auto"`` blocks grow to 32
+  steps.
 
 Baseline, written here from the formulas: per step ``h = tanh(W_ih x + b + W_hh h)``, the
 tangent basis ``Q <- diag(1 - h^2) W_hh Q``, Householder QR (``torch.linalg.qr``) every step,
@@ -85,9 +89,14 @@ def _grad(fn, rnn):
 
 def run(name: str, n: int, k: int, T: int, batch: int, repeats: int) -> dict:
     torch.manual_seed(0)
-    rnn = nn.RNN(4, n)
-    with torch.no_grad():  # Gaussian recurrent weights of gain 1 (edge of chaos), as in the paper
-        rnn.weight_hh_l0.normal_(0.0, 1.0 / n**0.5)
+    # float64 parameters: the gradients compared below are not rounded to float32
+    rnn = nn.RNN(4, n).double()
+    with torch.no_grad():
+        if name.startswith("near-neutral"):  # where flossing ends up: blocks grow to 32 steps
+            nn.init.orthogonal_(rnn.weight_hh_l0)
+            rnn.weight_ih_l0.mul_(0.1)
+        else:  # Gaussian recurrent weights of gain 1 (edge of chaos), as in the paper
+            rnn.weight_hh_l0.normal_(0.0, 1.0 / n**0.5)
     x = torch.randn(T, batch, 4, dtype=DT)
     rows = {
         "baseline (QR every step)": lambda: plain_loss(rnn, x, k),
@@ -122,18 +131,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=None)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", default=None)
+    p.add_argument("--workload", choices=["issue", "reference", "near-neutral"],
+                   action="append",
+                   help="run only this workload (repeatable; default: both)")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     reps = a.repeats or (2 if a.quick else 5)
     shapes = (
         [("issue (small)", 32, 16, 60, 4), ("reference (small)", 20, 18, 30, 1)]
         if a.quick
-        else [("issue", 128, 64, 300, 8), ("reference", 80, 75, 71, 1)]
+        else [("issue", 128, 64, 300, 8), ("reference", 80, 75, 71, 1),
+              ("near-neutral", 80, 75, 71, 1)]
     )
+    if a.workload:
+        shapes = [s for s in shapes if s[0].split()[0] in a.workload]
+    # the reference-size workloads take ~0.04 s a call: 4x the repeats cost little and steady
+    # their medians on a shared machine
     results = {
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
         "cpus": os.cpu_count(), "threads": a.threads, "torch": torch.__version__,
-        "python": sys.version.split()[0], "workloads": [run(*s, reps) for s in shapes],
+        "python": sys.version.split()[0],
+        "workloads": [run(*s, reps * (1 if s[0].startswith("issue") else 4))
+                      for s in shapes],
     }
     for w in results["workloads"]:
         print(f"{w['workload']}: N={w['n']} k={w['k']} T={w['T']} batch={w['batch']}")

@@ -104,35 +104,60 @@ def test_gradient_against_central_differences(name, module, F):
     assert g_dot_d == pytest.approx(fd, rel=1e-5, abs=1e-8), name
 
 
+class _Functional(nn.Module):
+    """``forward(x, h0) = flossing_loss(module, x, h0=h0, **kw)``, for ``functional_call``."""
+
+    def __init__(self, module, **kw):
+        super().__init__()
+        self.m, self.kw = module, kw
+
+    def forward(self, x, h0):
+        return flossing_loss(self.m, x, h0=h0, **self.kw)
+
+
 @pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("bias", [True, False])
-def test_elman_steps_pass_gradcheck(relu, bias):
-    """The steps of one Elman layer between two QRs, one autograd node with its backward
-    written out (analysis._units._ElmanSteps): every input's gradient, float64."""
-    from lipschitz_rnn.analysis._units import _ElmanSteps
+def test_the_taped_elman_run_passes_gradcheck(relu, bias, monkeypatch):
+    """One Elman layer's whole run is one autograd node with its backward written out
+    (analysis._taped): the gradient of every input -- inputs, initial state, each parameter --
+    against finite differences, float64, with warmup and averaged blocks."""
+    from lipschitz_rnn.analysis import _taped
 
     g = torch.Generator().manual_seed(3)
-    B, k, n, L = 2, 3, 5, 4
-    h0 = torch.randn(B, n, generator=g, dtype=DT, requires_grad=True)
-    V0 = torch.randn(B, k, n, generator=g, dtype=DT, requires_grad=True)
-    U = (torch.randn(L, B, n, generator=g, dtype=DT) + (1.0 if relu else 0.0)).requires_grad_()
-    Wt = (0.6 * torch.randn(n, n, generator=g, dtype=DT)).requires_grad_()
-    b = torch.randn(n, generator=g, dtype=DT, requires_grad=True) if bias else None
+    rnn = nn.RNN(2, 5, nonlinearity="relu" if relu else "tanh", bias=bias).double()
+    x = torch.randn(12, 2, 2, generator=g, dtype=DT)
+    if relu:  # every pre-activation positive: no kink within eps, no direction annihilated
+        x = x.abs() + 0.5
+        with torch.no_grad():
+            rnn.weight_ih_l0.abs_()
+            rnn.weight_hh_l0.abs_().mul_(0.3)
+            for b in (rnn.bias_ih_l0, rnn.bias_hh_l0) if bias else ():
+                b.abs_()
+    x.requires_grad_()
+    h0 = torch.randn(1, 2, 5, generator=g, dtype=DT)
+    h0 = (h0.abs() if relu else h0).requires_grad_()
+    names = [n for n, _ in rnn.named_parameters()]
+    params = [p.detach().clone().requires_grad_() for p in rnn.parameters()]
+    wrapped = _Functional(rnn, k=3, warmup=2, reorth_every=3)
 
-    def f(h0, V0, U, Wt, b):
-        h, V, S = _ElmanSteps.apply(h0, V0, U, Wt, b, relu)
-        assert not S.requires_grad and torch.equal(S[-1], h.detach())
-        return h, V
+    def f(x, h0, *ps):
+        return torch.func.functional_call(wrapped, dict(zip(["m." + n for n in names], ps,
+                                                             strict=True)), (x, h0))
 
-    inputs = (h0, V0, U, Wt, b)
-    assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-8, rtol=1e-6)
+    calls = []
+    backward = _taped._ElmanRun.backward
+    monkeypatch.setattr(_taped._ElmanRun, "backward",
+                        staticmethod(lambda ctx, g: calls.append(1) or backward(ctx, g)))
+    assert torch.autograd.gradcheck(f, (x, h0, *params), eps=1e-6, atol=1e-8, rtol=1e-6)
+    assert calls  # the taped node's own backward was checked
 
 
 @pytest.mark.parametrize("reorth_every", [1, 5, "auto"])
 @pytest.mark.parametrize("name", ["rnn", "rnn-relu", "rnncell"])
-def test_an_elman_layer_runs_its_blocks_as_one_node(name, reorth_every, monkeypatch):
-    """Under autograd a one-layer tanh/ReLU RNN runs the steps between two QRs as one node:
-    the loss is the per-step path's to the bit, the gradient to round-off."""
+def test_an_elman_layer_runs_as_one_node(name, reorth_every, monkeypatch):
+    """Under autograd a one-layer tanh/ReLU RNN runs as one node (the steps between two QRs
+    at once, the QRs differentiated on the tape): the loss is the per-node path's to the
+    bit, the gradient to round-off."""
     from lipschitz_rnn.analysis import _units
 
     module, F = next((m, f) for n, m, f in UNITS if n == name)
@@ -143,8 +168,8 @@ def test_an_elman_layer_runs_its_blocks_as_one_node(name, reorth_every, monkeypa
         module.zero_grad(set_to_none=True)
         loss = flossing_loss(module, x, **kw)
         loss.backward()
-        # ReLU: the per-step path leaves the input weights without a gradient (None), the
-        # block node gives them zeros
+        # ReLU: the per-node path leaves the input weights without a gradient (None), the
+        # taped node gives them zeros
         return loss.detach(), torch.cat([(torch.zeros_like(p) if p.grad is None else p.grad)
                                          .reshape(-1) for p in module.parameters()])
 
@@ -152,14 +177,13 @@ def test_an_elman_layer_runs_its_blocks_as_one_node(name, reorth_every, monkeypa
     steps = _units._TorchRNNBlock.steps
     monkeypatch.setattr(_units._TorchRNNBlock, "steps",
                         lambda self, *a: calls.append(len(a[1])) or steps(self, *a))
-    fused = run()
-    # every block of two or more steps ran as one node (a rejected "auto" block runs again,
-    # shorter); a block of one step takes the per-step path
-    assert calls == [] if reorth_every == 1 else sum(calls) >= 20 and min(calls) >= 2
-    monkeypatch.delattr(_units._TorchRNNBlock, "steps")  # the per-step path
-    per_step = run()
-    assert torch.equal(fused[0], per_step[0])
-    assert torch.allclose(fused[1], per_step[1], rtol=1e-12, atol=1e-14)
+    taped = run()
+    # every block ran its steps at once (a rejected "auto" block runs again, shorter)
+    assert sum(calls) >= 30 and (max(calls) == 1 if reorth_every == 1 else max(calls) >= 2)
+    monkeypatch.delattr(_units._TorchRNNBlock, "steps")  # the per-step, per-node path
+    per_node = run()
+    assert torch.equal(taped[0], per_node[0])
+    assert torch.allclose(taped[1], per_node[1], rtol=1e-12, atol=1e-14)
 
 
 def test_a_diverging_elman_layer_under_autograd_names_the_step():

@@ -36,9 +36,11 @@ when its QR shows that no direction was lost to round-off, and has a rejected bl
 shorter, from its start.
 
 Under autograd (the gradient-flossing loss) every QR above is one node, :class:`_RowsQR`,
-differentiated by the thin QR's own derivative (two GEMMs and a triangular solve) whichever
-algorithm ran, not through its steps; and :class:`AutoBlocks` then plans for that cost (closer
-to its bounds, and on the CPU Householder QR for blocks the alignment would keep short).
+differentiated by the thin QR's own derivative (:func:`rows_qr_backward`: two GEMMs and a
+triangular solve) whichever algorithm ran, not through its steps -- or, for one Elman layer,
+that same derivative applied on the tape of :mod:`._taped`; and :class:`AutoBlocks` then plans
+for that cost (closer to its bounds, and on the CPU Householder QR for blocks the alignment
+would keep short).
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from torch import Tensor
 
 __all__ = [
     "Orthonormalizer",
+    "rows_qr_backward",
     "orthonormalize_rows",
     "householder_rows",
     "AutoBlocks",
@@ -87,10 +90,17 @@ def _householder_planned(V: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
 
     (``V~ = L^{-1} V`` by a triangular solve instead of forming ``Q`` would save a third of the
     time, but loses orthogonality with the grading of the rows: measured, gradients of a
-    10-unit tanh RNN then moved by 1e-9 relative instead of 1e-11.)"""
-    Q, R = torch.linalg.qr(V.mT, mode="reduced")
-    d = torch.diagonal(R, dim1=-2, dim2=-1).abs()
-    return Q.mT, torch.log(d), R.mT, _alignment(torch.linalg.vector_norm(V, dim=-1), d)
+    10-unit tanh RNN then moved by 1e-9 relative instead of 1e-11.)
+
+    LAPACK's factors as they come (``geqrf``, then ``orgqr`` for ``Q``: what
+    ``torch.linalg.qr`` runs, without copying ``R`` out): ``L`` is the top square of
+    ``geqrf``'s output, transposed; its lower triangle is ``R^T`` (above it lie reflectors,
+    which nothing reads)."""
+    A, tau = torch.geqrf(V.mT)
+    d = torch.diagonal(A, dim1=-2, dim2=-1).abs()
+    Q = torch.linalg.householder_product(A, tau)
+    L = A[..., : V.shape[-2], :].mT
+    return Q.mT, torch.log(d), L, _alignment(torch.linalg.vector_norm(V, dim=-1), d)
 
 
 def householder_rows(V: Tensor) -> tuple[Tensor, Tensor]:
@@ -180,22 +190,30 @@ class _RowsQR(torch.autograd.Function):
     @staticmethod
     def backward(ctx, gVn, glogd):
         Vn, L = ctx.saved_tensors
-        if gVn is None and glogd is None:
-            return None, None, None
-        if gVn is None:
-            X = glogd.unsqueeze(-1) * Vn
+        return rows_qr_backward(Vn, L, gVn, glogd), None, None
+
+
+def rows_qr_backward(
+    Vn: Tensor, L: Tensor, gVn: Tensor | None, glogd: Tensor | None
+) -> Tensor | None:
+    """:class:`_RowsQR`'s derivative: the gradient of ``V = L Vn`` from those of ``Vn`` and
+    ``log |diag L|`` (either None: zero; both: None)."""
+    if gVn is None and glogd is None:
+        return None
+    if gVn is None:
+        X = glogd.unsqueeze(-1) * Vn
+    else:
+        # S = copyltu(diag(g) - tril(P)) = diag(g - diag P) - (tril(P, -1) + its transpose)
+        P = gVn @ Vn.mT
+        low = P.tril(-1)
+        c = torch.diagonal(P, dim1=-2, dim2=-1)
+        c = -c if glogd is None else glogd - c
+        if Vn.dim() == 3:
+            X = torch.baddbmm(gVn, low + low.mT, Vn, alpha=-1)
         else:
-            # S = copyltu(diag(g) - tril(P)) = diag(g - diag P) - (tril(P, -1) + its transpose)
-            P = gVn @ Vn.mT
-            low = P.tril(-1)
-            c = torch.diagonal(P, dim1=-2, dim2=-1)
-            c = -c if glogd is None else glogd - c
-            if Vn.dim() == 3:
-                X = torch.baddbmm(gVn, low + low.mT, Vn, alpha=-1)
-            else:
-                X = gVn - (low + low.mT) @ Vn
-            X.addcmul_(c.unsqueeze(-1), Vn)
-        return torch.linalg.solve_triangular(L.mT, X, upper=True, left=True), None, None
+            X = gVn - (low + low.mT) @ Vn
+        X.addcmul_(c.unsqueeze(-1), Vn)
+    return torch.linalg.solve_triangular(L.mT, X, upper=True, left=True)
 
 
 def qr_rows(factor, V: Tensor) -> tuple[Tensor, Tensor, list]:
@@ -274,6 +292,14 @@ class Orthonormalizer:
         if 2 * n_h >= B and B > 0:
             self.householder_mode = True
         return Vn, logd, L, align
+
+    def factored(
+        self, V: Tensor, householder: bool = False
+    ) -> tuple[Tensor, Tensor, Tensor, float | Tensor]:
+        """``(V~, logdiag, L, alignment)`` with ``V = L V~`` (only the lower triangle of ``L``
+        is meaningful), outside autograd: for a caller that differentiates the QR itself
+        (:func:`rows_qr_backward`)."""
+        return self._factor(V, True, householder)
 
     def __call__(
         self, V: Tensor, householder: bool = False

@@ -68,12 +68,14 @@ class TangentSystem:
         return self.advance(h, x_t, V)
 
     #: whether :meth:`advance` queues its steps (returning a :class:`Queued` for both the state
-    #: and the rows) until :meth:`flush` runs them, before each QR
+    #: and the rows) until :meth:`flush` runs them, before each QR. Only under autograd, for one
+    #: Elman layer, whose whole run is then one autograd node (:mod:`._taped`)
     lazy: bool = False
 
-    def flush(self, h: Any, V: Any) -> tuple[Tensor, Tensor, Tensor | None]:
-        """Run the steps a lazy system queued: ``(state, rows, the states of the queued steps
-        (steps, batch, n) or None)``; a system that is not lazy returns its arguments."""
+    def flush(self, h: Any, V: Any, tape: Any = None) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Run the steps a lazy system queued, recording them on ``tape``
+        (:class:`._taped.Tape`): ``(state, rows, the states of the queued steps (steps, batch,
+        n) or None)``; a system that is not lazy returns its arguments."""
         return h, V, None
 
     def flat_h0(self, h0: Any, batch: int | None) -> Tensor:
@@ -137,8 +139,8 @@ class _LayerStack(TangentSystem):
         lazy: bool = False,
     ) -> None:
         self.blocks = blocks
-        # one Elman layer under autograd (gradient flossing): the steps between two QRs run as
-        # one autograd node (_units._ElmanSteps)
+        # one Elman layer under autograd (gradient flossing): the steps between two QRs run at
+        # once, and the whole run is one autograd node (._taped)
         self.lazy = lazy and len(blocks) == 1 and hasattr(blocks[0], "steps")
         self.sizes = [b.state_size for b in blocks]
         self.offsets = [sum(self.sizes[:i]) for i in range(len(blocks))]
@@ -186,13 +188,12 @@ class _LayerStack(TangentSystem):
                 dU = nxt.project_tangent(out, Vl[..., : blk.out_size])
         return torch.cat(hs, -1), torch.cat(Vs, -1)
 
-    def flush(self, h, V):
+    def flush(self, h, V, tape=None):
         if not isinstance(h, Queued):
             return h, V, None
-        if len(h.drive) == 1:  # one step: autograd's few nodes cost less than one more Function
-            s, V = self.blocks[0].tangent(h.h, h.drive[0], h.V, None)
-            return s, V, s.detach().unsqueeze(0)
-        return self.blocks[0].steps(h.h, h.drive, h.V)
+        s, V, saved = self.blocks[0].steps(h.h, torch.stack(h.drive), h.V)
+        tape.steps(saved)
+        return s, V, saved.S
 
     def flat_h0(self, h0, batch):
         L = len(self.blocks)

@@ -30,8 +30,6 @@ included) goes through autograd, :func:`._jvp.jvp_rows` (:class:`_GenericCellBlo
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -68,7 +66,8 @@ class Block:
 
 
 def _dtanh(s: Tensor) -> Tensor:
-    return 1.0 - s * s
+    # = 1.0 - s * s to the bit, without Tensor.__rsub__'s Python wrapper (~5 us a call)
+    return torch.rsub(s * s, 1.0)
 
 
 class _LinearInputBlock(Block):
@@ -265,76 +264,82 @@ class _GenericCellBlock(Block):
 
 
 # --- torch.nn.RNN / GRU / LSTM layers --------------------------------------------------------
-class _ElmanSteps(torch.autograd.Function):
+class ElmanSaved:
+    """What :func:`elman_steps` keeps for :func:`elman_steps_backward`: the state the steps
+    start from, the states of the steps (L, B, n), and per step the rows before it, their
+    product with ``W^T`` and ``act'(pre)``."""
+
+    __slots__ = ("h0", "S", "Vs", "Ps", "Ds")
+
+    def __init__(self, h0, S, Vs, Ps, Ds) -> None:
+        self.h0, self.S, self.Vs, self.Ps, self.Ds = h0, S, Vs, Ps, Ds
+
+
+def elman_steps(
+    h0: Tensor, V0: Tensor, U: Tensor, Wt: Tensor, b_hh: Tensor | None, relu: bool
+) -> tuple[Tensor, Tensor, ElmanSaved]:
     """``L`` steps of one Elman layer (``torch.nn.RNN``, tanh or ReLU) with their tangent
-    rows, as one autograd node: the gradient-flossing loop's steps between two QRs.
+    rows, without autograd: the gradient-flossing loop's steps between two QRs
+    (:mod:`._taped` differentiates the whole loop with :func:`elman_steps_backward`).
 
-    Forward, per step, the same operations as :class:`_TorchRNNBlock`'s ``tangent`` (so the
-    same values to the bit): ``pre = u_t + h W^T (+ b_hh)``, ``s = act(pre)``,
-    ``D = act'(pre)``, ``V <- D * (V W^T)`` (``D`` scales the columns of the rows ``V``).
-    Backward, written out (``G`` the gradient of the rows, ``g`` of the state):
-    ``dD = rowsum(G * (V W^T))``, ``G <- (D * G) W``, ``dWt += V^T (D * G)``; for tanh
-    ``g += -2 s dD`` (``D = 1 - s^2``); ``dpre = g * D``, ``du_t = dpre``, ``dWt += h^T dpre``,
-    ``g <- dpre W``. A few kernels a step and no autograd bookkeeping, where autograd through
-    the per-step ops records about ten nodes a step: at flossing's small sizes the per-op
-    overhead, not the GEMMs, is most of the time (docs/benchmarks.md).
+    Per step, the same operations as :class:`_TorchRNNBlock`'s ``tangent`` (so the same values
+    to the bit): ``pre = (u_t + b_hh) + h W^T``, ``s = act(pre)``, ``D = act'(pre)``,
+    ``V <- D * (V W^T)`` (``D`` scales the columns of the rows ``V``).
 
-    Inputs: ``h0`` (B, n), ``V0`` (B, k, n), ``U`` (L, B, n) the projected inputs, ``Wt = W^T``,
-    ``b_hh`` (n,) or None, ``relu``. Outputs: the state and rows after the ``L`` steps, and the
-    ``L`` states (L, B, n), not differentiable (for the finite-state check).
+    ``h0`` (B, n), ``V0`` (B, k, n), ``U`` (L, B, n) the projected inputs, ``Wt = W^T``,
+    ``b_hh`` (n,) or None. Returns the state and rows after the ``L`` steps and what the
+    backward needs (its ``S`` holds the ``L`` states, for the finite-state check too).
     """
+    states, Vs, Ps, Ds = [], [], [], []
+    h, V = h0, V0
+    if b_hh is not None:
+        U = U + b_hh
+    for t in range(U.shape[0]):
+        pre = torch.addmm(U[t], h, Wt)
+        if relu:
+            h, D = torch.relu(pre), (pre > 0).to(pre.dtype)
+        else:
+            h = torch.tanh(pre)
+            D = _dtanh(h)
+        Vs.append(V)
+        Ps.append(V @ Wt)
+        V = D.unsqueeze(1) * Ps[t]
+        states.append(h)
+        Ds.append(D)
+    return h, V, ElmanSaved(h0, torch.stack(states), Vs, Ps, Ds)
 
-    @staticmethod
-    def forward(ctx, h0, V0, U, Wt, b_hh, relu):
-        states, Vs, Ps, Ds = [], [], [], []
-        h, V = h0, V0
-        for t in range(U.shape[0]):
-            pre = U[t] + h @ Wt
-            if b_hh is not None:
-                pre = pre + b_hh
-            if relu:
-                h, D = torch.relu(pre), (pre > 0).to(pre.dtype)
-            else:
-                h = torch.tanh(pre)
-                D = _dtanh(h)
-            Vs.append(V)
-            Ps.append(V @ Wt)
-            V = D.unsqueeze(1) * Ps[t]
-            states.append(h)
-            Ds.append(D)
-        S = torch.stack(states)
-        ctx.relu, ctx.bias = relu, b_hh is not None
-        ctx.save_for_backward(Wt, S, h0, V0)
-        # the intermediates (made here, never seen outside) as attributes: packing a saved
-        # tensor costs more than it does at these sizes
-        ctx.steps = (Vs[1:], Ps, Ds)
-        ctx.mark_non_differentiable(S)
-        return h, V, S
 
-    @staticmethod
-    def backward(ctx, gh, gV, _gS):
-        Wt, S, h0, V0 = ctx.saved_tensors
-        later, Ps, Ds = ctx.steps
-        Vs = [V0, *later]
-        L, n = S.shape[0], Wt.shape[0]
-        W = Wt.mT
-        gWt = torch.zeros_like(Wt)
-        gU = torch.empty_like(S)
-        g = torch.zeros_like(h0) if gh is None else gh
-        G = gV
-        for t in range(L - 1, -1, -1):
-            if G is not None:
-                gD = (G * Ps[t]).sum(-2)
-                GP = Ds[t].unsqueeze(1) * G
-                gWt.addmm_(Vs[t].reshape(-1, n).mT, GP.reshape(-1, n))
-                G = GP @ W
-                if not ctx.relu:
-                    g = g.addcmul(S[t], gD, value=-2.0)
-            torch.mul(g, Ds[t], out=gU[t])
-            gWt.addmm_((S[t - 1] if t > 0 else h0).mT, gU[t])
-            g = gU[t] @ W
-        gb = gU.sum((0, 1)) if ctx.bias and ctx.needs_input_grad[4] else None
-        return g, G, gU, gWt, gb, None
+def elman_steps_backward(
+    saved: ElmanSaved,
+    W: Tensor,
+    relu: bool,
+    g: Tensor,
+    G: Tensor | None,
+    gWt: Tensor,
+    gU: Tensor,
+) -> tuple[Tensor, Tensor | None]:
+    """The derivative of :func:`elman_steps`, written out: from the gradients ``g`` of the
+    final state and ``G`` of the final rows (None: zero), accumulate ``d/dW^T`` into ``gWt``,
+    write ``d/dU`` into ``gU`` (L, B, n) and return the gradients of the initial state and
+    rows. Per step, backwards: ``dD = rowsum(G * (V W^T))``, ``G <- (D * G) W``,
+    ``dWt += V^T (D * G)``; for tanh ``g += -2 s dD`` (``D = 1 - s^2``); ``dpre = g * D``,
+    ``du_t = dpre``, ``g <- dpre W``: a few kernels a step; then ``dWt += sum_t h_{t-1}^T
+    dpre_t`` in one GEMM."""
+    S, Vs, Ps, Ds = saved.S, saved.Vs, saved.Ps, saved.Ds
+    L, n = S.shape[0], W.shape[0]
+    for t in range(L - 1, -1, -1):
+        if G is not None:
+            gD = (G * Ps[t]).sum(-2)
+            GP = Ds[t].unsqueeze(1) * G
+            gWt.addmm_(Vs[t].reshape(-1, n).mT, GP.reshape(-1, n))
+            G = GP @ W
+            if not relu:
+                g = g.addcmul(S[t], gD, value=-2.0)
+        torch.mul(g, Ds[t], out=gU[t])
+        g = gU[t] @ W
+    before = torch.cat([saved.h0.unsqueeze(0), S[:-1]]) if L > 1 else saved.h0.unsqueeze(0)
+    gWt.addmm_(before.reshape(-1, n).mT, gU.reshape(-1, n))
+    return g, G
 
 
 class _TorchRNNBlock(_LinearInputBlock):
@@ -347,8 +352,8 @@ class _TorchRNNBlock(_LinearInputBlock):
         self.label = "torch-rnn-" + ("relu" if relu else "tanh")
 
     def _pre(self, h, u):
-        pre = u + h @ self.Whh_t
-        return pre if self.b_hh is None else pre + self.b_hh
+        # (u + b_hh) + h W^T, as elman_steps (which adds b_hh to a block's inputs at once)
+        return torch.addmm(u if self.b_hh is None else u + self.b_hh, h, self.Whh_t)
 
     def tangent(self, h, u, V, dU):
         pre = self._pre(h, u)
@@ -360,10 +365,9 @@ class _TorchRNNBlock(_LinearInputBlock):
         s = torch.tanh(pre)
         return s, _dtanh(s).unsqueeze(1) * zv
 
-    def steps(self, h: Tensor, us: Sequence[Tensor], V: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """``len(us)`` steps of ``tangent`` at once (:class:`_ElmanSteps`): the state, the rows
-        and the states of every step (not differentiable)."""
-        return _ElmanSteps.apply(h, V, torch.stack(list(us)), self.Whh_t, self.b_hh, self.relu)
+    def steps(self, h: Tensor, U: Tensor, V: Tensor) -> tuple[Tensor, Tensor, ElmanSaved]:
+        """``len(U)`` steps of ``tangent`` at once, without autograd (:func:`elman_steps`)."""
+        return elman_steps(h, V, U, self.Whh_t, self.b_hh, self.relu)
 
 
 class _GRUBlock(_LinearInputBlock):

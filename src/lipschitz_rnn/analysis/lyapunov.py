@@ -53,6 +53,7 @@ from .._checks import check_float, check_int, check_optional_int
 from ._model_state import finite_or_none, nan_for_none
 from ._qr import AutoBlocks, Orthonormalizer, householder_rows
 from ._systems import TangentSystem, resolve_system
+from ._taped import Tape, taped_elman_run
 from .features import entropy_rate, kaplan_yorke_dimension
 
 __all__ = [
@@ -383,16 +384,41 @@ def _spectrum_sums(
 ) -> _Sums:
     """The estimator's loop, shared by :func:`lyapunov_spectrum` (under ``no_grad``) and the
     gradient-flossing loss (``differentiable=True``: the system resolved without copies, so
-    autograd records the run). Arguments as for :func:`lyapunov_spectrum`."""
-    # longer than 80 lines on purpose: the estimator is one loop, whose redo of a rejected
-    # block (back to where it began) reads best in one piece
+    autograd records the run; one Elman layer's whole run is one autograd node,
+    :mod:`._taped`). Arguments as for :func:`lyapunov_spectrum`."""
     steps, warmup, reorth_every, dt, k = _checked_options(steps, warmup, reorth_every, dt,
                                                           dtype, k)
-    auto = reorth_every == "auto"
     sysm, drive, h, V, steps = _start(system, inputs, steps, warmup, h0, k, batch_first,
                                       generator, dtype, differentiable)
-    if reorth_every == 1:
-        sysm.lazy = False  # blocks of one step: nothing to gain from queueing them
+    run = functools.partial(_run, sysm, h=h, V=V, steps=steps, warmup=warmup,
+                            reorth_every=reorth_every, dt=dt, dtype=dtype,
+                            differentiable=differentiable)
+    if sysm.lazy:  # under autograd, one Elman layer
+        acc, sums = taped_elman_run(sysm.blocks[0], h, drive, run)
+        sums.acc = acc
+        return sums
+    return run(None, drive)
+
+
+def _run(
+    sysm: TangentSystem,
+    tape: Tape | None,
+    drive: Any,
+    *,
+    h: Tensor,
+    V: Tensor,
+    steps: int,
+    warmup: int,
+    reorth_every: int | str,
+    dt: float,
+    dtype: torch.dtype,
+    differentiable: bool,
+) -> _Sums:
+    """The estimator's loop from the state ``h`` and rows ``V``; with a ``tape`` (inside
+    :mod:`._taped`'s node, a lazy system) it records what the backward needs."""
+    # longer than 80 lines on purpose: the estimator is one loop, whose redo of a rejected
+    # block (back to where it began) reads best in one piece
+    auto = reorth_every == "auto"
     batch, k, n = V.shape
     device = h.device
     total = warmup + steps
@@ -421,14 +447,17 @@ def _spectrum_sums(
             guard(h, t)
         since += 1
         if since == block or t == warmup - 1 or t == total - 1:
-            h, V, states = sysm.flush(h, V)  # the steps a lazy system queued
+            h, V, states = sysm.flush(h, V, tape)  # the steps a lazy system queued
             if states is not None:
                 guard.block(states, t + 1 - since)
             guard.flush()
             before = (ortho.householder_count, ortho.householder_mode)
             # a block cut to one step (warmup's or the run's end) needs no Householder QR
             householder = policy is not None and policy.householder_next and since > 1
-            Vq, logd, align = ortho(V, householder)
+            if tape is None:
+                Vq, logd, align = ortho(V, householder)
+            else:
+                Vq, logd, align = tape.qr(ortho, V, householder)
             if policy is not None:
                 measured, overflow = policy.measure(logd, align)
                 accepted = policy.accept(since, *measured, householder)
@@ -450,6 +479,8 @@ def _spectrum_sums(
                 )
             V = Vq
             since = 0
+            if tape is not None:
+                tape.commit(averaged=t >= warmup)
             if t >= warmup and differentiable:  # summed once at the end; no history
                 logs.append(logd)
             elif t >= warmup:
