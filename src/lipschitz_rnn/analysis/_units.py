@@ -266,13 +266,13 @@ class _GenericCellBlock(Block):
 # --- torch.nn.RNN / GRU / LSTM layers --------------------------------------------------------
 class ElmanSaved:
     """What :func:`elman_steps` keeps for :func:`elman_steps_backward`: the state the steps
-    start from, the states of the steps (L, B, n), and per step the rows before it, their
-    product with ``W^T`` and ``act'(pre)``."""
+    start from, the states of the steps ``S`` (L, B, n), ``act'(pre)`` of every step
+    ``D`` (L, B, 1, n), and per step the rows before it and their product with ``W^T``."""
 
-    __slots__ = ("h0", "S", "Vs", "Ps", "Ds")
+    __slots__ = ("h0", "S", "D", "Vs", "Ps")
 
-    def __init__(self, h0, S, Vs, Ps, Ds) -> None:
-        self.h0, self.S, self.Vs, self.Ps, self.Ds = h0, S, Vs, Ps, Ds
+    def __init__(self, h0, S, D, Vs, Ps) -> None:
+        self.h0, self.S, self.D, self.Vs, self.Ps = h0, S, D, Vs, Ps
 
 
 def elman_steps(
@@ -282,31 +282,36 @@ def elman_steps(
     rows, without autograd: the gradient-flossing loop's steps between two QRs
     (:mod:`._taped` differentiates the whole loop with :func:`elman_steps_backward`).
 
-    Per step, the same operations as :class:`_TorchRNNBlock`'s ``tangent`` (so the same values
-    to the bit): ``pre = (u_t + b_hh) + h W^T``, ``s = act(pre)``, ``D = act'(pre)``,
-    ``V <- D * (V W^T)`` (``D`` scales the columns of the rows ``V``).
+    The same elementwise operations as :class:`_TorchRNNBlock`'s ``tangent`` (so the same
+    values to the bit): ``pre = (u_t + b_hh) + h W^T``, ``s = act(pre)``, ``D = act'(pre)``,
+    ``V <- D * (V W^T)`` (``D`` scales the columns of the rows ``V``); the states first, then
+    ``D`` of all the steps at once, then the rows.
 
     ``h0`` (B, n), ``V0`` (B, k, n), ``U`` (L, B, n) the projected inputs, ``Wt = W^T``,
     ``b_hh`` (n,) or None. Returns the state and rows after the ``L`` steps and what the
     backward needs (its ``S`` holds the ``L`` states, for the finite-state check too).
     """
-    states, Vs, Ps, Ds = [], [], [], []
-    h, V = h0, V0
+    states, pres = [], []
+    h = h0
     if b_hh is not None:
         U = U + b_hh
     for t in range(U.shape[0]):
         pre = torch.addmm(U[t], h, Wt)
         if relu:
-            h, D = torch.relu(pre), (pre > 0).to(pre.dtype)
+            pres.append(pre)
+            h = torch.relu(pre)
         else:
             h = torch.tanh(pre)
-            D = _dtanh(h)
+        states.append(h)
+    S = torch.stack(states)
+    D = ((torch.stack(pres) > 0).to(S.dtype) if relu else _dtanh(S)).unsqueeze(2)
+    Vs, Ps = [], []
+    V = V0
+    for t in range(U.shape[0]):
         Vs.append(V)
         Ps.append(V @ Wt)
-        V = D.unsqueeze(1) * Ps[t]
-        states.append(h)
-        Ds.append(D)
-    return h, V, ElmanSaved(h0, torch.stack(states), Vs, Ps, Ds)
+        V = D[t] * Ps[t]
+    return h, V, ElmanSaved(h0, S, D, Vs, Ps)
 
 
 def elman_steps_backward(
@@ -325,17 +330,17 @@ def elman_steps_backward(
     ``dWt += V^T (D * G)``; for tanh ``g += -2 s dD`` (``D = 1 - s^2``); ``dpre = g * D``,
     ``du_t = dpre``, ``g <- dpre W``: a few kernels a step; then ``dWt += sum_t h_{t-1}^T
     dpre_t`` in one GEMM."""
-    S, Vs, Ps, Ds = saved.S, saved.Vs, saved.Ps, saved.Ds
+    S, D, Vs, Ps = saved.S, saved.D, saved.Vs, saved.Ps
     L, n = S.shape[0], W.shape[0]
     for t in range(L - 1, -1, -1):
         if G is not None:
             gD = (G * Ps[t]).sum(-2)
-            GP = Ds[t].unsqueeze(1) * G
+            GP = D[t] * G
             gWt.addmm_(Vs[t].reshape(-1, n).mT, GP.reshape(-1, n))
             G = GP @ W
             if not relu:
                 g = g.addcmul(S[t], gD, value=-2.0)
-        torch.mul(g, Ds[t], out=gU[t])
+        torch.mul(g, D[t, :, 0], out=gU[t])
         g = gU[t] @ W
     before = torch.cat([saved.h0.unsqueeze(0), S[:-1]]) if L > 1 else saved.h0.unsqueeze(0)
     gWt.addmm_(before.reshape(-1, n).mT, gU.reshape(-1, n))
