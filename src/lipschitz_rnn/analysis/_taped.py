@@ -68,8 +68,8 @@ class Tape:
 
 
 class _ElmanRun(torch.autograd.Function):
-    """``acc = run(tape)`` (the estimator's loop over ``U``, recording ``tape``), differentiated
-    through the tape (see the module)."""
+    """``acc = run(tape, U)`` (the estimator's loop over the drive ``U``, recording ``tape``),
+    differentiated through the tape (see the module)."""
 
     @staticmethod
     def forward(ctx, h0, U, Wt, b_hh, relu, run):
@@ -101,16 +101,16 @@ class _ElmanRun(torch.autograd.Function):
 
 
 def taped_elman_run(
-    block: Any, h0: Tensor, drive: list[Tensor], run: Callable[[Tape, list[Tensor]], Any]
+    block: Any, h0: Tensor, drive: list[Tensor], run: Callable[[Tape, Tensor], Any]
 ) -> tuple[Tensor, Any]:
-    """Run ``run(tape, drive)`` (the estimator's loop; it returns its sums, whose ``acc`` is
-    the (B, k) float64 output) as one autograd node over ``block``'s parameters
-    (``Whh_t``, ``b_hh``), the initial state ``h0`` and the ``drive`` (per step, (B, n)).
-    Returns the differentiable ``acc`` and the sums."""
+    """Run ``run(tape, U)`` (the estimator's loop over ``U``, the ``drive`` stacked (T, B, n):
+    ``U[t]`` is step ``t``'s; it returns its sums, whose ``acc`` is the (B, k) float64 output)
+    as one autograd node over ``block``'s parameters (``Whh_t``, ``b_hh``), the initial state
+    ``h0`` and the drive. Returns the differentiable ``acc`` and the sums."""
     out: list[Any] = []
 
     def loop(tape: Tape, U: Tensor) -> Tensor:
-        out.append(run(tape, list(U.unbind(0))))
+        out.append(run(tape, U))
         return out[0].acc
 
     U = torch.stack(drive)
