@@ -473,3 +473,62 @@ def test_householder_blocks_under_autograd_keep_the_every_step_gradient(monkeypa
     assert float((g - g1).norm() / g1.norm()) < 1e-10
     spec = lyapunov_spectrum(rnn, x, k=8, warmup=5)
     assert _value(loss) == pytest.approx(float((spec.exponents**2).mean()), rel=1e-12)
+
+
+def _saturated_rnn():
+    """tanh' from ~1 down to ~0: a wide spectrum, blocks of one or two steps."""
+    torch.manual_seed(1)
+    rnn = nn.RNN(3, 16)
+    with torch.no_grad():
+        for p in rnn.parameters():
+            p.mul_(5.0)
+    return rnn, torch.randn(60, 2, 3, generator=torch.Generator().manual_seed(5))
+
+
+def _switching_rnn():
+    """Orthogonal W_hh and quiet inputs (blocks grow to 32 steps), then loud ones from step 60:
+    the spectrum widens suddenly, so "auto" rejects blocks and redoes them shorter."""
+    torch.manual_seed(1)
+    rnn = nn.RNN(3, 16)
+    with torch.no_grad():
+        nn.init.orthogonal_(rnn.weight_hh_l0)
+        rnn.weight_ih_l0.mul_(4.0)
+    x = torch.randn(120, 2, 3, generator=torch.Generator().manual_seed(5))
+    x[:60] *= 0.01
+    return rnn, x
+
+
+@pytest.mark.parametrize(
+    "case, dtype",
+    [("saturated", torch.float64), ("saturated", torch.float32), ("switching", torch.float64)],
+)
+def test_the_taped_run_matches_the_per_node_path_where_auto_is_stressed(case, dtype,
+                                                                        monkeypatch):
+    """The cases built to break "auto", through the taped node: a saturated RNN (wide
+    spectrum) in both precisions and a spectrum that widens suddenly (rejected blocks, which
+    must leave nothing on the tape). The loss is the per-node path's to the bit, the gradient
+    equal to round-off (float32's own, ~1e-6, summed in another order)."""
+    from lipschitz_rnn.analysis import _qr, _units
+
+    rnn, x = _saturated_rnn() if case == "saturated" else _switching_rnn()
+    rnn, x = rnn.to(dtype), x.to(dtype)
+    blocks = []
+    after = _qr.AutoBlocks.after
+    monkeypatch.setattr(_qr.AutoBlocks, "after", lambda self, since, ok, m:
+                        blocks.append((since, ok)) or after(self, since, ok, m))
+
+    def run():
+        rnn.zero_grad(set_to_none=True)
+        loss = flossing_loss(rnn, x, k=12, warmup=5, dtype=dtype)
+        loss.backward()
+        return loss.detach(), torch.cat([p.grad.reshape(-1) for p in rnn.parameters()])
+
+    taped = run()
+    if case == "switching":
+        assert any(not ok for _, ok in blocks) and max(s for s, _ in blocks) == 32, blocks
+    monkeypatch.delattr(_units._TorchRNNBlock, "steps")  # the per-step, per-node path
+    per_node = run()
+    assert torch.isfinite(taped[1]).all() and float(per_node[1].norm()) > 0
+    assert torch.equal(taped[0], per_node[0])
+    rel = float((taped[1] - per_node[1]).norm() / per_node[1].norm())
+    assert rel < (1e-11 if dtype == torch.float64 else 1e-4), rel
