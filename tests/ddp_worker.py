@@ -4,6 +4,7 @@
 (as if on its own machine), so any file a rank other than 0 writes there would show. Modes:
 
 * ``cli ARGS``: the ``lipschitz-rnn`` command line, ``main(ARGS)``; exits with its status;
+* ``cli-late0 ARGS``: the same, but rank 0 starts 3 s after the others (a slow host);
 * ``hang ARGS``: the same, but rank 1 stops answering (sleeps) at its third training step;
 * ``fail0-after ARGS``: the same, but rank 0 fails once training is over (its ``train``
   returned: every collective is done) with a WriteError, and is then slow to exit (sleeps);
@@ -104,6 +105,10 @@ def worker(argv: list[str]) -> int:
     os.chdir(work)
     torch.set_num_threads(1)
     if mode == "cli":
+        return cli_main(rest)
+    if mode == "cli-late0":
+        if os.environ["RANK"] == "0":
+            time.sleep(3)
         return cli_main(rest)
     if mode == "hang":
         _patch_step(1, _hang)

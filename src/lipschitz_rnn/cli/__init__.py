@@ -15,6 +15,7 @@ import argparse
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 from rich.markup import escape
@@ -40,6 +41,12 @@ EXIT_CODES = {
     130: "interrupted (Ctrl-C); a training run saved a checkpoint to --resume from",
 }
 
+#: seconds that a rank leaving its error to another rank's report waits before it exits under
+#: torchrun. torchrun ends every rank as soon as one exits with an error, so a silent rank that
+#: exited first could end the reporting rank before it printed (a rank on a slower host meets a
+#: usage error later); the reporter's own exit ends the wait early.
+REPORT_GRACE_S = 10.0
+
 
 def _exit_codes_help() -> str:
     return "exit status:\n" + "\n".join(f"  {code:<4} {text}" for code, text in EXIT_CODES.items())
@@ -53,6 +60,12 @@ class _Parser(argparse.ArgumentParser):
         rank, world = _rank_and_world()
         if world <= 1 or rank == 0:
             super()._print_message(message, file)
+
+    def exit(self, status=0, message=None):
+        rank, world = _rank_and_world()
+        if status and world > 1 and rank != 0:
+            _await_report()
+        super().exit(status, message)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,35 +97,29 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except RunInterrupted as e:
-        _report("[yellow]interrupted:[/] ", e, every_rank=False)
-        return 130
+        return _fail(130, "[yellow]interrupted:[/] ", e, every_rank=False)
     except KeyboardInterrupt:
-        _report("[yellow]interrupted[/]", None, every_rank=False)
-        return 130
+        return _fail(130, "[yellow]interrupted[/]", None, every_rank=False)
     except DivergenceError as e:
-        _report("[bold red]diverged:[/] ", e)
-        return 3
+        return _fail(3, "[bold red]diverged:[/] ", e)
     except WriteError as e:
-        _report("[bold red]error:[/] ", e)
-        return 4
+        return _fail(4, "[bold red]error:[/] ", e)
     except DistributedError as e:
-        _report("[bold red]error:[/] ", e)
-        return 5
+        return _fail(5, "[bold red]error:[/] ", e)
     except OSError as e:
         if _about_output(e, args):  # e.g. a folder of --out that cannot be created
-            _report("[bold red]error:[/] ", _output_error(e))
-            return 4
+            return _fail(4, "[bold red]error:[/] ", _output_error(e))
         if isinstance(e, FileNotFoundError):
-            _report("[bold red]error:[/] ", e)
-            return 2
+            return _fail(2, "[bold red]error:[/] ", e)
         if _reported_elsewhere(e, origin_rank):
+            _await_report()
             return 1
         raise
     except (ValueError, TypeError) as e:
-        _report("[bold red]error:[/] ", e)
-        return 2
+        return _fail(2, "[bold red]error:[/] ", e)
     except Exception as e:
         if _reported_elsewhere(e, origin_rank):  # another rank prints it (and its traceback)
+            _await_report()
             return 1
         raise
     finally:
@@ -182,10 +189,21 @@ def error_line(label: str, e: BaseException | None, *, every_rank: bool = True) 
     return f"{tag}{label}{escape(str(e)) if e is not None else ''}"
 
 
-def _report(label: str, e: BaseException | None, *, every_rank: bool = True) -> None:
+def _fail(code: int, label: str, e: BaseException | None, *, every_rank: bool = True) -> int:
+    """Print the line for ``e`` (or, where another rank prints it, wait for that); ``code``."""
     line = error_line(label, e, every_rank=every_rank)
     if line is not None:
         console.print(line)
+    else:
+        _await_report()
+    return code
+
+
+def _await_report() -> None:
+    """Under torchrun, before a rank exits silently with an error that another rank reports:
+    give the reporter time to print (torchrun ends this rank when the reporter exits)."""
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        time.sleep(REPORT_GRACE_S)
 
 
 if __name__ == "__main__":  # pragma: no cover
