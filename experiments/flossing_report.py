@@ -2,11 +2,16 @@
 docs/flossing.md.
 
     python experiments/flossing_report.py ~/lrnn-runs/flossing --out docs/flossing
+    python experiments/flossing_report.py ~/lrnn-runs/flossing-baselines \
+        --recorded docs/flossing/flossing.json --out docs/flossing
 
-For every delay (one sweep each, ``delay<D>/``) and method (unit and flossing phases): the
-trials, how many succeeded (held-out test accuracy >= ``--threshold``, default 0.95), the mean
+For every delay (one sweep each, ``ROOT/delay<D>/``; several ROOTs, and the trials of an
+earlier report's ``flossing.json`` with ``--recorded``, are read together) and method (unit,
+the settings that differ from the main experiment's, flossing phases): the trials, how many succeeded (held-out test accuracy >= ``--threshold``, default 0.95), the mean
 test accuracy, the wall time and the flossing share of it. Writes ``flossing.json``,
-``flossing.md`` (the table) and three figures: ``success_vs_delay.png``,
+``flossing.md`` (the table) and the figures ``success_vs_delay.png`` (the main experiment's
+methods), ``baselines_vs_delay.png`` (the tuned baselines of experiments/flossing_baselines.sh,
+when there are any, beside the untuned units and the flossed RNN),
 ``spectrum_before_after.png`` (the first exponents on the flossing monitor batch before and
 after the flossing phases of one trial per flossed method) and, when
 ``experiments/flossing_gradients.py`` was run into ``--gradients``, its figure is left where it
@@ -31,11 +36,23 @@ from lipschitz_rnn.runs.sweepdir import SweepDir  # noqa: E402
 
 ORDER = ["rnn", "rnn + flossing before", "rnn + flossing before and during", "lstm", "gru",
          "lipschitz", "lipschitz + flossing before and during"]
+#: the main experiment's settings (experiments/flossing.sh); a method's name lists what differs
+MAIN_LR = 1e-3
+MAIN_EPS = 0.03
 
 
 def method(config) -> str:
+    """The method's name: the unit, the settings that differ from the main experiment's
+    (``lstm (forget bias 1, lr 0.003)``) and the flossing phases."""
     f = config.flossing
-    name = config.model
+    tags = []
+    if config.model_kwargs.get("forget_bias") is not None:
+        tags.append(f"forget bias {config.model_kwargs['forget_bias']:g}")
+    if config.model == "lipschitz" and config.model_kwargs.get("eps", MAIN_EPS) != MAIN_EPS:
+        tags.append(f"eps {config.model_kwargs['eps']:g}")
+    if config.lr != MAIN_LR:
+        tags.append(f"lr {config.lr:g}")
+    name = config.model + (f" ({', '.join(tags)})" if tags else "")
     if f.before and f.every:
         return f"{name} + flossing before and during"
     if f.before:
@@ -43,8 +60,8 @@ def method(config) -> str:
     return name
 
 
-def collect(root: Path, threshold: float) -> dict:
-    cells: dict[tuple[str, int], list[dict]] = defaultdict(list)
+def collect(root: Path, threshold: float, cells: dict | None = None) -> dict:
+    cells = defaultdict(list) if cells is None else cells
     for sweep_path in sorted(root.glob("delay*/")):
         m = re.fullmatch(r"delay(\d+)", sweep_path.name)
         if m is None or not (sweep_path / "sweep.json").is_file():
@@ -68,6 +85,16 @@ def collect(root: Path, threshold: float) -> dict:
     return cells
 
 
+def recorded(path: Path, threshold: float) -> dict:
+    """The trials of an earlier report's ``flossing.json``, success judged at ``threshold``."""
+    cells: dict[tuple[str, int], list[dict]] = defaultdict(list)
+    for key, trials in json.loads(path.read_text())["trials"].items():
+        name, delay = key.rsplit(" @ ", 1)
+        cells[(name, int(delay))] = [{**t, "success": t["test_accuracy"] >= threshold}
+                                     for t in trials]
+    return cells
+
+
 def summarise(cells: dict) -> list[dict]:
     rows = []
     for (name, delay), trials in sorted(cells.items(), key=lambda kv: (_rank(kv[0][0]),
@@ -83,8 +110,12 @@ def summarise(cells: dict) -> list[dict]:
     return rows
 
 
-def _rank(name: str) -> int:
-    return ORDER.index(name) if name in ORDER else len(ORDER)
+def _rank(name: str) -> tuple[int, str]:
+    """Sort key: the main experiment's order, then each tuned variant after its unit's."""
+    if name in ORDER:
+        return ORDER.index(name), ""
+    base = name.split(" ", 1)[0]
+    return max(i for i, m in enumerate(ORDER) if m.split(" ", 1)[0] == base), name
 
 
 def table(rows: list[dict], threshold: float) -> str:
@@ -108,16 +139,17 @@ def table(rows: list[dict], threshold: float) -> str:
             "and the part of it spent flossing.\n\n" + "\n".join(lines) + "\n")
 
 
-def plot_success(rows: list[dict], path: Path) -> None:
+def plot_success(rows: list[dict], path: Path, methods: list[str], *,
+                 dashed: tuple[str, ...] = (), title: str = "success against delay") -> None:
     fig, ax = plt.subplots(figsize=(6.4, 4))
-    methods = sorted({r["method"] for r in rows}, key=_rank)
     for i, m in enumerate(methods):
         rs = sorted((r for r in rows if r["method"] == m), key=lambda r: r["delay"])
         d = np.array([r["delay"] for r in rs], dtype=float)
         rate = np.array([r["successes"] / r["trials"] for r in rs])
-        ax.plot(d * (1 + 0.012 * (i - len(methods) / 2)), rate, "o-", label=m)
+        ax.plot(d * (1 + 0.012 * (i - len(methods) / 2)), rate, "o--" if m in dashed else "o-",
+                label=m, lw=0.9 if m in dashed else 1.5)
     ax.set(xlabel="delay d (steps)", ylabel="success rate (test accuracy >= threshold)",
-           title="delayed XOR, T = 300: success against delay", xscale="log")
+           title=f"delayed XOR, T = 300: {title}", xscale="log")
     ax.set_ylim(-0.05, 1.05)
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -153,19 +185,30 @@ def plot_spectra(cells: dict, path: Path, delay: int) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("root", type=Path)
+    ap.add_argument("root", type=Path, nargs="+", help="folders of delay<D>/ sweeps")
+    ap.add_argument("--recorded", type=Path, help="an earlier report's flossing.json")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--threshold", type=float, default=0.95)
     ap.add_argument("--spectrum-delay", type=int, default=40)
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    cells = collect(args.root, args.threshold)
+    cells = recorded(args.recorded, args.threshold) if args.recorded else defaultdict(list)
+    for root in args.root:
+        collect(root, args.threshold, cells)
     rows = summarise(cells)
     (args.out / "flossing.json").write_text(json.dumps(
         {"threshold": args.threshold, "rows": rows,
          "trials": {f"{m} @ {d}": t for (m, d), t in cells.items()}}, indent=1))
     (args.out / "flossing.md").write_text(table(rows, args.threshold))
-    plot_success(rows, args.out / "success_vs_delay.png")
+    names = sorted({r["method"] for r in rows}, key=_rank)
+    main_methods = [m for m in names if m in ORDER]
+    plot_success(rows, args.out / "success_vs_delay.png", main_methods)
+    tuned = [m for m in names if m not in ORDER]
+    if tuned:
+        reference = ("rnn", "rnn + flossing before", "lstm", "gru", "lipschitz")
+        plot_success(rows, args.out / "baselines_vs_delay.png",
+                     sorted(tuned + [m for m in main_methods if m in reference], key=_rank),
+                     dashed=reference, title="tuned baselines (dashed: main experiment)")
     plot_spectra(cells, args.out / "spectrum_before_after.png", args.spectrum_delay)
     print(table(rows, args.threshold))
 
