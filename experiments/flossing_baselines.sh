@@ -7,7 +7,8 @@
 #   lstm with forget-gate bias 1 (Jozefowicz et al. 2015) at lr 1e-3 and 3e-3
 #   gru at lr 3e-3
 #   lipschitz (beta 0.75, gamma 0.001) at the larger steps of the package's speech and PTB
-#   presets, eps 0.3 and 0.9, plain, and eps 0.9 with 500 flossing steps before training
+#   presets, eps 0.3 and 0.9, plain (eps 0.9 also at lr 3e-3), and eps 0.9 with 500 flossing
+#   steps before training
 # Delays 20, 40 and 80 get every method, delay 10 the Lipschitz RNN's (the others learn it
 # already at the main experiment's settings).
 #
@@ -52,6 +53,16 @@ model = ["lipschitz"]
 "model.eps" = [0.3, 0.9]
 "model.init_std" = [0.1]
 lr = [1e-3]
+seed = [0, 1, 2]
+
+[[grid]]
+model = ["lipschitz"]
+"model.beta" = [0.75]
+"model.gamma_A" = [0.001]
+"model.gamma_W" = [0.001]
+"model.eps" = [0.9]
+"model.init_std" = [0.1]
+lr = [3e-3]
 seed = [0, 1, 2]
 
 [[grid]]

@@ -202,7 +202,8 @@ def main() -> None:
     (args.out / "flossing.md").write_text(table(rows, args.threshold))
     names = sorted({r["method"] for r in rows}, key=_rank)
     main_methods = [m for m in names if m in ORDER]
-    plot_success(rows, args.out / "success_vs_delay.png", main_methods)
+    if main_methods:
+        plot_success(rows, args.out / "success_vs_delay.png", main_methods)
     tuned = [m for m in names if m not in ORDER]
     if tuned:
         reference = ("rnn", "rnn + flossing before", "lstm", "gru", "lipschitz")
