@@ -6,7 +6,9 @@ docs/flossing.md.
         --recorded docs/flossing/flossing.json --out docs/flossing
 
 For every delay (one sweep each, ``ROOT/delay<D>/``; several ROOTs, and the trials of an
-earlier report's ``flossing.json`` with ``--recorded``, are read together) and method (unit,
+earlier report's ``flossing.json`` with ``--recorded``, are read together; a trial of a ROOT
+replaces a recorded one of the same method, delay and id, so the report can be rerun into the
+folder whose ``flossing.json`` it reads) and method (unit,
 the settings that differ from the main experiment's, flossing phases): the trials, how many succeeded (held-out test accuracy >= ``--threshold``, default 0.95), the mean
 test accuracy, the wall time and the flossing share of it. Writes ``flossing.json``,
 ``flossing.md`` (the table) and the figures ``success_vs_delay.png`` (the main experiment's
@@ -75,7 +77,9 @@ def collect(root: Path, threshold: float, cells: dict | None = None) -> dict:
             res, cfg = run.results(), run.config()
             records = run.records()
             phases = [r["flossing"] for r in records if "flossing" in r]
-            cells[(method(cfg), delay)].append({
+            trials = cells[(method(cfg), delay)]
+            trials[:] = [t for t in trials if t["trial"] != tid]  # it replaces a recorded one
+            trials.append({
                 "trial": tid, "seed": cfg.seed, "test_accuracy": res["test"]["accuracy"],
                 "success": res["test"]["accuracy"] >= threshold,
                 "wall_s": res["wall_time_s"], "flossing_s": res.get("flossing_seconds", 0.0),
@@ -104,6 +108,7 @@ def summarise(cells: dict) -> list[dict]:
                      "successes": sum(t["success"] for t in trials),
                      "mean_test_accuracy": float(np.mean(acc)),
                      "min_test_accuracy": float(np.min(acc)),
+                     "max_test_accuracy": float(np.max(acc)),
                      "mean_wall_s": float(np.mean([t["wall_s"] for t in trials])),
                      "mean_train_s": float(np.mean([t["train_s"] for t in trials])),
                      "mean_flossing_s": float(np.mean([t["flossing_s"] for t in trials]))})
@@ -129,13 +134,14 @@ def table(rows: list[dict], threshold: float) -> str:
         for d in delays:
             r = by.get((m, d))
             cells.append("–" if r is None else
-                         f"{r['successes']}/{r['trials']} ({r['mean_test_accuracy']:.3f})")
+                         f"{r['successes']}/{r['trials']} ({r['mean_test_accuracy']:.3f}; "
+                         f"{r['min_test_accuracy']:.3f}-{r['max_test_accuracy']:.3f})")
         walls = [by[(m, d)] for d in delays if (m, d) in by]
         wall = np.mean([r["mean_wall_s"] for r in walls])
         fl = np.mean([r["mean_flossing_s"] for r in walls])
         lines.append(f"| {m} | " + " | ".join(cells) + f" | {wall:.0f} ({fl:.0f}) |")
     return (f"Successes (test accuracy >= {threshold}) out of the seeds run, and the mean test "
-            "accuracy, per method and delay; the last column is the mean wall time of a trial "
+            "accuracy with its range over the seeds, per method and delay; the last column is the mean wall time of a trial "
             "and the part of it spent flossing.\n\n" + "\n".join(lines) + "\n")
 
 
@@ -152,6 +158,40 @@ def plot_success(rows: list[dict], path: Path, methods: list[str], *,
            title=f"delayed XOR, T = 300: {title}", xscale="log")
     ax.set_ylim(-0.05, 1.05)
     ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_by_unit(rows: list[dict], path: Path, methods: list[str], threshold: float) -> None:
+    """One panel per unit: the mean test accuracy of each of its methods against delay, with
+    the range over the seeds; the main experiment's settings dashed."""
+    units = list(dict.fromkeys(m.split(" ", 1)[0] for m in methods))
+    delays = sorted({r["delay"] for r in rows})
+    cols = min(2, len(units))
+    fig, axes = plt.subplots(-(-len(units) // cols), cols, figsize=(5.2 * cols, 3.6 * 2),
+                             sharey=True, squeeze=False)
+    for ax in axes.flat[len(units):]:
+        ax.set_visible(False)
+    for ax, unit in zip(axes.flat, units, strict=False):
+        mine = [m for m in methods if m.split(" ", 1)[0] == unit]
+        for i, m in enumerate(mine):
+            rs = sorted((r for r in rows if r["method"] == m), key=lambda r: r["delay"])
+            d = np.array([r["delay"] for r in rs], dtype=float) * (1 + 0.025 * (i - len(mine) / 2))
+            mean = np.array([r["mean_test_accuracy"] for r in rs])
+            lo = mean - np.array([r["min_test_accuracy"] for r in rs])
+            hi = np.array([r["max_test_accuracy"] for r in rs]) - mean
+            ax.errorbar(d, mean, yerr=[lo, hi], fmt="s" if "flossing" in m else "o",
+                        ls="--" if m in ORDER else "-", ms=4, capsize=2, label=m)
+        ax.axhline(threshold, color="grey", lw=0.6, ls=":")
+        ax.axhline(0.5, color="grey", lw=0.6)
+        ax.set(xscale="log", xlabel="delay d (steps)", title=unit,
+               ylabel="test accuracy (mean, range over seeds)")
+        ax.set_xticks(delays, [str(d) for d in delays])
+        ax.minorticks_off()
+        ax.legend(fontsize=7, loc="best")
+    fig.suptitle("delayed XOR, T = 300: each unit at the main experiment's settings (dashed) "
+                 "and tuned (solid); dotted: success threshold", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -204,12 +244,8 @@ def main() -> None:
     main_methods = [m for m in names if m in ORDER]
     if main_methods:
         plot_success(rows, args.out / "success_vs_delay.png", main_methods)
-    tuned = [m for m in names if m not in ORDER]
-    if tuned:
-        reference = ("rnn", "rnn + flossing before", "lstm", "gru", "lipschitz")
-        plot_success(rows, args.out / "baselines_vs_delay.png",
-                     sorted(tuned + [m for m in main_methods if m in reference], key=_rank),
-                     dashed=reference, title="tuned baselines (dashed: main experiment)")
+    if any(m not in ORDER for m in names):
+        plot_by_unit(rows, args.out / "baselines_vs_delay.png", names, args.threshold)
     plot_spectra(cells, args.out / "spectrum_before_after.png", args.spectrum_delay)
     print(table(rows, args.threshold))
 
