@@ -230,10 +230,12 @@ def _sweep(cluster, spec, out, *extra, token=True, timeout=300, **env):
                           timeout=timeout)
 
 
-def _no_ray_noise(text):
+def _no_ray_noise(text, expected: tuple[str, ...] = ()):
+    """No Ray noise and no warning in ``text``, except lines with one of ``expected``."""
+    kept = "\n".join(line for line in text.splitlines() if not any(e in line for e in expected))
     for needle in ("(raylet)", "Raylet is terminated", "Traceback", "gcs_client", "WARNING",
                    "Token authentication"):
-        assert needle not in text, text
+        assert needle not in kept, text
 
 
 @needs_cluster
@@ -406,7 +408,10 @@ def test_cluster_sweep_resumed_after_its_driver_died_continues_from_the_storage(
     text = again.stdout + again.stderr
     assert again.returncode == 0, text
     assert "4 ok" in text and "no --storage" not in text
-    _no_ray_noise(text)
+    # the victim's last checkpoint may have been cut short (above): the sweep says so, once
+    cut = f"WARNING lipschitz_rnn.sweep._tune: trial {victim}: checkpoint "
+    assert text.count(cut) <= 1, text
+    _no_ray_noise(text, expected=(cut,))
     for tid in ("t000", "t001", "t002", "t003"):
         assert epochs_of(out / "trials" / tid) == list(range(1, epochs + 1))
     status = json.loads((out / "trials" / victim / "trial.json").read_text())
