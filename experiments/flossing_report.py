@@ -3,7 +3,7 @@ docs/flossing.md.
 
     python experiments/flossing_report.py ~/lrnn-runs/flossing --out docs/flossing
     python experiments/flossing_report.py ~/lrnn-runs/flossing-baselines \
-        --recorded docs/flossing/flossing.json --out docs/flossing
+        ~/lrnn-runs/flossing-k --recorded docs/flossing/flossing.json --out docs/flossing
 
 For every delay (one sweep each, ``ROOT/delay<D>/``; several ROOTs, and the trials of an
 earlier report's ``flossing.json`` with ``--recorded``, are read together; a trial of a ROOT
@@ -41,11 +41,13 @@ ORDER = ["rnn", "rnn + flossing before", "rnn + flossing before and during", "ls
 #: the main experiment's settings (experiments/flossing.sh); a method's name lists what differs
 MAIN_LR = 1e-3
 MAIN_EPS = 0.03
+MAIN_K = 32
 
 
 def method(config) -> str:
     """The method's name: the unit, the settings that differ from the main experiment's
-    (``lstm (forget bias 1, lr 0.003)``) and the flossing phases."""
+    (``lstm (forget bias 1, lr 0.003)``) and the flossing phases, with their ``k`` where it
+    is not the main experiment's (``rnn + flossing before (k 60)``)."""
     f = config.flossing
     tags = []
     if config.model_kwargs.get("forget_bias") is not None:
@@ -55,10 +57,11 @@ def method(config) -> str:
     if config.lr != MAIN_LR:
         tags.append(f"lr {config.lr:g}")
     name = config.model + (f" ({', '.join(tags)})" if tags else "")
+    k = f" (k {f.k})" if f.k != MAIN_K else ""
     if f.before and f.every:
-        return f"{name} + flossing before and during"
+        return f"{name} + flossing before and during{k}"
     if f.before:
-        return f"{name} + flossing before"
+        return f"{name} + flossing before{k}"
     return name
 
 

@@ -1,6 +1,6 @@
 """The scripts of the flossing experiment (docs/flossing.md): the sweep specifications that
-experiments/flossing.sh and experiments/flossing_baselines.sh write load and hold the methods
-the doc's table lists, and experiments/flossing_report.py names, merges and tabulates trials."""
+experiments/flossing.sh, flossing_baselines.sh and flossing_k.sh write load and hold the
+methods the doc's table lists, and experiments/flossing_report.py names, merges and tabulates trials."""
 
 import importlib.util
 import json
@@ -62,6 +62,25 @@ def test_the_tuned_baselines_are_what_the_doc_lists(tmp_path):
         assert {(t.config.hidden_size, t.config.epochs, t.config.batch_size,
                  t.config.weight_decay, t.config.clip_grad_norm) for t in spec.trials} == {
             (64, 15, 16, 0.01, 1.0)}
+
+
+def test_flossing_with_k_close_to_n_is_the_main_experiments_flossed_rnn(tmp_path):
+    main = _specs("flossing.sh", tmp_path / "main")
+    specs = _specs("flossing_k.sh", tmp_path / "k")
+    assert sorted(specs) == [40, 80]
+    flossed = ("rnn + flossing before", "rnn + flossing before and during")
+    for delay, spec in specs.items():
+        assert _methods(spec) == Counter({f"{m} (k 60)": 3 for m in flossed})
+        # the same trials as the main experiment's flossed RNN but for k
+        ours = sorted((t.config for t in spec.trials), key=lambda c: (c.flossing.every, c.seed))
+        theirs = sorted((t.config for t in main[delay].trials
+                         if _report().method(t.config) in flossed),
+                        key=lambda c: (c.flossing.every, c.seed))
+        assert [c.flossing.k for c in ours] == [60] * 6
+        for a, b in zip(ours, theirs, strict=True):
+            a.flossing.k = b.flossing.k
+            a.description = b.description
+            assert a == b
 
 
 def _trial(tid, seed, acc):
