@@ -9,7 +9,7 @@
 # U(-p, p) with p = 0.2165 (recurrent gain 1: the variance of the reference's N(0, 1/N)),
 # T=300, batch 16, AdamW lr 1e-3 (weight decay 0.01), clipping at 1, 15 epochs of 2000
 # sequences;
-# flossing k=32 (half the state; k=60 costs 3x more per step here), 16 transient + 55 averaged
+# flossing k=32 (half the state; k=60, experiments/flossing_k.sh, costs twice as much per step), 16 transient + 55 averaged
 # steps, batch 16, Adam lr 1e-3.
 #
 #   OUT=~/lrnn-runs/flossing bash experiments/flossing.sh      # resumable: run it again
