@@ -18,33 +18,13 @@ OUT=${OUT:-$HOME/lrnn-runs/flossing}
 LRNN=${LRNN:-lipschitz-rnn}
 DELAYS=${DELAYS:-"20 40 80 10"}
 mkdir -p "$OUT"
+. "$(dirname "$0")/flossing_common.sh"
 for d in $DELAYS; do
   spec="$OUT/delay$d.toml"
-  cat > "$spec" <<EOF
-task = "delayed-xor"
-model = "rnn"
-description = "flossing experiment: delayed XOR, delay $d, T=300, seven methods x 3 seeds"
-
-[set]
-hidden_size = 64
-epochs = 15
-batch_size = 16
-optimizer = "adamw"
-lr = 1e-3
-weight_decay = 0.01
-clip_grad_norm = 1.0
-[set.task]
-delay = $d
-length = 300
-n_train = 2000
-n_valid = 500
-n_test = 1000
-[set.flossing]
-k = 32
-warmup = 16
-steps = 55
-batch = 16
-lr = 1e-3
+  {
+    spec_head "$d" "flossing experiment: delayed XOR, delay $d, T=300, seven methods x 3 seeds" \
+      "lr = 1e-3"
+    cat <<EOF
 
 [[grid]]
 model = ["rnn"]
@@ -65,35 +45,19 @@ model = ["lstm", "gru"]
 seed = [0, 1, 2]
 
 [[grid]]
-model = ["lipschitz"]
-"model.beta" = [0.75]
-"model.gamma_A" = [0.001]
-"model.gamma_W" = [0.001]
+$LIPSCHITZ_PAPER
 "model.eps" = [0.03]
-"model.init_std" = [0.1]
 seed = [0, 1, 2]
 
 [[grid]]
-model = ["lipschitz"]
-"model.beta" = [0.75]
-"model.gamma_A" = [0.001]
-"model.gamma_W" = [0.001]
+$LIPSCHITZ_PAPER
 "model.eps" = [0.03]
-"model.init_std" = [0.1]
 "flossing.before" = [500]
 "flossing.every" = [5]
 "flossing.during" = [500]
 seed = [0, 1, 2]
-
-[lyapunov]
-at_epochs = [0, 1, 15]
-k = 32
-batch = 8
-warmup = 0
+$SPEC_TAIL
 EOF
-  if [ -f "$OUT/delay$d/sweep.json" ]; then
-    "$LRNN" sweep --resume --out "$OUT/delay$d" --max-concurrent 2
-  else
-    "$LRNN" sweep "$spec" --out "$OUT/delay$d" --max-concurrent 2
-  fi
+  } > "$spec"
+  run_sweep "$spec" "$OUT/delay$d"
 done

@@ -18,66 +18,34 @@ OUT=${OUT:-$HOME/lrnn-runs/flossing-baselines}
 LRNN=${LRNN:-lipschitz-rnn}
 DELAYS=${DELAYS:-"40 20 80 10"}
 mkdir -p "$OUT"
+. "$(dirname "$0")/flossing_common.sh"
 for d in $DELAYS; do
   spec="$OUT/delay$d.toml"
-  cat > "$spec" <<EOF
-task = "delayed-xor"
-model = "rnn"
-description = "flossing experiment, tuned baselines: delayed XOR, delay $d, T=300, 3 seeds"
-
-[set]
-hidden_size = 64
-epochs = 15
-batch_size = 16
-optimizer = "adamw"
-weight_decay = 0.01
-clip_grad_norm = 1.0
-[set.task]
-delay = $d
-length = 300
-n_train = 2000
-n_valid = 500
-n_test = 1000
-[set.flossing]
-k = 32
-warmup = 16
-steps = 55
-batch = 16
-lr = 1e-3
+  {
+    spec_head "$d" "flossing experiment, tuned baselines: delayed XOR, delay $d, T=300, 3 seeds"
+    cat <<EOF
 
 [[grid]]
-model = ["lipschitz"]
-"model.beta" = [0.75]
-"model.gamma_A" = [0.001]
-"model.gamma_W" = [0.001]
+$LIPSCHITZ_PAPER
 "model.eps" = [0.3, 0.9]
-"model.init_std" = [0.1]
 lr = [1e-3]
 seed = [0, 1, 2]
 
 [[grid]]
-model = ["lipschitz"]
-"model.beta" = [0.75]
-"model.gamma_A" = [0.001]
-"model.gamma_W" = [0.001]
+$LIPSCHITZ_PAPER
 "model.eps" = [0.9]
-"model.init_std" = [0.1]
 lr = [3e-3]
 seed = [0, 1, 2]
 
 [[grid]]
-model = ["lipschitz"]
-"model.beta" = [0.75]
-"model.gamma_A" = [0.001]
-"model.gamma_W" = [0.001]
+$LIPSCHITZ_PAPER
 "model.eps" = [0.9]
-"model.init_std" = [0.1]
 lr = [1e-3]
 "flossing.before" = [500]
 seed = [0, 1, 2]
 EOF
-  if [ "$d" != 10 ]; then
-    cat >> "$spec" <<EOF
+    if [ "$d" != 10 ]; then
+      cat <<EOF
 
 [[grid]]
 model = ["rnn"]
@@ -96,18 +64,8 @@ model = ["gru"]
 lr = [3e-3]
 seed = [0, 1, 2]
 EOF
-  fi
-  cat >> "$spec" <<EOF
-
-[lyapunov]
-at_epochs = [0, 1, 15]
-k = 32
-batch = 8
-warmup = 0
-EOF
-  if [ -f "$OUT/delay$d/sweep.json" ]; then
-    "$LRNN" sweep --resume --out "$OUT/delay$d" --max-concurrent 2
-  else
-    "$LRNN" sweep "$spec" --out "$OUT/delay$d" --max-concurrent 2
-  fi
+    fi
+    echo "$SPEC_TAIL"
+  } > "$spec"
+  run_sweep "$spec" "$OUT/delay$d"
 done

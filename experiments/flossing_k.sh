@@ -11,34 +11,13 @@ OUT=${OUT:-$HOME/lrnn-runs/flossing-k}
 LRNN=${LRNN:-lipschitz-rnn}
 DELAYS=${DELAYS:-"80 40"}
 mkdir -p "$OUT"
+. "$(dirname "$0")/flossing_common.sh"
 for d in $DELAYS; do
   spec="$OUT/delay$d.toml"
-  cat > "$spec" <<EOF
-task = "delayed-xor"
-model = "rnn"
-description = "flossing experiment, k = 60: delayed XOR, delay $d, T=300, 3 seeds"
-
-[set]
-hidden_size = 64
-epochs = 15
-batch_size = 16
-optimizer = "adamw"
-lr = 1e-3
-weight_decay = 0.01
-clip_grad_norm = 1.0
-[set.task]
-delay = $d
-length = 300
-n_train = 2000
-n_valid = 500
-n_test = 1000
-[set.flossing]
-k = 60
-warmup = 16
-steps = 55
-batch = 16
-lr = 1e-3
-before = 500
+  {
+    spec_head "$d" "flossing experiment, k = 60: delayed XOR, delay $d, T=300, 3 seeds" \
+      "lr = 1e-3" 60 "before = 500"
+    cat <<EOF
 
 [[grid]]
 "model.init_scale" = [0.2165]
@@ -49,16 +28,8 @@ seed = [0, 1, 2]
 "flossing.every" = [5]
 "flossing.during" = [500]
 seed = [0, 1, 2]
-
-[lyapunov]
-at_epochs = [0, 1, 15]
-k = 32
-batch = 8
-warmup = 0
+$SPEC_TAIL
 EOF
-  if [ -f "$OUT/delay$d/sweep.json" ]; then
-    "$LRNN" sweep --resume --out "$OUT/delay$d" --max-concurrent 2
-  else
-    "$LRNN" sweep "$spec" --out "$OUT/delay$d" --max-concurrent 2
-  fi
+  } > "$spec"
+  run_sweep "$spec" "$OUT/delay$d"
 done
